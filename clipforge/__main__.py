@@ -1,0 +1,5 @@
+import sys
+
+from clipforge.cli.main import main
+
+sys.exit(main())

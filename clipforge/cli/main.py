@@ -1,0 +1,189 @@
+"""``clipforge`` command line: a thin layer over the library's public functions."""
+
+from __future__ import annotations
+
+import os
+
+# libgomp's default spin-waiting makes a second thread slow everything down on small
+# machines; passive waiting must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from clipforge.errors import ClipforgeError  # noqa: E402
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_arguments
+    from clipforge.train.config import HELP, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: the tiny preset on the shapes world)",
+        description="Train a CLIP model. Every config field is a flag; --config loads a YAML "
+        "file first and flags override it.",
+    )
+    p.add_argument("--config", help="YAML file of config fields")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    add_arguments(p, TrainConfig, HELP)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from clipforge.config import resolve
+    from clipforge.train import TrainConfig, train
+
+    overrides = {
+        k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
+    }
+    cfg = resolve(TrainConfig, args.config, overrides)
+    run_dir = train(cfg, resume=args.resume)
+    result = json.loads((run_dir / "eval.json").read_text())
+    print(f"run folder: {run_dir}")
+    _print_table(result)
+    return 0
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run folder or checkpoint on the held-out shapes world",
+        description="Zero-shot colour x shape classification and image<->text retrieval on a "
+        "held-out split of the shapes world. Prints a table and writes JSON.",
+    )
+    p.add_argument("model", help="run folder or checkpoint file")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--per-class", type=int, default=25, help="images per class (default: 25)")
+    p.add_argument("--pairs", type=int, default=1000, help="retrieval pairs (default: 1000)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--out", help="JSON file (default: RUN_DIR/eval-SPLIT.json or next to the file)")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.shapes import evaluate_shapes
+    from clipforge.train import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    tok = get_tokenizer(model.cfg.text.context_length)
+    res = evaluate_shapes(model, tok, split=args.split, per_class=args.per_class, pairs=args.pairs)
+    path = Path(args.model)
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            path / f"eval-{args.split}.json"
+            if path.is_dir()
+            else path.with_suffix(f".eval-{args.split}.json")
+        )
+    )
+    out.write_text(json.dumps({"model": str(path), "split": args.split, **res}, indent=2) + "\n")
+    _print_table(res)
+    print(f"wrote {out}")
+    return 0
+
+
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write shapes-world samples to disk as PNG + CSV/JSONL or webdataset shards",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    p.add_argument("--format", default="csv", choices=["csv", "jsonl", "wds"])
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--image-size", type=int, default=64, help="pixels (default: 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: 1000)")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from clipforge.data.shapes import ShapesWorld
+    from clipforge.data.writers import write_manifest, write_shards
+
+    if args.n < 1:
+        raise ClipforgeError("--n must be >= 1")
+    world = ShapesWorld(args.image_size, split=args.split, seed=args.seed)
+    samples = (world.sample(i) for i in range(args.n))
+    out = Path(args.out)
+    if args.format == "wds":
+        shards = write_shards(
+            samples, out, name=args.split, shard_size=args.shard_size, progress=True
+        )
+        print(f"wrote {args.n} samples in {len(shards)} shards to {out}")
+    else:
+        manifest = write_manifest(samples, out, fmt=args.format, name=args.split, progress=True)
+        print(f"wrote {args.n} samples: {manifest}")
+    return 0
+
+
+def _list_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list model presets")
+    p.set_defaults(func=lambda a: _print_names("models"))
+    p = sub.add_parser("losses", help="list objectives")
+    p.set_defaults(func=lambda a: _print_names("losses"))
+
+
+def _print_names(kind: str) -> int:
+    if kind == "models":
+        from clipforge.models import list_models
+
+        names = list_models()
+    else:
+        from clipforge.losses import LOSSES
+
+        names = LOSSES.names()
+    print("\n".join(names))
+    return 0
+
+
+def _print_table(res: dict) -> None:
+    rows = [(k, v) for k, v in res.items() if isinstance(v, float)]
+    if not rows:
+        return
+    width = max(len(k) for k, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for k, v in rows:
+        print(f"{k:<{width}}  {100 * v:6.2f}%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipforge", description="Contrastive language-image learning on a laptop and beyond."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    builders: Sequence[Callable[[argparse._SubParsersAction], None]] = (
+        _train_parser,
+        _eval_parser,
+        _synth_parser,
+        _list_parser,
+    )
+    for b in builders:
+        b(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClipforgeError as e:
+        print(f"clipforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clipforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Typed run configs: dataclasses that load from YAML and take command-line overrides.
+
+Every field of a config dataclass becomes a ``--field-name`` flag, so ``clipforge train
+--help`` lists everything a run can change, and the resolved config is written into the
+run folder as YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from clipforge.errors import ClipforgeError
+
+C = TypeVar("C")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """``int | None`` -> (int, True)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def parse_value(tp: Any, raw: Any, name: str) -> Any:
+    """Convert ``raw`` (a string from the command line or a YAML value) to the field type."""
+    base, optional = _base_type(tp)
+    if raw is None or (optional and isinstance(raw, str) and raw.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ClipforgeError(f"config field {name!r} cannot be empty")
+    try:
+        if base is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if base is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if base is float:
+            return float(raw)
+        if base is str:
+            return str(raw)
+        if typing.get_origin(base) is dict or base is dict:
+            if isinstance(raw, dict):
+                return dict(raw)
+            return parse_kv(str(raw), name)
+        if typing.get_origin(base) is tuple or typing.get_origin(base) is list:
+            if isinstance(raw, (list, tuple)):
+                return type(raw)(raw) if typing.get_origin(base) is list else tuple(raw)
+            (elem,) = {a for a in typing.get_args(base) if a is not Ellipsis}
+            return tuple(elem(x) for x in str(raw).split(","))
+    except (TypeError, ValueError):
+        raise ClipforgeError(f"config field {name!r}: cannot read {raw!r} as {tp}") from None
+    return raw
+
+
+def parse_kv(raw: str, name: str) -> dict[str, Any]:
+    """``"vision.width=256,text.layers=2"`` -> dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    if not raw.strip():
+        return out
+    for part in raw.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ClipforgeError(f"config field {name!r}: expected key=value pairs, got {part!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ClipforgeError(
+            f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(types_))})"
+        )
+    kwargs = {k: parse_value(types_[k], v, k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ClipforgeError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ClipforgeError(f"{where}: malformed YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ClipforgeError(f"{p}: expected a mapping of config fields at the top level")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str]) -> None:
+    """One ``--field-name`` flag per dataclass field; defaults stay unset to detect overrides."""
+    types_ = _field_types(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, tp in types_.items():
+        flag = "--" + name.replace("_", "-")
+        f = next(x for x in dataclasses.fields(cls) if x.name == name)
+        default = defaults[name]
+        if default is dataclasses.MISSING:
+            factory = f.default_factory
+            default = factory() if factory is not dataclasses.MISSING else "(required)"
+        base, _ = _base_type(tp)
+        metavar = getattr(base, "__name__", "VALUE").upper()
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=metavar,
+            help=f"{help_texts.get(name, '')} (default: {default})",
+        )
+
+
+def resolve(cls: type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
+    """Defaults <- YAML file <- command-line overrides."""
+    data: dict[str, Any] = {}
+    if yaml_path:
+        data.update(load_yaml(yaml_path))
+    data.update(overrides)
+    return from_dict(cls, data, source=yaml_path or "command line")

@@ -1,0 +1,243 @@
+"""From a data source to training batches, deterministically from any position.
+
+Data flows one way: source -> decode -> augment -> tokenize -> batch. Every sample
+position of the stream has its own seed (for augmentation and caption choice), so the
+batches depend only on ``(seed, position)``: not on the number of workers and not on
+whether the run was interrupted. The trainer checkpoints the position of the next
+unconsumed sample and restarts the stream there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clipforge.data.sample import Sample, SampleError, SkipCounter
+from clipforge.data.shapes import ShapesWorld
+from clipforge.data.tokenizer import Tokenizer
+from clipforge.data.transforms import SeededCrop, normalize
+from clipforge.errors import ClipforgeError
+
+
+class Source:
+    """A stream of samples addressed by position; one item per position, forever.
+
+    ``get(position)`` returns a :class:`Sample` or raises :class:`SampleError`. Finite data
+    sets wrap around in epochs, each with its own permutation.
+    """
+
+    random_access = True
+
+    def get(self, position: int) -> Sample:
+        raise NotImplementedError
+
+    def iter_from(self, start: int, step: int = 1) -> Iterator[Sample | SampleError]:
+        pos = start
+        while True:
+            try:
+                yield self.get(pos)
+            except SampleError as e:
+                yield e
+            pos += step
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class ShapesSource(Source):
+    """The shapes world as an infinite stream."""
+
+    def __init__(self, world: ShapesWorld) -> None:
+        self.world = world
+
+    def get(self, position: int) -> Sample:
+        return self.world.sample(position)
+
+    def __len__(self) -> int:
+        return 2**62
+
+
+class IndexedSource(Source):
+    """A finite random-access data set (a manifest), reshuffled every epoch."""
+
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.shuffle = shuffle
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _index(self, position: int) -> int:
+        n = len(self.dataset)
+        epoch, i = divmod(position, n)
+        if not self.shuffle:
+            return i
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+        return int(self._perm[1][i])
+
+    def get(self, position: int) -> Sample:
+        return self.dataset.load(self._index(position))
+
+
+class SequentialSource(Source):
+    """Tar shards, read in order; a restart skips the members before ``start`` undecoded."""
+
+    random_access = False
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self._n: int | None = None
+
+    def __len__(self) -> int:
+        if self._n is None:
+            self._n = self.dataset.count_samples()
+        return self._n
+
+    def iter_from(self, start: int, step: int = 1) -> Iterator[Sample | SampleError]:
+        if step != 1:
+            raise ValueError("tar shards are read by one process; use workers=0")
+        n = len(self)
+        if n == 0:
+            raise SampleError("empty_dataset", "no samples in the shards")
+        offset = start % n
+        while True:
+            yield from self.dataset.iter_samples(start=offset)
+            offset = 0
+
+
+@dataclass
+class Item:
+    """One augmented training sample (or the reason it was skipped)."""
+
+    position: int
+    image: torch.Tensor | None = None  # uint8 [3, H, W]
+    text: str = ""
+    weight: float = 1.0
+    skip: str | None = None
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float32, normalised
+    tokens: torch.Tensor
+    weights: torch.Tensor
+    texts: list[str]
+    next_position: int  # the first position not consumed by this or earlier batches
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+class SampleProcessor:
+    """Augment one decoded sample and pick its caption, seeded by the sample's position."""
+
+    def __init__(
+        self, crop: SeededCrop, seed: int, caption: str = "random", max_chars: int = 2000
+    ) -> None:
+        if caption not in ("random", "first"):
+            raise ValueError(f"unknown caption strategy {caption!r}")
+        self.crop = crop
+        self.seed = seed
+        self.caption = caption
+        self.max_chars = max_chars
+
+    def __call__(self, position: int, sample: Sample | SampleError) -> Item:
+        if isinstance(sample, SampleError):
+            return Item(position, skip=sample.reason)
+        texts = [t for t in sample.texts if t and t.strip()]
+        if not texts:
+            return Item(position, skip="empty_caption")
+        rnd = random.Random(self.seed * 1_000_003 + position)
+        text = texts[0] if self.caption == "first" else texts[rnd.randrange(len(texts))]
+        # A pathological caption must not stall the tokenizer; the context cuts it anyway.
+        text = text[: self.max_chars]
+        image = self.crop(sample.image, rnd)
+        return Item(position, image, text, float(sample.meta.get("weight", 1.0)))
+
+
+class Collator:
+    """Items -> Batch: stack, normalise and tokenize once per batch (cheaper than per item)."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
+        texts = [it.text for it in items]
+        return Batch(
+            normalize(torch.stack([it.image for it in items]), self.mean, self.std),  # type: ignore[misc]
+            self.tokenizer(texts),
+            torch.tensor([it.weight for it in items]),
+            texts,
+            next_position,
+            skipped,
+        )
+
+
+class _ItemStream(IterableDataset):
+    def __init__(self, source: Source, processor: SampleProcessor, start: int) -> None:
+        self.source = source
+        self.processor = processor
+        self.start = start
+
+    def __iter__(self) -> Iterator[Item]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        # Worker w serves positions start+w, start+w+nw, ...; the loader takes one item
+        # from each worker in turn, so the main process sees positions in order.
+        pos = self.start + wid
+        for item in self.source.iter_from(pos, nw):
+            try:
+                yield self.processor(pos, item)
+            except Exception as e:  # a sample that breaks decoding/augmentation is skipped
+                yield Item(pos, skip=f"transform_error:{type(e).__name__}")
+            pos += nw
+
+
+def iter_batches(
+    source: Source,
+    processor: SampleProcessor,
+    collate: Collator,
+    batch_size: int,
+    start: int = 0,
+    workers: int = 0,
+    max_consecutive_skips: int = 10_000,
+) -> Iterator[Batch]:
+    """Batches of ``batch_size`` valid samples from ``start`` on, skipping and counting bad ones."""
+    if workers and not source.random_access:
+        workers = 0
+    stream = _ItemStream(source, processor, start)
+    items: Iterator[Item]
+    if workers:
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=64)
+        items = iter(loader)
+    else:
+        items = iter(stream)
+    skipped = SkipCounter()
+    run_of_skips = 0
+    pending: list[Item] = []
+    for item in items:
+        if item.skip is not None:
+            skipped.add(item.skip)
+            run_of_skips += 1
+            if run_of_skips >= max_consecutive_skips:
+                raise ClipforgeError(
+                    f"{run_of_skips} samples in a row could not be used "
+                    f"(last reason: {item.skip}); is the data set readable?"
+                )
+            continue
+        run_of_skips = 0
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield collate(pending, item.position + 1, skipped.as_dict())
+            pending = []
+            skipped = SkipCounter()

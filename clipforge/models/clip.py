@@ -1,0 +1,78 @@
+"""The CLIP dual encoder."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.models.config import ModelConfig
+from clipforge.models.text import TextTransformer
+from clipforge.models.vision import VisionTransformer
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class CLIPOutput(NamedTuple):
+    image: torch.Tensor  # [B, D], L2-normalised
+    text: torch.Tensor  # [B, D], L2-normalised
+    scale: torch.Tensor  # scalar: exp(logit_scale), clamped at 100
+    bias: torch.Tensor | None  # scalar logit bias, for sigmoid losses
+
+
+class CLIP(nn.Module):
+    """Image tower + text tower + learnable temperature (and optional logit bias)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        init_logit_scale: float = math.log(1 / 0.07),
+        init_logit_bias: float | None = None,
+    ) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.act)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.act)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(init_logit_bias)))
+            if init_logit_bias is not None
+            else None
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Residual-branch projections start small (GPT-2 style) so deep stacks train stably.
+        for tower in (self.visual, self.text):
+            n = len(tower.transformer.blocks)
+            for name, p in tower.transformer.named_parameters():
+                if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * n))
+                elif name.endswith(("qkv.weight", "fc1.weight")):
+                    nn.init.normal_(p, std=0.02)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
+            nn.init.normal_(tower.proj.weight, std=tower.proj.in_features**-0.5)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def logit_scale_exp(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+        return CLIPOutput(
+            self.encode_image(images, normalize=True),
+            self.encode_text(tokens, normalize=True),
+            self.logit_scale_exp(),
+            self.logit_bias,
+        )

@@ -1,0 +1,80 @@
+"""The training run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written to ``RUN_DIR/config.yaml``."""
+
+    model: str = "tiny"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    loss: str = "clip"
+    data: str | None = None
+    image_key: str = "image"
+    caption_key: str = "caption"
+    caption: str = "random"
+    batch_size: int = 128
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    accum_steps: int = 1
+    precision: str = "fp32"
+    crop_scale: float = 0.8
+    flip: bool = False
+    seed: int = 0
+    threads: int = 1
+    workers: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    ckpt_every: int = 100
+    eval_per_class: int = 25
+    eval_pairs: int = 1000
+    max_skip_rate: float = 0.5
+    progress: bool = True
+    out: str | None = None
+
+
+HELP: dict[str, str] = {
+    "model": "model preset (see `clipforge models`)",
+    "model_args": "preset overrides, e.g. vision.width=256,text.layers=2",
+    "loss": "objective name",
+    "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
+    "image_key": "manifest column holding the image path",
+    "caption_key": "manifest column holding the caption",
+    "caption": "caption choice when a sample has several: random or first",
+    "batch_size": "samples per optimizer step",
+    "steps": "optimizer steps",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
+    "warmup": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay (not applied to norms, biases, embeddings, scale)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "eps": "AdamW epsilon",
+    "grad_clip": "clip the global gradient norm (0 = off)",
+    "accum_steps": "split each batch into this many micro-batches (gradients averaged)",
+    "precision": "fp32 or bf16 (autocast)",
+    "crop_scale": "smallest area fraction of the random resized crop",
+    "flip": "random horizontal flip (corrupts left/right captions)",
+    "seed": "random seed (model init, data order, augmentation)",
+    "threads": "torch intra-op threads",
+    "workers": "data-loading worker processes (0 = in the training process)",
+    "log_every": "steps between metric lines",
+    "eval_every": "steps between held-out evaluations (0 = only at the end)",
+    "ckpt_every": "steps between checkpoints",
+    "eval_per_class": "images per class in the zero-shot evaluation",
+    "eval_pairs": "image-text pairs in the retrieval evaluation",
+    "max_skip_rate": "fail when more than this fraction of samples was skipped",
+    "progress": "show a progress bar",
+    "out": "run folder (default runs/YYYYmmdd-HHMMSS)",
+}

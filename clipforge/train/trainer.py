@@ -1,0 +1,325 @@
+"""The training loop: one run folder holding config, metrics, checkpoints and plots.
+
+Run folder layout::
+
+    RUN_DIR/config.yaml          resolved TrainConfig
+    RUN_DIR/model.yaml           resolved model architecture
+    RUN_DIR/metrics.jsonl        one JSON object per logged step and per evaluation
+    RUN_DIR/checkpoints/last.pt  model, optimizer, step, data position, RNG states
+    RUN_DIR/checkpoints/final.pt the trained model (weights + architecture)
+    RUN_DIR/eval.json            final held-out evaluation
+    RUN_DIR/curve.png            training curve
+
+Resume (``--resume RUN_DIR``) reloads ``last.pt`` and replays nothing: the data stream
+restarts at the saved sample position and every sample's augmentation is seeded by its
+position, so the resumed run reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from clipforge.config import from_dict, load_yaml, save_yaml, to_dict
+from clipforge.data.pipeline import (
+    Batch,
+    Collator,
+    IndexedSource,
+    SampleProcessor,
+    SequentialSource,
+    ShapesSource,
+    Source,
+    iter_batches,
+)
+from clipforge.data.shapes import ShapesWorld
+from clipforge.data.tokenizer import get_tokenizer
+from clipforge.data.transforms import SeededCrop
+from clipforge.errors import ClipforgeError
+from clipforge.eval.shapes import evaluate_shapes
+from clipforge.losses import get_loss
+from clipforge.models import CLIP, ModelConfig, get_model_config
+from clipforge.train import checkpoint as ckpt
+from clipforge.train.config import TrainConfig
+from clipforge.train.optim import build_optimizer, cosine_lr
+
+
+def build_source(cfg: TrainConfig, image_size: int) -> Source:
+    if cfg.data is None:
+        return ShapesSource(ShapesWorld(image_size, split="train", seed=cfg.seed))
+    from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
+
+    ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
+    if isinstance(ds, ShardDataset):
+        return SequentialSource(ds)
+    if isinstance(ds, ManifestDataset):
+        if len(ds) == 0:
+            raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
+        return IndexedSource(ds, seed=cfg.seed)
+    raise ClipforgeError(f"unsupported data set {cfg.data}")  # pragma: no cover
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.batch_size < 2:
+        raise ClipforgeError("batch size must be >= 2 for a contrastive loss")
+    if cfg.steps < 1:
+        raise ClipforgeError("steps must be >= 1")
+    if cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:
+        raise ClipforgeError(
+            f"batch size {cfg.batch_size} is not divisible by accum steps {cfg.accum_steps}"
+        )
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ClipforgeError(f"unknown precision {cfg.precision!r} (known: fp32, bf16)")
+    if cfg.caption not in ("random", "first"):
+        raise ClipforgeError(f"unknown caption strategy {cfg.caption!r} (known: random, first)")
+    if not 0 < cfg.crop_scale <= 1:
+        raise ClipforgeError("crop scale must be in (0, 1]")
+    get_loss(cfg.loss)
+
+
+def _norm(tensors: Iterator[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors)))
+
+
+class MetricsLog:
+    """Append-only JSONL, truncated back to the checkpoint on resume."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in keep))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def new_run_dir(out: str | None) -> Path:
+    if out:
+        return Path(out)
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
+    """Train a model as ``cfg`` says and return the run folder.
+
+    With ``resume``, ``cfg`` is ignored except for ``steps`` and ``progress``; the run
+    continues from ``RUN_DIR/checkpoints/last.pt``.
+    """
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ClipforgeError(f"not a clipforge run folder (no config.yaml): {run_dir}")
+        saved = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"), str(run_dir))
+        cfg = replace(saved, progress=cfg.progress)
+        last = run_dir / "checkpoints" / "last.pt"
+        state = ckpt.load(last) if last.exists() else None
+    else:
+        run_dir = new_run_dir(cfg.out)
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise ClipforgeError(
+                f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out"
+            )
+    check_config(cfg)
+    torch.set_num_threads(cfg.threads)
+    mcfg = get_model_config(cfg.model, cfg.model_args)
+    loss_spec = get_loss(cfg.loss)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if state is None:
+        cfg = replace(cfg, out=str(run_dir))
+        save_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / "model.yaml").write_text(yaml.safe_dump(_model_dict(mcfg), sort_keys=False))
+
+    torch.manual_seed(cfg.seed)
+    model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
+    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    tokenizer = get_tokenizer(mcfg.text.context_length)
+    source = build_source(cfg, mcfg.vision.image_size)
+    processor = SampleProcessor(
+        SeededCrop(mcfg.vision.image_size, (cfg.crop_scale, 1.0), flip=cfg.flip),
+        seed=cfg.seed,
+        caption=cfg.caption,
+    )
+    collate = Collator(tokenizer, mcfg.mean, mcfg.std)
+
+    step, position = 0, 0
+    skipped: dict[str, int] = {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, position = int(state["step"]), int(state["position"])
+        skipped = dict(state["skipped"])
+        ckpt.set_rng_state(state["rng"])
+    log = MetricsLog(run_dir / "metrics.jsonl", step if state is not None else None)
+
+    def save_checkpoint() -> None:
+        ckpt.atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "position": position,
+                "skipped": skipped,
+                "rng": ckpt.rng_state(),
+                "model_config": _model_dict(mcfg),
+            },
+            run_dir / "checkpoints" / "last.pt",
+        )
+
+    def run_eval(split: str) -> dict[str, float]:
+        return evaluate_shapes(
+            model, tokenizer, split=split, per_class=cfg.eval_per_class, pairs=cfg.eval_pairs
+        )
+
+    amp = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if cfg.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    model.train()
+    batches = iter_batches(
+        source, processor, collate, cfg.batch_size, start=position, workers=cfg.workers
+    )
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True
+    )
+    seen = 0
+    t_last = time.perf_counter()
+    n_since = 0
+    while step < cfg.steps:
+        batch: Batch = next(batches)
+        lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        before = [p.detach().clone() for p in model.parameters()] if log_now else None
+
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        micro = cfg.batch_size // cfg.accum_steps
+        for k in range(cfg.accum_steps):
+            sl = slice(k * micro, (k + 1) * micro)
+            with amp:
+                out = model(batch.images[sl], batch.tokens[sl])
+                loss = loss_spec.fn(
+                    out.image.float(),
+                    out.text.float(),
+                    out.scale,
+                    out.bias,
+                    weights=batch.weights[sl],
+                )
+            if not torch.isfinite(loss):
+                raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
+            (loss / cfg.accum_steps).backward()
+            loss_sum += float(loss.detach()) / cfg.accum_steps
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if cfg.grad_clip > 0
+            else _norm(p.grad for p in model.parameters() if p.grad is not None)
+        )
+        opt.step()
+        step += 1
+        position = batch.next_position
+        for reason, n in batch.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        seen += cfg.batch_size
+        n_since += cfg.batch_size
+        n_skip = sum(skipped.values())
+        if n_skip and n_skip > cfg.max_skip_rate * (position or 1):
+            raise ClipforgeError(
+                f"{n_skip} of {position} samples were skipped (> --max-skip-rate "
+                f"{cfg.max_skip_rate}): {skipped}"
+            )
+        bar.update(1)
+        if log_now:
+            now = time.perf_counter()
+            rec = {
+                "step": step,
+                "loss": loss_sum,
+                "lr": lr,
+                "logit_scale": float(model.logit_scale_exp()),
+                "grad_norm": grad_norm,
+                "param_norm": _norm(model.parameters()),
+                "update_norm": _norm(
+                    p - b for p, b in zip(model.parameters(), before or [], strict=True)
+                ),
+                "samples": position,
+                "skipped": n_skip,
+                "samples_per_s": n_since / max(now - t_last, 1e-9),
+            }
+            if model.logit_bias is not None:
+                rec["logit_bias"] = float(model.logit_bias)
+            log.write(rec)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
+            t_last, n_since = now, 0
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and cfg.data is None:
+            log.write({"step": step, "split": "val", **run_eval("val")})
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_checkpoint()
+    bar.close()
+
+    final: dict[str, Any] = {"step": step, "skipped": skipped}
+    if cfg.data is None:
+        final.update({"split": "test", **run_eval("test")})
+    log.write({"step": step, "final": True, **final})
+    (run_dir / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
+    ckpt.atomic_save(
+        {"model": model.state_dict(), "model_config": _model_dict(mcfg), "step": step},
+        run_dir / "checkpoints" / "final.pt",
+    )
+    try:
+        from clipforge.train.plots import plot_curve
+
+        plot_curve(run_dir / "metrics.jsonl", run_dir / "curve.png")
+    except Exception as e:  # a plot must never fail a finished run
+        print(f"warning: could not plot the training curve: {e}", file=sys.stderr)
+    return run_dir
+
+
+def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:
+    d = to_dict(mcfg)
+    return json.loads(json.dumps(d))  # tuples -> lists, for YAML and weights_only pickles
+
+
+def load_model(path: str | Path) -> CLIP:
+    """A trained model from a run folder (its final or last checkpoint) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("final.pt", "last.pt"):
+            if (p / "checkpoints" / name).exists():
+                p = p / "checkpoints" / name
+                break
+        else:
+            raise ClipforgeError(f"no checkpoint in {path} (expected checkpoints/final.pt)")
+    state = ckpt.load(p)
+    if "model" not in state or "model_config" not in state:
+        raise ClipforgeError(f"{p} is not a clipforge checkpoint (no model/model_config)")
+    mcfg = ModelConfig.from_dict(state["model_config"])
+    sd = state["model"]
+    bias = sd.get("logit_bias")
+    model = CLIP(mcfg, init_logit_bias=0.0 if bias is not None else None)
+    model.load_state_dict(sd)
+    model.eval()
+    return model
+
+
+__all__ = ["TrainConfig", "load_model", "train"]

@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+# A model small enough that a training step takes milliseconds.
+MICRO_ARGS = {
+    "embed_dim": 32,
+    "vision.image_size": 16,
+    "vision.patch_size": 4,
+    "vision.width": 32,
+    "vision.layers": 1,
+    "vision.heads": 2,
+    "text.width": 32,
+    "text.layers": 1,
+    "text.heads": 2,
+    "text.context_length": 24,
+}
+MICRO_ARGS_CLI = ",".join(f"{k}={v}" for k, v in MICRO_ARGS.items())
+
+
+@pytest.fixture
+def micro_args() -> dict:
+    return dict(MICRO_ARGS)

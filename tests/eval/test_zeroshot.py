@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from clipforge.data.tokenizer import get_tokenizer
+from clipforge.eval.zeroshot import classification_metrics, classifier_weights, zero_shot
+from clipforge.models import create_model
+
+
+def test_metrics_hand_case():
+    # 4 samples, 6 classes. Predictions: 0 (right), 2 (wrong, true 1 is 2nd), 2 (right), 5 (wrong, true 3 last).
+    logits = torch.tensor(
+        [
+            [9, 1, 2, 3, 4, 5],
+            [0, 8, 9, 1, 2, 3],
+            [0, 1, 9, 2, 3, 4],
+            [6, 5, 4, 0, 3, 9],
+        ],
+        dtype=torch.float,
+    )
+    labels = torch.tensor([0, 1, 2, 3])
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 0.5
+    assert m["top5"] == 0.75  # class 3 is ranked 6th for sample 3
+    assert m["mean_per_class_recall"] == 0.5
+
+
+def test_mean_per_class_recall_differs_from_accuracy():
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 0, 0])
+    labels[3] = 1
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 1.0
+    labels = torch.tensor([0, 0, 1, 1])
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 0.75 and m["mean_per_class_recall"] == 0.75
+    labels = torch.tensor([0, 0, 0, 1])
+    logits = torch.tensor([[1.0, 0.0]] * 4)
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 0.75 and m["mean_per_class_recall"] == 0.5
+
+
+def test_template_ensemble_is_normalised_mean(micro_args):
+    model = create_model("tiny", micro_args).eval()
+    tok = get_tokenizer(24)
+    templates = ["a {}", lambda c: f"a photo of a {c}"]
+    w = classifier_weights(model, tok, ["red circle", "blue square"], templates)
+    assert w.shape == (2, 32)
+    e = model.encode_text(tok(["a red circle", "a photo of a red circle"]), normalize=True)
+    expected = torch.nn.functional.normalize(e.mean(0), dim=-1)
+    assert torch.allclose(w[0], expected, atol=1e-6)
+    feats = torch.nn.functional.normalize(torch.stack([w[1], w[0]]), dim=-1)
+    assert zero_shot(feats, torch.tensor([1, 0]), w)["top1"] == pytest.approx(1.0)

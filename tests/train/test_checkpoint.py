@@ -1,0 +1,44 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from clipforge.errors import ClipforgeError
+from clipforge.train import checkpoint as ckpt
+
+
+def test_atomic_save_keeps_old_file_when_write_dies(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.atomic_save({"step": 1}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        ckpt.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path)["step"] == 1
+
+
+def test_rng_round_trip_through_weights_only_load(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    ckpt.atomic_save({"rng": ckpt.rng_state()}, tmp_path / "c.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.set_rng_state(ckpt.load(tmp_path / "c.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_load_refuses_missing_and_garbage(tmp_path):
+    with pytest.raises(ClipforgeError, match="checkpoint not found"):
+        ckpt.load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ClipforgeError, match="cannot load checkpoint .*bad.pt"):
+        ckpt.load(bad)

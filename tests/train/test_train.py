@@ -1,0 +1,121 @@
+import json
+
+import pytest
+from PIL import Image
+
+from clipforge.data.shapes import ShapesWorld
+from clipforge.data.writers import write_manifest, write_shards
+from clipforge.errors import ClipforgeError
+from clipforge.train import TrainConfig, load_model, train
+
+
+def _cfg(tmp_path, micro_args, **kw) -> TrainConfig:
+    base = dict(
+        model_args=micro_args, batch_size=8, steps=6, warmup=2, log_every=2, eval_every=0,
+        ckpt_every=3, eval_per_class=1, eval_pairs=20, progress=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_folder_contents(tmp_path, micro_args):
+    run = train(_cfg(tmp_path, micro_args, eval_every=3))
+    for name in ("config.yaml", "model.yaml", "metrics.jsonl", "eval.json", "curve.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [2, 4, 6]
+    for key in ("lr", "logit_scale", "grad_norm", "param_norm", "update_norm", "samples_per_s"):
+        assert key in steps[0]
+    assert any(r.get("split") == "val" for r in rows)
+    final = json.loads((run / "eval.json").read_text())
+    assert 0 <= final["zeroshot/top1"] <= 1 and "retrieval/i2t_R@1" in final
+    model = load_model(run)
+    assert model.cfg.vision.image_size == 16
+
+
+def test_siglip_bf16_and_accumulation(tmp_path, micro_args):
+    run = train(_cfg(tmp_path, micro_args, loss="siglip", precision="bf16", accum_steps=2))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "logit_bias" in rows[0]
+    assert load_model(run).logit_bias is not None
+
+
+def test_loss_decreases_on_shapes(tmp_path, micro_args):
+    run = train(
+        _cfg(tmp_path, micro_args, steps=60, batch_size=32, lr=2e-3, log_every=10, warmup=5)
+    )
+    losses = [
+        json.loads(x)["loss"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def _with_corrupt(tmp_path, n=200, bad=2, fmt="csv"):
+    world = ShapesWorld(16)
+    samples = [world.sample(i) for i in range(n)]
+    if fmt == "wds":
+        return write_shards(samples, tmp_path / "data", shard_size=50)
+    manifest = write_manifest(samples, tmp_path / "data", fmt=fmt)
+    images = sorted((tmp_path / "data" / "images").iterdir())
+    for p in images[:bad]:
+        p.write_bytes(p.read_bytes()[:40])  # truncated PNG
+    return manifest
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, micro_args):
+    manifest = _with_corrupt(tmp_path, n=200, bad=2)  # 1% corrupt
+    run = train(_cfg(tmp_path, micro_args, data=str(manifest), steps=30, batch_size=16))
+    final = json.loads((run / "eval.json").read_text())
+    # 30 steps x 16 = 480 samples: 2.4 epochs over 200 images, 2 bad per epoch.
+    assert final["skipped"] == {"unreadable_image": 4} or final["skipped"] == {
+        "unreadable_image": 6
+    }
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-2]["skipped"] == sum(final["skipped"].values())
+
+
+def test_shards_train(tmp_path, micro_args):
+    _with_corrupt(tmp_path, n=60, fmt="wds")
+    pattern = str(tmp_path / "data" / "train-{000000..000001}.tar")
+    run = train(_cfg(tmp_path, micro_args, data=pattern, steps=4))
+    assert json.loads((run / "eval.json").read_text())["skipped"] == {}
+
+
+def test_skip_rate_limit(tmp_path, micro_args):
+    manifest = _with_corrupt(tmp_path, n=20, bad=12)
+    with pytest.raises(ClipforgeError, match="skipped"):
+        train(_cfg(tmp_path, micro_args, data=str(manifest), steps=5, max_skip_rate=0.2))
+
+
+def test_config_errors(tmp_path, micro_args):
+    with pytest.raises(ClipforgeError, match="unknown loss"):
+        train(_cfg(tmp_path, micro_args, loss="nope"))
+    with pytest.raises(ClipforgeError, match="not divisible by patch size"):
+        train(_cfg(tmp_path, {**micro_args, "vision.image_size": 18}))
+    with pytest.raises(ClipforgeError, match="not found"):
+        train(_cfg(tmp_path, micro_args, data=str(tmp_path / "missing.csv")))
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, micro_args):
+    train(_cfg(tmp_path, micro_args, steps=3))
+    with pytest.raises(ClipforgeError, match="already holds a run"):
+        train(_cfg(tmp_path, micro_args, steps=3))
+
+
+def test_cmyk_and_palette_images_train(tmp_path, micro_args):
+    d = tmp_path / "odd"
+    d.mkdir()
+    rows = ["image,caption"]
+    for i in range(8):
+        im = ShapesWorld(16).sample(i).image
+        im = im.convert("CMYK") if i % 2 else im.convert("P")
+        name = f"{i}.{'jpg' if i % 2 else 'png'}"
+        im.save(d / name)
+        rows.append(f"{name},caption {i}")
+    (d / "m.csv").write_text("\n".join(rows) + "\n")
+    run = train(_cfg(tmp_path, micro_args, data=str(d / "m.csv"), steps=2))
+    assert json.loads((run / "eval.json").read_text())["skipped"] == {}
+    assert Image.open(d / "1.jpg").mode == "CMYK"
