@@ -126,6 +126,46 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert OpenAI / OpenCLIP / Hugging Face CLIP and SigLIP weights",
+        description="Read a checkpoint (OpenAI CLIP TorchScript or state dict, OpenCLIP state "
+        "dict or folder, Hugging Face CLIPModel/SiglipModel folder, clipforge checkpoint) "
+        "and write it as a clipforge checkpoint, an OpenCLIP folder or state dict, or a "
+        "Hugging Face folder. The architecture is inferred from the tensors and configs. "
+        "No code from the input is run.",
+    )
+    p.add_argument("input", help="checkpoint file or folder")
+    p.add_argument(
+        "output",
+        help="clipforge: a .pt file; openclip: a folder, or a .pt/.bin/.safetensors file "
+        "for the state dict only; hf: a folder",
+    )
+    p.add_argument("--to", required=True, choices=["clipforge", "openclip", "hf"])
+    p.add_argument("--arch", help="a model preset to use instead of the inferred architecture")
+    p.add_argument(
+        "--model-args",
+        default="",
+        help="dotted overrides of the architecture, e.g. act=gelu,text.heads=8 (an OpenCLIP "
+        "state dict without open_clip_config.json is read with OpenAI's quick_gelu and "
+        "64-wide heads)",
+    )
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from clipforge.config import parse_kv
+    from clipforge.models.convert import convert, describe
+
+    overrides = parse_kv(args.model_args, "model-args")
+    ckpt, files = convert(args.input, args.output, args.to, args.arch, overrides)
+    print(f"read {ckpt.path} ({ckpt.format}): {describe(ckpt.config)}")
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -166,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         _eval_parser,
         _synth_parser,
         _list_parser,
+        _convert_parser,
     )
     for b in builders:
         b(sub)

@@ -13,6 +13,8 @@ from clipforge.models.config import (
     VisionConfig,
     get_model_config,
 )
+from clipforge.models.convert import load_checkpoint, save_checkpoint
+from clipforge.models.preprocess import image_transform
 
 
 def create_model(
@@ -37,5 +39,8 @@ __all__ = [
     "VisionConfig",
     "create_model",
     "get_model_config",
+    "image_transform",
     "list_models",
+    "load_checkpoint",
+    "save_checkpoint",
 ]

@@ -56,7 +56,17 @@ class CLIP(nn.Module):
                     nn.init.normal_(p, std=0.02)
                 elif name.endswith("bias"):
                     nn.init.zeros_(p)
-            nn.init.normal_(tower.proj.weight, std=tower.proj.in_features**-0.5)
+            if isinstance(tower.proj, nn.Linear):  # SigLIP's image tower has no projection
+                nn.init.normal_(tower.proj.weight, std=tower.proj.in_features**-0.5)
+                if tower.proj.bias is not None:
+                    nn.init.zeros_(tower.proj.bias)
+        pool = self.visual.attn_pool
+        if pool is not None:
+            for name, p in pool.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                elif name.endswith(("qkv.weight", "fc1.weight", "proj.weight", "fc2.weight")):
+                    nn.init.normal_(p, std=0.02)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         x = self.visual(images)
@@ -67,7 +77,9 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def logit_scale_exp(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """``exp(logit_scale)``, capped at ``cfg.logit_scale_max`` (100 unless set otherwise)."""
+        cap = self.cfg.logit_scale_max
+        return self.logit_scale.exp() if cap is None else self.logit_scale.exp().clamp(max=cap)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
         return CLIPOutput(

@@ -17,8 +17,16 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    pool: str = "cls"  # "cls" (class token) or "mean" (mean of patch tokens)
+    pool: str = "cls"  # "cls" (class token), "mean" (mean of patch tokens), "map" (attention pool)
     pre_norm: bool = True  # LayerNorm after patch embedding (OpenAI CLIP's ln_pre)
+    # The fields below let converted peer models (SigLIP) be expressed; defaults are CLIP's.
+    class_token: bool = True  # SigLIP has none: positions cover the patches only
+    patch_bias: bool = False  # SigLIP's patch embedding has a bias
+    proj_type: str = "linear"  # "linear" or "none" (SigLIP: pooled width is the embedding)
+    proj_bias: bool = False
+    norm_eps: float = 1e-5  # LayerNorm epsilon (SigLIP: 1e-6)
+    stem: str = "patch"  # "patch" (one strided conv, as CLIP) or "conv" (3x3 convolutions)
+    pos_init: str = "random"  # "random" or "sincos" (2-D sine-cosine start, still learned)
 
 
 @dataclass(frozen=True)
@@ -29,11 +37,23 @@ class TextConfig:
     layers: int = 12
     heads: int = 8
     mlp_ratio: float = 4.0
+    # The fields below let converted peer models (SigLIP) be expressed; defaults are CLIP's.
+    causal: bool = True  # SigLIP's text attention is bidirectional
+    pool: str = "argmax"  # "argmax" (end token = largest id) or "last" (last position, SigLIP)
+    proj_bias: bool = False  # SigLIP's text head has a bias
+    norm_eps: float = 1e-5
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A dual-encoder architecture. ``act`` is ``gelu`` or ``quick_gelu`` (OpenAI's)."""
+    """A dual-encoder architecture.
+
+    ``act`` is ``gelu``, ``quick_gelu`` (OpenAI's) or ``gelu_tanh`` (SigLIP's). ``mean``,
+    ``std``, ``resize_mode`` (``shortest``: resize the short side and centre crop, or
+    ``squash``: resize to a square) and ``interpolation`` describe inference preprocessing
+    (see :mod:`clipforge.models.preprocess`). ``logit_scale_max`` caps ``exp(logit_scale)``
+    (``None``: no cap, as SigLIP was trained).
+    """
 
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -42,6 +62,9 @@ class ModelConfig:
     # Image normalisation stored with the model so a loaded checkpoint preprocesses as trained.
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    logit_scale_max: float | None = 100.0
 
     def validate(self) -> None:
         v = self.vision
@@ -54,10 +77,36 @@ class ModelConfig:
                 raise ClipforgeError(
                     f"{name} width {tower.width} is not divisible by its {tower.heads} heads"
                 )
-        if v.pool not in ("cls", "mean"):
-            raise ClipforgeError(f"unknown vision pooling {v.pool!r} (known: cls, mean)")
-        if self.act not in ("gelu", "quick_gelu"):
-            raise ClipforgeError(f"unknown activation {self.act!r} (known: gelu, quick_gelu)")
+        if v.pos_init not in ("random", "sincos"):
+            raise ClipforgeError(f"unknown vision pos_init {v.pos_init!r} (known: random, sincos)")
+        if v.stem not in ("patch", "conv"):
+            raise ClipforgeError(f"unknown vision stem {v.stem!r} (known: patch, conv)")
+        if v.stem == "conv" and (v.patch_size & (v.patch_size - 1) or v.patch_size < 2):
+            raise ClipforgeError(f"a conv stem needs a power-of-two patch size, got {v.patch_size}")
+        if v.pool not in ("cls", "mean", "map"):
+            raise ClipforgeError(f"unknown vision pooling {v.pool!r} (known: cls, mean, map)")
+        if v.pool == "cls" and not v.class_token:
+            raise ClipforgeError("vision pooling 'cls' needs vision.class_token=true")
+        if v.proj_type not in ("linear", "none"):
+            raise ClipforgeError(f"unknown vision projection {v.proj_type!r} (known: linear, none)")
+        if v.proj_type == "none" and v.width != self.embed_dim:
+            raise ClipforgeError(
+                f"vision.proj_type 'none' needs vision width {v.width} == embed_dim {self.embed_dim}"
+            )
+        if self.text.pool not in ("argmax", "last"):
+            raise ClipforgeError(f"unknown text pooling {self.text.pool!r} (known: argmax, last)")
+        if self.act not in ("gelu", "quick_gelu", "gelu_tanh"):
+            raise ClipforgeError(
+                f"unknown activation {self.act!r} (known: gelu, quick_gelu, gelu_tanh)"
+            )
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ClipforgeError(
+                f"unknown resize mode {self.resize_mode!r} (known: shortest, squash)"
+            )
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ClipforgeError(
+                f"unknown interpolation {self.interpolation!r} (known: bicubic, bilinear)"
+            )
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """Return a copy with dotted-key overrides, e.g. ``{"vision.width": 256}``."""
@@ -98,6 +147,10 @@ def _coerce(type_name: Any, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     t = str(type_name)
+    if t.endswith(" | None"):  # optional fields: "none" clears them
+        if value.lower() in ("none", "null"):
+            return None
+        t = t.removesuffix(" | None")
     try:
         if t == "int":
             return int(value)

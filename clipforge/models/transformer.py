@@ -30,11 +30,20 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
+def make_act(act: str) -> nn.Module:
+    """``gelu`` (exact), ``quick_gelu`` (OpenAI CLIP) or ``gelu_tanh`` (SigLIP's approximation)."""
+    if act == "quick_gelu":
+        return QuickGELU()
+    if act == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    return nn.GELU()
+
+
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int, act: str) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,11 +51,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, act: str) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, act: str, norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -55,9 +66,19 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: str) -> None:
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        act: str,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, act) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio, act, norm_eps) for _ in range(layers)
+        )
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for blk in self.blocks:

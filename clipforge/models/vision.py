@@ -3,40 +3,131 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import VisionConfig
-from clipforge.models.transformer import Transformer
+from clipforge.models.posembed import sincos_2d
+from clipforge.models.transformer import MLP, Transformer
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling ("MAP", SigLIP's image head).
+
+    A learned probe token attends over all patch tokens; the result goes through a
+    pre-LN MLP with a residual. ``qkv`` holds the query, key and value projections stacked
+    (as in ``nn.MultiheadAttention.in_proj_weight``): the query applies to the probe only,
+    key and value to the tokens.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: str, norm_eps: float):
+        super().__init__()
+        self.heads = heads
+        self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.mlp = MLP(width, int(width * mlp_ratio), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h, w = self.heads, self.qkv.weight
+        bias = self.qkv.bias
+        # The probe's query is the same for every image: project it once, not per sample.
+        q = F.linear(self.probe.to(x.dtype), w[:d], bias[:d])
+        q = q.view(1, 1, h, d // h).transpose(1, 2).expand(b, -1, -1, -1)
+        k, v = F.linear(x, w[d:], bias[d:]).view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = self.proj(y.transpose(1, 2).reshape(b, 1, d))
+        y = y + self.mlp(self.norm(y))
+        return y[:, 0]
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convolutions down to the patch grid, a 3x3 there, then a 1x1 to the width.
+
+    Overlapping early convolutions let a small ViT see edges and corners inside a patch
+    from the first step (Xiao et al., 2021), which is what shape recognition needs on
+    tiny images; the token grid and so the transformer's cost are the same as with patches.
+    """
+
+    def __init__(self, patch_size: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, c = 3, max(16, width // 4)
+        for _ in range(patch_size.bit_length() - 1):
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.GELU()]
+            c_in, c = c, min(2 * c, width)
+        # One more 3x3 at the patch grid doubles the receptive field (15 px at patch 4):
+        # a whole small object, so its shape becomes a local feature of one token.
+        layers += [nn.Conv2d(c_in, c_in, 3, 1, 1, bias=False), nn.BatchNorm2d(c_in), nn.GELU()]
+        layers.append(nn.Conv2d(c_in, width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class VisionTransformer(nn.Module):
-    """Patch embedding, class token, learned positions, pre-LN blocks, pooling, projection."""
+    """Patch embedding, class token, learned positions, pre-LN blocks, pooling, projection.
+
+    The defaults are OpenAI CLIP's ViT. SigLIP's tower (no class token, patch-embedding bias,
+    no pre-norm, attention-pool head, no projection) is a matter of :class:`VisionConfig`
+    fields; ``class_embedding`` and ``attn_pool`` are ``None`` where the config has none.
+    """
 
     def __init__(self, cfg: VisionConfig, embed_dim: int, act: str = "gelu") -> None:
         super().__init__()
         self.cfg = cfg
         w = cfg.width
         grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = nn.Conv2d(3, w, cfg.patch_size, cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(w) * w**-0.5)
-        self.pos_embed = nn.Parameter(torch.randn(grid * grid + 1, w) * w**-0.5)
-        self.norm_pre = nn.LayerNorm(w) if cfg.pre_norm else nn.Identity()
-        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, act)
-        self.norm_post = nn.LayerNorm(w)
-        self.proj = nn.Linear(w, embed_dim, bias=False)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, w)
+        else:
+            self.patch_embed = nn.Conv2d(3, w, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.class_embedding = nn.Parameter(torch.randn(w) * w**-0.5) if cfg.class_token else None
+        n_pos = grid * grid + int(cfg.class_token)
+        self.pos_embed = nn.Parameter(torch.randn(n_pos, w) * w**-0.5)
+        if cfg.pos_init == "sincos":
+            with torch.no_grad():
+                self.pos_embed[int(cfg.class_token) :] = sincos_2d(grid, w)
+                if cfg.class_token:
+                    self.pos_embed[0] = 0.0
+        self.norm_pre = nn.LayerNorm(w, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.transformer = Transformer(
+            w, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps
+        )
+        self.norm_post = nn.LayerNorm(w, eps=cfg.norm_eps)
+        self.proj: nn.Module = (
+            nn.Linear(w, embed_dim, bias=cfg.proj_bias)
+            if cfg.proj_type == "linear"
+            else nn.Identity()
+        )
+        self.attn_pool = (
+            AttentionPool(w, cfg.heads, cfg.mlp_ratio, act, cfg.norm_eps)
+            if cfg.pool == "map"
+            else None
+        )
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Final-layer tokens ``[B, 1 + grid**2, width]`` (class token first), after norm_post."""
+        """Final-layer tokens ``[B, n_tokens, width]`` (class token first, if any).
+
+        ``norm_post`` is applied here unless pooling is ``mean`` (which normalises the mean).
+        """
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
         x = self.transformer(self.norm_pre(x))
-        return self.norm_post(x) if self.cfg.pool == "cls" else x
+        return x if self.cfg.pool == "mean" else self.norm_post(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.tokens(images)
         if self.cfg.pool == "cls":
             pooled = x[:, 0]
+        elif self.attn_pool is not None:
+            pooled = self.attn_pool(x)
         else:
-            pooled = self.norm_post(x[:, 1:].mean(dim=1))
+            pooled = self.norm_post(x[:, int(self.cfg.class_token) :].mean(dim=1))
         return self.proj(pooled)

@@ -1,0 +1,78 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clipforge.cli.main import main
+from tests.conftest import MICRO_ARGS_CLI
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clipforge", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--loss", "nope"], "unknown loss 'nope'"),
+        (["train", "--model", "huge"], "unknown model preset 'huge'"),
+        (["train", "--data", "/no/such/file.csv"], "not found"),
+        (["train", "--model-args", "vision.image_size=30"], "not divisible by patch size"),
+        (["train", "--steps", "lots"], "'steps'"),
+        (["eval", "/no/such/run"], "checkpoint not found"),
+    ],
+)
+def test_errors_are_one_line_exit_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_malformed_yaml_and_csv(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("steps: [1,\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "c.yaml:" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text('image,caption\na.png,"fine"\nb.png,x,extra\n')
+    assert main(["train", "--data", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "m.csv:3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_config_fields():
+    out = run_cli("train", "--help").stdout
+    for flag in ("--model", "--loss", "--batch-size", "--steps", "--out", "--resume", "--lr"):
+        assert flag in out
+
+
+def test_models_and_losses_listing(capsys):
+    assert main(["models"]) == 0
+    assert "ViT-B-32" in capsys.readouterr().out.split()
+    assert main(["losses"]) == 0
+    assert {"clip", "siglip"} <= set(capsys.readouterr().out.split())
+
+
+def test_train_then_eval_and_synth_round_trip(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli(
+        "train", "--model-args", MICRO_ARGS_CLI, "--steps", "4", "--batch-size", "8",
+        "--eval-per-class", "1", "--eval-pairs", "20", "--progress", "false", "--out", str(run),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "zeroshot/top1" in res.stdout
+    res = run_cli("eval", str(run), "--per-class", "1", "--pairs", "20")
+    assert res.returncode == 0, res.stderr
+    out = json.loads((run / "eval-test.json").read_text())
+    assert "retrieval/i2t_R@1" in out and "zeroshot/top5" in out
+
+    for fmt, check in (("csv", "train.csv"), ("jsonl", "train.jsonl")):
+        res = run_cli("synth", "--out", str(tmp_path / fmt), "--n", "12", "--format", fmt)
+        assert res.returncode == 0, res.stderr
+        assert len((tmp_path / fmt / check).read_text().strip().splitlines()) == 12 + (fmt == "csv")
+    res = run_cli("synth", "--out", str(tmp_path / "wds"), "--n", "12", "--format", "wds",
+                  "--shard-size", "5")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "wds").glob("train-*.tar"))) == 3

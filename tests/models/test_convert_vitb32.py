@@ -1,0 +1,40 @@
+"""The real ViT-B/32 shape (151M parameters): slow, run with ``pytest -m slow``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipforge.data.tokenizer import get_tokenizer
+from clipforge.models import get_model_config
+from clipforge.models.convert import load_checkpoint, read_checkpoint, save_checkpoint
+from tests.models.test_convert import assert_parity, hf_outputs, openclip_outputs, ours, perturb
+
+open_clip = pytest.importorskip("open_clip")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+
+
+def test_vit_b32_openai_layout_and_hf_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    peer = perturb(open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True))
+    path = tmp_path / "ViT-B-32.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in peer.state_dict().items()}, path)
+    ckpt = read_checkpoint(path)
+    # Everything about the architecture is recovered from the tensors alone.
+    assert ckpt.config == get_model_config("ViT-B-32")
+    model = load_checkpoint(path)
+
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    tokens = get_tokenizer(77)(["a photo of a cat", "a diagram of a transformer on a laptop"])
+    assert_parity(ours(model, images, tokens), openclip_outputs(peer, images, tokens))
+
+    del peer
+    save_checkpoint(model, tmp_path / "hf", "hf")
+    hf = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    assert_parity(ours(model, images, tokens), hf_outputs(hf, images, tokens))
