@@ -1,7 +1,7 @@
 """clipforge vs OpenCLIP throughput on the same architecture, weights and batch.
 
 In one process, for each case (default: ViT-B/32 at batch 32 and the ``tiny`` preset at
-batch 256) it builds a clipforge model, exports its weights into an OpenCLIP model (and
+batch 256, with a plain patch embedding since OpenCLIP has no conv stem) it builds a clipforge model, exports its weights into an OpenCLIP model (and
 checks that both compute the same features), then times alternately, step by step:
 
 * a training step: forward both towers, symmetric InfoNCE loss, backward, AdamW step;
@@ -100,7 +100,9 @@ def time_alternately(
 
 def run_case(preset: str, batch: int, args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(0)
-    ours = create_model(preset).to(device)
+    # OpenCLIP has no conv stem; the tiny preset is compared with its plain-patch twin.
+    plain = {"vision.stem": "patch"} if preset == "tiny" else None
+    ours = create_model(preset, plain).to(device)
     peer = openclip_twin(ours.cpu()).to(device)
     ours.to(device)
     images, tokens = batch_inputs(ours, batch, args.text, device)

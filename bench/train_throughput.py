@@ -26,7 +26,9 @@ from clipforge.models import create_model  # noqa: E402
 from clipforge.train.optim import build_optimizer  # noqa: E402
 
 
-def measure(steps: int, batch: int, threads: int, precision: str, data_only: bool = False) -> float:
+def measure(
+    steps: int, batch: int, threads: int, precision: str, data_only: bool = False, workers: int = 0
+) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create_model("tiny")
@@ -37,6 +39,7 @@ def measure(steps: int, batch: int, threads: int, precision: str, data_only: boo
         SampleProcessor(SeededCrop(cfg.vision.image_size), seed=0),
         Collator(get_tokenizer(cfg.text.context_length), cfg.mean, cfg.std),
         batch,
+        workers=workers,
     )
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -67,6 +70,8 @@ def main() -> None:
     print(f"default (2 threads, fp32): {base:8.1f} samples/s  ratio 1.00")
     for name, kw in (
         ("1 thread, fp32", dict(threads=1, precision="fp32")),
+        ("2 threads, 1 data worker", dict(threads=2, precision="fp32", workers=1)),
+        ("1 thread, 1 data worker", dict(threads=1, precision="fp32", workers=1)),
         ("2 threads, bf16", dict(threads=2, precision="bf16")),
         ("data pipeline only", dict(threads=2, precision="fp32", data_only=True)),
     ):

@@ -44,7 +44,7 @@ class AttentionPool(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stride-2 3x3 convolutions down to the patch grid, a 3x3 there, then a 1x1 to the width.
+    """Stride-2 3x3 convolutions down to the patch grid, then a 1x1 to the width.
 
     Overlapping early convolutions let a small ViT see edges and corners inside a patch
     from the first step (Xiao et al., 2021), which is what shape recognition needs on
@@ -58,9 +58,6 @@ class ConvStem(nn.Module):
         for _ in range(patch_size.bit_length() - 1):
             layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.GELU()]
             c_in, c = c, min(2 * c, width)
-        # One more 3x3 at the patch grid doubles the receptive field (15 px at patch 4):
-        # a whole small object, so its shape becomes a local feature of one token.
-        layers += [nn.Conv2d(c_in, c_in, 3, 1, 1, bias=False), nn.BatchNorm2d(c_in), nn.GELU()]
         layers.append(nn.Conv2d(c_in, width, 1))
         self.net = nn.Sequential(*layers)
 

@@ -18,7 +18,7 @@ class TrainConfig:
     caption_key: str = "caption"
     caption: str = "random"
     batch_size: int = 128
-    steps: int = 1000
+    steps: int = 350
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 50
@@ -32,10 +32,10 @@ class TrainConfig:
     crop_scale: float = 0.8
     flip: bool = False
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     workers: int = 0
     log_every: int = 10
-    eval_every: int = 250
+    eval_every: int = 175
     ckpt_every: int = 100
     eval_per_class: int = 25
     eval_pairs: int = 1000

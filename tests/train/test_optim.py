@@ -15,7 +15,7 @@ def test_cosine_schedule_values():
 
 
 def test_weight_decay_exclusions(micro_args):
-    m = create_model("tiny", micro_args, init_logit_bias=-10.0)
+    m = create_model("tiny", {**micro_args, "vision.stem": "patch"}, init_logit_bias=-10.0)
     decay, no_decay = param_groups(m, 0.05)
     names = {id(p): n for n, p in m.named_parameters()}
     dn = {names[id(p)] for p in decay["params"]}
@@ -35,5 +35,11 @@ def test_weight_decay_exclusions(micro_args):
         assert n in nn_, n
     assert len(dn) + len(nn_) == len(list(m.parameters()))
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    # Conv stem: convolution kernels decay, BatchNorm gains and biases do not.
+    conv = create_model("tiny", {**micro_args, "vision.stem": "conv"})
+    d2, n2 = param_groups(conv, 0.05)
+    names2 = {id(p): n for n, p in conv.named_parameters()}
+    assert "visual.patch_embed.net.0.weight" in {names2[id(p)] for p in d2["params"]}
+    assert "visual.patch_embed.net.1.weight" in {names2[id(p)] for p in n2["params"]}
     opt = build_optimizer(m, 1e-3, 0.05, (0.9, 0.98), 1e-6)
     assert isinstance(opt, torch.optim.AdamW)

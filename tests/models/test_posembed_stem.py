@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from clipforge.errors import ClipforgeError
+from clipforge.models import create_model
+from clipforge.models.posembed import sincos_2d
+
+
+def test_sincos_values():
+    e = sincos_2d(grid=2, width=8)
+    assert e.shape == (4, 8)
+    # Patch 1 is (row 0, col 1): x = 1, y = 0; frequencies 1 and 1/100 for 2 per quarter.
+    expected = [math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01), 0, 0, 1, 1]
+    assert e[1].tolist() == pytest.approx(expected, abs=1e-6)
+    # Patch 2 is (row 1, col 0).
+    assert e[2, 4].item() == pytest.approx(math.sin(1), abs=1e-6)
+    # Neighbours are more alike than far patches.
+    g = sincos_2d(8, 64)
+    assert torch.dist(g[0], g[1]) < torch.dist(g[0], g[63])
+    with pytest.raises(ValueError):
+        sincos_2d(2, 6)
+
+
+def test_sincos_init_in_model(micro_args):
+    m = create_model("tiny", {**micro_args, "vision.pos_init": "sincos"})
+    assert torch.equal(m.visual.pos_embed[0], torch.zeros(32))  # class token position
+    assert torch.allclose(m.visual.pos_embed[1:], sincos_2d(4, 32))
+    assert m.visual.pos_embed.requires_grad
+
+
+def test_conv_stem_grid_and_receptive_field(micro_args):
+    m = create_model("tiny", {**micro_args, "vision.stem": "conv"}).eval()
+    tokens = m.visual.tokens(torch.randn(2, 3, 16, 16))
+    assert tokens.shape == (2, 1 + 16, 32)
+    # Overlapping 3x3 convolutions: a pixel change reaches the next token, not only its own.
+    x = torch.zeros(1, 3, 16, 16)
+    y = x.clone()
+    y[0, :, 0, 0] = 1.0
+    stem = m.visual.patch_embed
+    diff = (stem(x) - stem(y)).abs().sum(1)[0]
+    assert diff[0, 0] > 0 and diff[1, 1] == 0 and diff[3, 3] == 0
+    y2 = x.clone()
+    y2[0, :, 3, 3] = 1.0  # the last pixel of patch (0, 0) also feeds token (1, 1)
+    diff2 = (stem(x) - stem(y2)).abs().sum(1)[0]
+    assert diff2[0, 0] > 0 and diff2[1, 1] > 0 and diff2[2, 2] == 0
+    with pytest.raises(ClipforgeError, match="power-of-two"):
+        create_model(
+            "tiny",
+            {**micro_args, "vision.stem": "conv", "vision.image_size": 24, "vision.patch_size": 6},
+        )
