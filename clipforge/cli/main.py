@@ -51,7 +51,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a run folder or checkpoint on the held-out shapes world",
+        help="evaluate a run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF) on the "
+        "held-out shapes world",
         description="Zero-shot colour x shape classification and image<->text retrieval on a "
         "held-out split of the shapes world. Prints a table and writes JSON.",
     )
@@ -72,10 +73,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from clipforge.train import load_model
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    path = Path(args.model)
+    # A run folder or a clipforge checkpoint; anything else may be a peer's weights
+    # (OpenAI, OpenCLIP, Hugging Face), which the converter reads directly.
+    model = load_model(path) if path.is_dir() and (path / "checkpoints").is_dir() else None
+    if model is None:
+        from clipforge.models import load_checkpoint
+
+        model = load_checkpoint(path)
     tok = get_tokenizer(model.cfg.text.context_length)
     res = evaluate_shapes(model, tok, split=args.split, per_class=args.per_class, pairs=args.pairs)
-    path = Path(args.model)
     out = (
         Path(args.out)
         if args.out

@@ -73,6 +73,10 @@ class ModelConfig:
                 f"image size {v.image_size} is not divisible by patch size {v.patch_size}"
             )
         for name, tower in (("vision", v), ("text", self.text)):
+            if tower.heads < 1 or tower.width < 1:
+                raise ClipforgeError(
+                    f"{name} tower needs width >= 1 and heads >= 1, got {tower.width}/{tower.heads}"
+                )
             if tower.width % tower.heads:
                 raise ClipforgeError(
                     f"{name} width {tower.width} is not divisible by its {tower.heads} heads"

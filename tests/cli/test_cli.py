@@ -22,7 +22,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "--data", "/no/such/file.csv"], "not found"),
         (["train", "--model-args", "vision.image_size=30"], "not divisible by patch size"),
         (["train", "--steps", "lots"], "'steps'"),
-        (["eval", "/no/such/run"], "checkpoint not found"),
+        (["eval", "/no/such/run"], "/no/such/run"),
+        (["train", "--model-args", "vision.heads=0"], "heads >= 1"),
     ],
 )
 def test_errors_are_one_line_exit_2(args, needle, capsys):
@@ -76,3 +77,15 @@ def test_train_then_eval_and_synth_round_trip(tmp_path):
                   "--shard-size", "5")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert len(list((tmp_path / "wds").glob("train-*.tar"))) == 3
+
+
+def test_eval_reads_peer_weights(tmp_path, micro_args):
+    from clipforge.models import create_model, save_checkpoint
+
+    model = create_model("tiny", {**micro_args, "vision.stem": "patch"})
+    # A folder with open_clip_config.json: the file records the heads, a bare state dict
+    # could not (it would be read with OpenAI's 64-wide heads).
+    save_checkpoint(model, tmp_path / "oc", "openclip")
+    assert main(["eval", str(tmp_path / "oc"), "--per-class", "1", "--pairs", "10"]) == 0
+    out = json.loads((tmp_path / "oc" / "eval-test.json").read_text())
+    assert 0 <= out["zeroshot/top1"] <= 1 and "retrieval/t2i_R@10" in out
