@@ -1,52 +1,13 @@
-"""Image transforms for training (augmentation) and inference, built on torchvision v2."""
+"""Training augmentation on torchvision v2 functionals (inference: ``models.preprocess``)."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
-
-
-def train_transform(
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    scale: tuple[float, float] = (0.8, 1.0),
-    flip: bool = False,
-) -> Callable[[Image.Image], torch.Tensor]:
-    """Random resized crop (and optional horizontal flip), then normalisation.
-
-    Flip is off by default: it turns "left of" into "right of", silently corrupting
-    captions that mention spatial relations.
-    """
-    ops: list[Callable] = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.9, 1.1), antialias=True),
-    ]
-    if flip:
-        ops.append(v2.RandomHorizontalFlip())
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    return v2.Compose(ops)
-
-
-def eval_transform(
-    image_size: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the shortest side (bicubic), centre crop, normalise: the usual CLIP inference path."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
 
 
 class SeededCrop:

@@ -13,8 +13,6 @@ from clipforge.models.config import ModelConfig
 from clipforge.models.text import TextTransformer
 from clipforge.models.vision import VisionTransformer
 
-MAX_LOGIT_SCALE = 100.0
-
 
 class CLIPOutput(NamedTuple):
     image: torch.Tensor  # [B, D], L2-normalised
