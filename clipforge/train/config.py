@@ -17,6 +17,9 @@ class TrainConfig:
     image_key: str = "image"
     caption_key: str = "caption"
     caption: str = "random"
+    max_captions: int = 4
+    hard_negatives: str = ""
+    hard_negative_weight: float = 1.0
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -51,7 +54,11 @@ HELP: dict[str, str] = {
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
     "image_key": "manifest column holding the image path",
     "caption_key": "manifest column holding the caption",
-    "caption": "caption choice when a sample has several: random or first",
+    "caption": "caption choice when a sample has several: random, first or all (all positives)",
+    "max_captions": "with --caption all, at most this many captions per image",
+    "hard_negatives": "hard-negative captions per sample, comma list of attribute,relation,"
+    "count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
+    "hard_negative_weight": "multiply the softmax weight of hard-negative columns (clip loss)",
     "batch_size": "samples per optimizer step",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",

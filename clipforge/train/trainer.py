@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from clipforge.config import from_dict, load_yaml, save_yaml, to_dict
 from clipforge.data.pipeline import (
+    CAPTION_STRATEGIES,
     Batch,
     Collator,
     IndexedSource,
@@ -46,7 +47,7 @@ from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.errors import ClipforgeError
 from clipforge.eval.shapes import evaluate_shapes
-from clipforge.losses import get_loss
+from clipforge.losses import Features, get_loss
 from clipforge.models import CLIP, ModelConfig, get_model_config
 from clipforge.train import checkpoint as ckpt
 from clipforge.train.config import TrainConfig
@@ -79,11 +80,31 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.precision not in ("fp32", "bf16"):
         raise ClipforgeError(f"unknown precision {cfg.precision!r} (known: fp32, bf16)")
-    if cfg.caption not in ("random", "first"):
-        raise ClipforgeError(f"unknown caption strategy {cfg.caption!r} (known: random, first)")
+    if cfg.caption not in CAPTION_STRATEGIES:
+        raise ClipforgeError(
+            f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
+        )
+    if cfg.max_captions < 1:
+        raise ClipforgeError("max captions must be >= 1")
+    hard_negative_kinds(cfg)
+    if cfg.hard_negative_weight <= 0:
+        raise ClipforgeError("hard negative weight must be > 0")
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
     get_loss(cfg.loss)
+
+
+def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
+    """The perturbation kinds named by ``--hard-negatives`` ('given' = the data's own)."""
+    from clipforge.data.hardneg import PERTURBATIONS
+
+    kinds = tuple(k.strip() for k in cfg.hard_negatives.split(",") if k.strip())
+    for k in kinds:
+        if k not in (*PERTURBATIONS, "given"):
+            raise ClipforgeError(
+                f"unknown hard-negative kind {k!r} (known: {', '.join(PERTURBATIONS)}, given)"
+            )
+    return tuple(k for k in kinds if k != "given")
 
 
 def _norm(tensors: Iterator[torch.Tensor]) -> float:
@@ -151,6 +172,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
+    objective = loss_spec.build(cfg)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     source = build_source(cfg, mcfg.vision.image_size)
@@ -158,6 +180,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         SeededCrop(mcfg.vision.image_size, (cfg.crop_scale, 1.0), flip=cfg.flip),
         seed=cfg.seed,
         caption=cfg.caption,
+        max_captions=cfg.max_captions,
+        hard_negatives=hard_negative_kinds(cfg),
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -217,15 +241,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         loss_sum = 0.0
         micro = cfg.batch_size // cfg.accum_steps
         for k in range(cfg.accum_steps):
-            sl = slice(k * micro, (k + 1) * micro)
+            part = batch.rows(slice(k * micro, (k + 1) * micro))
             with amp:
-                out = model(batch.images[sl], batch.tokens[sl])
-                loss = loss_spec.fn(
-                    out.image.float(),
-                    out.text.float(),
-                    out.scale,
-                    out.bias,
-                    weights=batch.weights[sl],
+                extra = objective.prepare(part.images, part.tokens)
+                out = model(part.images, part.tokens)
+                loss = objective(
+                    Features(
+                        out.image.float(),
+                        out.text.float(),
+                        out.scale,
+                        out.bias,
+                        part.owner,
+                        part.weights,
+                        extra,
+                    )
                 )
             if not torch.isfinite(loss):
                 raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
@@ -256,7 +285,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 "step": step,
                 "loss": loss_sum,
                 "lr": lr,
-                "logit_scale": float(model.logit_scale_exp()),
+                "logit_scale": float(model.logit_scale_exp().detach()),
                 "grad_norm": grad_norm,
                 "param_norm": _norm(model.parameters()),
                 "update_norm": _norm(
@@ -267,7 +296,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 "samples_per_s": n_since / max(now - t_last, 1e-9),
             }
             if model.logit_bias is not None:
-                rec["logit_bias"] = float(model.logit_bias)
+                rec["logit_bias"] = float(model.logit_bias.detach())
             log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0

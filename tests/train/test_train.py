@@ -119,3 +119,18 @@ def test_cmyk_and_palette_images_train(tmp_path, micro_args):
     run = train(_cfg(tmp_path, micro_args, data=str(d / "m.csv"), steps=2))
     assert json.loads((run / "eval.json").read_text())["skipped"] == {}
     assert Image.open(d / "1.jpg").mode == "CMYK"
+
+
+def test_all_captions_and_hard_negatives_train(tmp_path, micro_args):
+    run = train(
+        _cfg(
+            tmp_path, micro_args, caption="all", hard_negatives="attribute,relation,count,shape",
+            hard_negative_weight=2.0, accum_steps=2,
+        )
+    )  # fmt: skip
+    final = json.loads((run / "eval.json").read_text())
+    assert final["step"] == 6
+    with pytest.raises(ClipforgeError, match="unknown hard-negative kind"):
+        train(_cfg(tmp_path / "b", micro_args, hard_negatives="colour"))
+    with pytest.raises(ClipforgeError, match="caption strategy"):
+        train(_cfg(tmp_path / "c", micro_args, caption="some"))
