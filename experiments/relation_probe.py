@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from clipforge.data.hardneg import perturb
-from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.models.preprocess import image_transform
 from clipforge.train.trainer import load_model
@@ -63,6 +63,21 @@ def probe(run: str, seed: int, n: int) -> dict[str, float]:
             res[f"{kind}/t{template}"] = acc
             if template == 0:
                 res[f"{kind}/text_gap"] = (1 - (tp * tn).sum(-1)).mean().item()
+    # Where is a lone object? True position caption against the reflected one.
+    world = ShapesWorld(size, split="test", seed=seed, config=ShapesConfig(position_captions=True))
+    singles = [world.sample(i) for i in range(3 * n)]
+    singles = [s for s in singles if s.meta["kind"] == "single"][:n]
+    pos, neg, keep = [], [], []
+    for k, s in enumerate(singles):
+        cap = perturb(s.meta, "position", random.Random(k), len(s.texts) - 1)
+        if cap is not None:
+            pos.append(s.texts[-1])
+            neg.append(cap)
+            keep.append(k)
+    im = model.encode_image(torch.stack([tf(singles[k].image) for k in keep]), normalize=True)
+    tp = model.encode_text(tok(pos), normalize=True)
+    tn = model.encode_text(tok(neg), normalize=True)
+    res["position/single"] = ((im * tp).sum(-1) > (im * tn).sum(-1)).float().mean().item()
     return res
 
 
