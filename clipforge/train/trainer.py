@@ -173,7 +173,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     objective = loss_spec.build(cfg)
-    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    objective.attach(model)
+    # An objective may own parameters (a third-modality encoder): they train with the model.
+    # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
+    trained = torch.nn.ModuleList([model, objective])
+    opt = build_optimizer(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     source = build_source(cfg, mcfg.vision.image_size)
     processor = SampleProcessor(
@@ -182,6 +186,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         caption=cfg.caption,
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
+        extra_keys=objective.batch_keys,
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -190,6 +195,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if "objective" in state:
+            objective.load_state_dict(state["objective"])
         step, position = int(state["step"]), int(state["position"])
         skipped = dict(state["skipped"])
         ckpt.set_rng_state(state["rng"])
@@ -200,6 +207,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "objective": objective.state_dict(),
                 "step": step,
                 "position": position,
                 "skipped": skipped,
@@ -243,7 +251,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         for k in range(cfg.accum_steps):
             part = batch.rows(slice(k * micro, (k + 1) * micro))
             with amp:
-                extra = objective.prepare(part.images, part.tokens)
+                extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
                 out = model(part.images, part.tokens)
                 loss = objective(
                     Features(
@@ -261,11 +269,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             (loss / cfg.accum_steps).backward()
             loss_sum += float(loss.detach()) / cfg.accum_steps
         grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            float(torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
-            else _norm(p.grad for p in model.parameters() if p.grad is not None)
+            else _norm(p.grad for p in trained.parameters() if p.grad is not None)
         )
         opt.step()
+        objective.after_step(model)
         step += 1
         position = batch.next_position
         for reason, n in batch.skipped.items():
@@ -297,6 +306,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             }
             if model.logit_bias is not None:
                 rec["logit_bias"] = float(model.logit_bias.detach())
+            rec.update(objective.metrics())
             log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0
