@@ -173,6 +173,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     objective = loss_spec.build(cfg)
+    if objective.batch_keys and cfg.data is None:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
+            "which the built-in shapes world does not have: pass --data"
+        )
     objective.attach(model)
     # An objective may own parameters (a third-modality encoder): they train with the model.
     # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
