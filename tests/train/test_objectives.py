@@ -121,4 +121,3 @@ def test_resume_restores_objective_state_exactly(tmp_path, micro_args, case):
 def test_meta_fields_need_data_files(tmp_path, micro_args):
     with pytest.raises(ClipforgeError, match="teacher_image, teacher_text .* pass --data"):
         train(_cfg(tmp_path, micro_args, loss="distill", teacher="data", steps=1))
-
