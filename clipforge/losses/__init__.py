@@ -77,8 +77,7 @@ LOSSES.add(
     LossSpec(
         lambda cfg: InfoLOOBObjective(_opt(cfg, "hopfield_beta", None)),
         math.log(30.0),
-        summary="leave-one-out bound, positive out of the denominator; "
-        "--hopfield-beta for CLOOB's Hopfield retrieval",
+        summary="InfoNCE without the positive in the denominator (+ --hopfield-beta: CLOOB)",
     ),
 )
 LOSSES.add(

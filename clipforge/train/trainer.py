@@ -162,6 +162,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     torch.set_num_threads(cfg.threads)
     mcfg = get_model_config(cfg.model, cfg.model_args)
     loss_spec = get_loss(cfg.loss)
+    # Built before the run folder exists, so a bad objective option leaves nothing behind;
+    # seeded on its own so objective parameters do not shift the model's initialisation.
+    torch.manual_seed(cfg.seed)
+    objective = loss_spec.build(cfg)
+    if objective.batch_keys and cfg.data is None:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
+            "which the built-in shapes world does not have: pass --data"
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -172,12 +181,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
-    objective = loss_spec.build(cfg)
-    if objective.batch_keys and cfg.data is None:
-        raise ClipforgeError(
-            f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
-            "which the built-in shapes world does not have: pass --data"
-        )
     objective.attach(model)
     # An objective may own parameters (a third-modality encoder): they train with the model.
     # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
