@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from clipforge.errors import ClipforgeError
+from clipforge.losses import cwcl, infoloob, symile
 from clipforge.losses.alignment import AlignmentObjective, alignment_loss
-from clipforge.losses.base import Features, Objective, weighted_mean
+from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
 from clipforge.losses.clip import ClipObjective, clip_loss
 from clipforge.losses.cwcl import CWCLObjective, cwcl_loss
 from clipforge.losses.distill import DistillObjective, similarity_kd_loss
@@ -58,6 +60,27 @@ def _embed_dim(cfg: Any) -> int:
     return get_model_config(cfg.model, cfg.model_args).embed_dim
 
 
+# Objectives that cannot use hard-negative captions refuse them when built, before a run
+# starts; their forward passes check again (data may bring its own negatives).
+def _infoloob(cfg: Any) -> Objective:
+    obj = InfoLOOBObjective(_opt(cfg, "hopfield_beta", None))
+    if obj.hopfield_beta is not None:
+        reject_hard_negatives(cfg, "infoloob", infoloob.NO_HARD_NEGATIVES)
+    return obj
+
+
+def _cwcl(cfg: Any) -> Objective:
+    reject_hard_negatives(cfg, "cwcl", cwcl.NO_HARD_NEGATIVES)
+    return CWCLObjective(_opt(cfg, "reference", None))
+
+
+def _symile(cfg: Any) -> Objective:
+    reject_hard_negatives(cfg, "symile", symile.ONE_CAPTION)
+    if _opt(cfg, "caption", "random") == "all":
+        raise ClipforgeError(f"loss 'symile' does not support --caption all: {symile.ONE_CAPTION}")
+    return SymileObjective(_opt(cfg, "symile_categories", 8), _embed_dim(cfg))
+
+
 LOSSES: Registry[LossSpec] = Registry("loss")
 LOSSES.add(
     "clip",
@@ -75,7 +98,7 @@ LOSSES.add(
 LOSSES.add(
     "infoloob",
     LossSpec(
-        lambda cfg: InfoLOOBObjective(_opt(cfg, "hopfield_beta", None)),
+        _infoloob,
         math.log(30.0),
         summary="InfoNCE without the positive in the denominator (+ --hopfield-beta: CLOOB)",
     ),
@@ -83,7 +106,7 @@ LOSSES.add(
 LOSSES.add(
     "cwcl",
     LossSpec(
-        lambda cfg: CWCLObjective(_opt(cfg, "reference", None)),
+        _cwcl,
         summary="soft targets from a frozen --reference tower's within-modality similarities",
     ),
 )
@@ -111,7 +134,7 @@ LOSSES.add(
 LOSSES.add(
     "symile",
     LossSpec(
-        lambda cfg: SymileObjective(_opt(cfg, "symile_categories", 8), _embed_dim(cfg)),
+        _symile,
         summary="multilinear inner product of image, caption and meta 'third' (Symile)",
     ),
 )

@@ -13,6 +13,7 @@ rows) before the objective runs, so objectives are written once, for one process
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,9 +116,15 @@ class StepSeeded(Objective):
         self.step += 1
 
 
-def reject_hard_negatives(f: Features, loss: str, why: str) -> None:
-    """Raise a one-line error when the batch holds hard-negative captions (``owner = -1``)."""
-    if f.owner is not None and bool((f.owner < 0).any()):
+def reject_hard_negatives(f: Features | Any, loss: str, why: str) -> None:
+    """Raise a one-line error if hard-negative captions are on: asked for by a run config
+    (its ``hard_negatives`` field, checked when the objective is built) or present in a
+    batch (``owner = -1``; data can bring its own negatives without the flag)."""
+    if isinstance(f, Features):
+        present = f.owner is not None and bool((f.owner < 0).any())
+    else:
+        present = bool(getattr(f, "hard_negatives", ""))
+    if present:
         raise ClipforgeError(f"loss {loss!r} does not support --hard-negatives: {why}")
 
 

@@ -56,6 +56,11 @@ def cwcl_loss(
     return (weighted_mean(li, weights) + weighted_mean(lt, wt)) / 2
 
 
+NO_HARD_NEGATIVES = (
+    "the reference finds a minimally edited caption similar, so the soft targets would reward it"
+)
+
+
 class CWCLObjective(Objective):
     """:func:`cwcl_loss` with the reference tower loaded from ``reference`` (a run folder or
     checkpoint); its embeddings of the batch are computed in :meth:`prepare`."""
@@ -79,10 +84,7 @@ class CWCLObjective(Objective):
         return {"ref_image": ref_image, "text_ref": ref_text}
 
     def forward(self, f: Features) -> torch.Tensor:
-        reject_hard_negatives(
-            f, "cwcl", "the reference finds a minimally edited caption similar, so the soft "
-            "targets would reward it"
-        )  # fmt: skip
+        reject_hard_negatives(f, "cwcl", NO_HARD_NEGATIVES)
         return cwcl_loss(
             f.image, f.text, f.scale, f.extra["ref_image"], f.extra["text_ref"], f.weights, f.owner
         )

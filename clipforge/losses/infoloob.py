@@ -96,6 +96,12 @@ def cloob_loss(
     ) / 2
 
 
+NO_HARD_NEGATIVES = (
+    "with --hopfield-beta a retrieved negative is a blend of the batch's images, no longer "
+    "a minimal edit of the caption (use infoloob without Hopfield)"
+)
+
+
 class InfoLOOBObjective(Objective):
     """:func:`infoloob_loss`, or :func:`cloob_loss` when ``hopfield_beta`` is set.
 
@@ -112,10 +118,5 @@ class InfoLOOBObjective(Objective):
         scale = f.scale.detach()
         if self.hopfield_beta is None:
             return infoloob_loss(f.image, f.text, scale, f.weights, f.owner)
-        reject_hard_negatives(
-            f,
-            "infoloob",
-            "with --hopfield-beta a retrieved negative is a blend of the batch's images, "
-            "no longer a minimal edit of the caption (use infoloob without Hopfield)",
-        )
+        reject_hard_negatives(f, "infoloob", NO_HARD_NEGATIVES)
         return cloob_loss(f.image, f.text, scale, self.hopfield_beta, f.weights, f.owner)

@@ -44,6 +44,9 @@ def symile_loss(
     return sum(weighted_mean(t, weights) for t in terms) / 3  # type: ignore[return-value]
 
 
+ONE_CAPTION = "it scores (image, caption, third view) triples, one caption per image"
+
+
 class SymileObjective(Objective):
     """:func:`symile_loss` over image, caption and a categorical third view.
 
@@ -63,8 +66,7 @@ class SymileObjective(Objective):
     def forward(self, f: Features) -> torch.Tensor:
         if f.owner is not None:
             raise ClipforgeError(
-                "loss 'symile' scores (image, caption, third view) triples: use one caption "
-                "per image (--caption random or first) and no --hard-negatives"
+                f"loss 'symile' needs one caption per image and no hard negatives: {ONE_CAPTION}"
             )
         index = f.extra["third"]
         if bool((index < 0).any()) or bool((index >= self.third.categories).any()):

@@ -27,6 +27,9 @@ def test_losses_lists_names_with_summaries(capsys):
         (["--loss", "distill", "--teacher", "/no/such/run"], "not found"),
         (["--loss", "infoloob", "--hopfield-beta", "x"], "'hopfield_beta'"),
         (["--loss", "symile"], "pass --data"),
+        (["--loss", "symile", "--caption", "all"], "--caption all"),
+        (["--loss", "infoloob", "--hopfield-beta", "8", "--hard-negatives", "count"], "blend"),
+        (["--loss", "clip+cwcl", "--hard-negatives", "count"], "'cwcl' does not support"),
     ],
 )
 def test_objective_errors_are_one_line(tmp_path, args, needle, capsys):
