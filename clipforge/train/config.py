@@ -14,6 +14,8 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str = "clip"
     data: str | None = None
+    shapes_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     image_key: str = "image"
     caption_key: str = "caption"
     caption: str = "random"
@@ -62,6 +64,9 @@ HELP: dict[str, str] = {
     "model_args": "preset overrides, e.g. vision.width=256,text.layers=2",
     "loss": "objective name or sum, e.g. clip+0.1*uniformity (see `clipforge losses`)",
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
+    "shapes_args": "shapes-world generator overrides, e.g. count_weights=[0.2,0.6,0.1,0.1],"
+    "group_prob=0.3",
+    "init": "start from the weights of this checkpoint or run folder (fine-tuning)",
     "image_key": "manifest column holding the image path",
     "caption_key": "manifest column holding the caption",
     "caption": "caption choice when a sample has several: random, first or all (all positives)",

@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from clipforge.data.pipeline import (
     Source,
     iter_batches,
 )
-from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.errors import ClipforgeError
@@ -56,7 +56,9 @@ from clipforge.train.optim import build_optimizer, cosine_lr
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
     if cfg.data is None:
-        return ShapesSource(ShapesWorld(image_size, split="train", seed=cfg.seed))
+        return ShapesSource(
+            ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
+        )
     from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
 
     ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
@@ -67,6 +69,23 @@ def build_source(cfg: TrainConfig, image_size: int) -> Source:
             raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
         return IndexedSource(ds, seed=cfg.seed)
     raise ClipforgeError(f"unsupported data set {cfg.data}")  # pragma: no cover
+
+
+def shapes_config(cfg: TrainConfig) -> ShapesConfig:
+    """The shapes-world generator of a run: the defaults with ``--shapes-args`` applied."""
+    known = {f.name for f in fields(ShapesConfig)} - {"image_size"}
+    unknown = sorted(set(cfg.shapes_args) - known)
+    if unknown:
+        raise ClipforgeError(
+            f"unknown shapes-args {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    args = dict(cfg.shapes_args)
+    if "count_weights" in args:
+        w = args["count_weights"]
+        if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
+            raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
+        args["count_weights"] = tuple(float(x) for x in w)
+    return ShapesConfig(**args)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -92,6 +111,8 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
     get_loss(cfg.loss)
+    if cfg.data is None:
+        shapes_config(cfg)
 
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
@@ -181,7 +202,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
-    objective.attach(model)
+    if cfg.init and state is None:
+        _init_weights_from(model, cfg.init)
+    objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     # An objective may own parameters (a third-modality encoder): they train with the model.
     # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
     trained = torch.nn.ModuleList([model, objective])
@@ -340,6 +363,28 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     except Exception as e:  # a plot must never fail a finished run
         print(f"warning: could not plot the training curve: {e}", file=sys.stderr)
     return run_dir
+
+
+def _init_weights_from(model: CLIP, path: str) -> None:
+    """Copy the weights of ``path`` (a run folder or any checkpoint clipforge reads) into ``model``.
+
+    The architecture must match; the logit scale/bias come along, so a fine-tune
+    continues at the temperature the source run ended with.
+    """
+    try:
+        src = load_model(path)
+    except ClipforgeError:
+        from clipforge.models import load_checkpoint  # OpenAI / OpenCLIP / HF weights
+
+        src = load_checkpoint(path)
+    mine, theirs = model.state_dict(), src.state_dict()
+    bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    if bad:
+        raise ClipforgeError(
+            f"--init {path}: its architecture differs from the run's model "
+            f"({len(bad)} tensors, e.g. {bad[0]}); pass the matching --model/--model-args"
+        )
+    model.load_state_dict({k: theirs[k] for k in mine})
 
 
 def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:
