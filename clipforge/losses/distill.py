@@ -76,6 +76,11 @@ def feature_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 class DistillObjective(Objective):
     """``(1 - w) CLIP + w KD + w_f (feature cosine)``, as MobileCLIP mixes them.
 
+    As ``KL(P || Q) = CE(P, Q) - H(P)``, the first two terms are, up to a constant, the
+    cross-entropy against hybrid labels ``(1 - w) onehot + w P_teacher``: CLIP-Refine's
+    HyCD when the teacher is the frozen pre-trained model (``--init`` and ``--teacher``
+    the same checkpoint).
+
     ``teacher``: ``"ema"`` (a moving average of the student, updated after every
     optimizer step with ``ema_decay``), ``"data"`` (embeddings stored in the samples'
     meta) or a path to a run folder / checkpoint (a frozen model). ``temperature`` is the
