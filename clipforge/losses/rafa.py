@@ -28,6 +28,12 @@ def rafa_loss(
     a prior that spreads over the sphere, so the features do not collapse while doing it.
     ``references`` ``[B, D]``; captions of one image share its reference and
     hard-negative captions (``owner = -1``) have none.
+
+    A caveat on the sphere: for unit ``x`` and an isotropic prior, ``E_r ||x - r||^2 =
+    ||x||^2 + E||r||^2`` is a constant, so the expected gradient is zero and the term acts
+    only through its per-step noise (``experiments/objectives_gap.py`` sees no change of
+    the modality gap). The pull toward the prior's mean that closes the gap needs the
+    features before L2 normalisation, which :class:`Features` does not carry.
     """
     li = (image - references).pow(2).sum(dim=1).mean()
     if owner is None:
