@@ -101,7 +101,19 @@ def run(objective: str, data, test, k: int, args) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def compare(args: argparse.Namespace) -> dict:
+    """Train both objectives as ``args`` says; their held-out accuracies and chance."""
+    torch.set_num_threads(args.threads)
+    k = args.categories
+    train = featurise(TriModalShapes(args.image_size, "train", args.seed, k), args.train)
+    test = featurise(TriModalShapes(args.image_size, "test", args.seed, k), args.test, train[3])
+    results: dict = {"chance": 1 / k}
+    for objective in ("pairwise_clip", "symile"):
+        results[objective] = run(objective, train, test, k, args)
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--categories", type=int, default=8)
     p.add_argument("--train", type=int, default=4000, help="training triples")
@@ -114,21 +126,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    k = args.categories
-    train = featurise(TriModalShapes(args.image_size, "train", args.seed, k), args.train)
-    test = featurise(TriModalShapes(args.image_size, "test", args.seed, k), args.test, train[3])
-    results = {"chance": 1 / k}
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
+    results = compare(args)
     for objective in ("pairwise_clip", "symile"):
-        r = run(objective, train, test, k, args)
-        results[objective] = r
+        r = results[objective]
         print(
             f"{objective:14s} held-out third-view acc {100 * r['test_acc']:5.1f}%  "
             f"(train {100 * r['train_acc']:5.1f}%, loss {r['final_loss']:.3f}, "
             f"{r['seconds']:.0f} s)"
         )
-    print(f"{'chance':14s} {100 / k:5.1f}%")
+    print(f"{'chance':14s} {100 * results['chance']:5.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), **results}, f, indent=2)

@@ -41,3 +41,12 @@ def test_symile_objective_owns_the_third_view_encoder():
         obj(f.replace(extra={"third": torch.tensor([0, 5, 1])}))
     with pytest.raises(ClipforgeError, match="one caption per image"):
         obj(f.replace(owner=torch.arange(3)))
+
+
+@pytest.mark.slow
+def test_symile_solves_the_xor_world_where_pairwise_clip_cannot():
+    from experiments.symile_xor import compare, parser
+
+    res = compare(parser().parse_args(["--train", "2000", "--test", "500", "--steps", "400"]))
+    assert res["symile"]["test_acc"] > 0.6
+    assert res["pairwise_clip"]["test_acc"] < res["chance"] + 0.06
