@@ -27,6 +27,9 @@ from clipforge.data.shapes import _INVERSE, SHAPES, Scene, ShapeObject, captions
 from clipforge.errors import ClipforgeError
 
 PERTURBATIONS: tuple[str, ...] = ("attribute", "relation", "count", "shape")
+# "position" flips where a lone object is ("on the left" -> "on the right"); it only
+# changes the position captions of ``ShapesConfig(position_captions=True)``.
+TRAINING_PERTURBATIONS: tuple[str, ...] = (*PERTURBATIONS, "position")
 # Groups in the default world hold 2-4 objects; a wrong count stays inside that range so
 # the negative is not rejectable by an out-of-distribution number word alone.
 COUNT_RANGE: tuple[int, ...] = (2, 3, 4)
@@ -99,7 +102,16 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
         new = list(objs)
         new[i] = _with(objs[i], shape=shape)
         return replace(scene, objects=new)
-    raise ClipforgeError(f"unknown perturbation {kind!r} (known: {', '.join(PERTURBATIONS)})")
+    if kind == "position":
+        if scene.kind != "single" or not scene.image_size:
+            return None
+        # Reflecting the object through the image centre flips left/right and top/bottom.
+        n = scene.image_size
+        x0, y0, x1, y1 = objs[0].box
+        return replace(scene, objects=[_with(objs[0], box=(n - x1, n - y1, n - x0, n - y0))])
+    raise ClipforgeError(
+        f"unknown perturbation {kind!r} (known: {', '.join(TRAINING_PERTURBATIONS)})"
+    )
 
 
 def perturb(
@@ -139,6 +151,7 @@ def hard_negatives(
 __all__ = [
     "COUNT_RANGE",
     "PERTURBATIONS",
+    "TRAINING_PERTURBATIONS",
     "hard_negatives",
     "perturb",
     "positive_caption",

@@ -117,13 +117,13 @@ def check_config(cfg: TrainConfig) -> None:
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
     """The perturbation kinds named by ``--hard-negatives`` ('given' = the data's own)."""
-    from clipforge.data.hardneg import PERTURBATIONS
+    from clipforge.data.hardneg import TRAINING_PERTURBATIONS as KINDS
 
     kinds = tuple(k.strip() for k in cfg.hard_negatives.split(",") if k.strip())
     for k in kinds:
-        if k not in (*PERTURBATIONS, "given"):
+        if k not in (*KINDS, "given"):
             raise ClipforgeError(
-                f"unknown hard-negative kind {k!r} (known: {', '.join(PERTURBATIONS)}, given)"
+                f"unknown hard-negative kind {k!r} (known: {', '.join(KINDS)}, given)"
             )
     return tuple(k for k in kinds if k != "given")
 
