@@ -27,7 +27,10 @@ class Features:
 
     ``extra`` holds any further tensors an objective needs (teacher or reference
     embeddings, a third modality). Keys starting with ``text_`` have ``T`` rows, every
-    other key ``B`` rows; the distributed gather relies on that convention.
+    other key ``B`` rows; the distributed gather relies on that convention. Keys in use:
+    ``ref_image``/``text_ref`` (CWCL's reference), ``teacher_image``/``text_teacher`` (a
+    live distillation teacher), ``teacher_image``/``teacher_text`` (stored teacher
+    embeddings, one caption per image, so ``B`` rows), ``third`` (Symile's third view).
     """
 
     image: torch.Tensor  # [B, D], L2-normalised
