@@ -3,6 +3,8 @@ Learning through Alignment and Uniformity on the Hypersphere"."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from clipforge.losses.base import Features, Objective
@@ -21,7 +23,7 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     sq = (2 - 2 * x @ x.T).clamp(min=0)
     i, j = torch.triu_indices(n, n, offset=1, device=x.device)
     d = sq[i, j]
-    return torch.logsumexp(-t * d, dim=0) - torch.log(torch.tensor(float(d.numel())))
+    return torch.logsumexp(-t * d, dim=0) - math.log(d.numel())
 
 
 def uniformity_loss(
