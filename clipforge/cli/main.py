@@ -41,10 +41,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
     }
     cfg = resolve(TrainConfig, args.config, overrides)
+    from clipforge.train.trainer import skip_summary
+
     run_dir = train(cfg, resume=args.resume)
     result = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}")
     _print_table(result)
+    print(skip_summary(result.get("skipped", {}), int(result.get("samples", 0))))
     return 0
 
 

@@ -17,6 +17,12 @@ class TrainConfig:
     image_key: str = "image"
     caption_key: str = "caption"
     caption: str = "random"
+    shuffle_buffer: int = 1000
+    resample: bool = False
+    text_word_dropout: float = 0.0
+    text_sentence_shuffle: bool = False
+    text_synonyms: str | None = None
+    text_synonym_prob: float = 0.0
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -52,6 +58,12 @@ HELP: dict[str, str] = {
     "image_key": "manifest column holding the image path",
     "caption_key": "manifest column holding the caption",
     "caption": "caption choice when a sample has several: random or first",
+    "shuffle_buffer": "samples in each tar-shard stream's shuffle buffer (0 = shard order)",
+    "resample": "draw tar shards with replacement instead of each once per epoch",
+    "text_word_dropout": "probability of dropping each caption word",
+    "text_sentence_shuffle": "shuffle the sentences of multi-sentence captions",
+    "text_synonyms": "synonym file (comma-separated groups, one per line) for synonym swap",
+    "text_synonym_prob": "probability of swapping each listed word for a synonym",
     "batch_size": "samples per optimizer step",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",
