@@ -236,6 +236,11 @@ class ManifestDataset:
         """The resolved path of row ``i``'s image."""
         return self.root / self._rows[i].image
 
+    def record(self, i: int) -> tuple[list[str], dict[str, Any]]:
+        """Row ``i``'s non-blank captions and meta, without touching the image."""
+        row = self._rows[i]
+        return _clean_texts(row.texts), dict(row.meta)
+
     def load(self, i: int) -> Sample:
         """Load row ``i``: decode its image to RGB and return the :class:`Sample`.
 
@@ -739,8 +744,8 @@ class FolderDataset:
     def image_path(self, i: int) -> Path:
         return self.root / self._images[i]
 
-    def captions(self, i: int) -> tuple[list[str], dict[str, Any]]:
-        """Row ``i``'s captions and meta from its sidecar; raises :class:`SampleError`."""
+    def record(self, i: int) -> tuple[list[str], dict[str, Any]]:
+        """Image ``i``'s captions and meta from its sidecar; raises :class:`SampleError`."""
         path = self.image_path(i)
         txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
         meta: dict[str, Any] = {}
@@ -765,7 +770,7 @@ class FolderDataset:
 
     def load(self, i: int) -> Sample:
         """Decode image ``i`` and read its sidecar captions."""
-        texts, meta = self.captions(i)
+        texts, meta = self.record(i)
         if not texts:
             raise SampleError("empty_caption", str(self.image_path(i)))
         image = decode_image(self.image_path(i), str(self.image_path(i)))
