@@ -814,8 +814,14 @@ def open_dataset(
         shards = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(".tar"))
         if shards:
             return ShardDataset([str(p) for p in shards])
+        # A .json next to an image of the same name is that image's sidecar, not a manifest.
+        image_stems = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         manifests = sorted(
-            p for p in folder.iterdir() if p.is_file() and _has_suffix(p.name, MANIFEST_SUFFIXES)
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and _has_suffix(p.name, MANIFEST_SUFFIXES)
+            and not (p.suffix.lower() == ".json" and p.stem in image_stems)
         )
         if len(manifests) == 1:
             return ManifestDataset(manifests[0], image_key=image_key, caption_key=caption_key)
