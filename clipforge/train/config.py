@@ -86,7 +86,8 @@ HELP: dict[str, str] = {
     "ckpt_every": "steps between checkpoints",
     "eval_per_class": "images per class in the zero-shot evaluation",
     "eval_pairs": "image-text pairs in the retrieval evaluation",
-    "max_skip_rate": "fail when more than this fraction of samples was skipped",
+    "max_skip_rate": "fail when more than this fraction of samples was skipped (judged from "
+    "1000 samples on, or at the end of a shorter run)",
     "progress": "show a progress bar",
     "out": "run folder (default runs/YYYYmmdd-HHMMSS)",
 }

@@ -281,10 +281,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         seen += cfg.batch_size
         n_since += cfg.batch_size
         n_skip = sum(skipped.values())
-        if n_skip and n_skip > cfg.max_skip_rate * (position or 1):
+        # A few bad samples early on say little about the rate, so the check waits for
+        # 1000 samples (or the end of a shorter run) before judging.
+        judged = position >= min(1000, cfg.steps * cfg.batch_size)
+        if judged and n_skip > cfg.max_skip_rate * position:
             raise ClipforgeError(
                 f"{n_skip} of {position} samples were skipped (> --max-skip-rate "
-                f"{cfg.max_skip_rate}): {skipped}"
+                f"{cfg.max_skip_rate}): "
+                + ", ".join(f"{r} {n}" for r, n in sorted(skipped.items(), key=lambda x: -x[1]))
             )
         bar.update(1)
         if log_now:
