@@ -94,7 +94,7 @@ class ShapesSource(Source):
 
 
 class IndexedSource(Source):
-    """A finite random-access data set (a manifest), reshuffled every epoch."""
+    """A finite random-access data set (a manifest, an image folder), reshuffled every epoch."""
 
     def __init__(self, dataset, seed: int = 0, shuffle: bool = True) -> None:
         self.dataset = dataset
@@ -116,32 +116,6 @@ class IndexedSource(Source):
 
     def get(self, position: int) -> Sample:
         return self.dataset.load(self._index(position))
-
-
-class SequentialSource(Source):
-    """Tar shards, read in order; a restart skips the members before ``start`` undecoded."""
-
-    random_access = False
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self._n: int | None = None
-
-    def __len__(self) -> int:
-        if self._n is None:
-            self._n = self.dataset.count_samples()
-        return self._n
-
-    def iter_from(self, start: int, step: int = 1) -> Iterator[Sample | SampleError]:
-        if step != 1:
-            raise ValueError("tar shards are read by one process; use workers=0")
-        n = len(self)
-        if n == 0:
-            raise SampleError("empty_dataset", "no samples in the shards")
-        offset = start % n
-        while True:
-            yield from self.dataset.iter_samples(start=offset)
-            offset = 0
 
 
 class _ShuffleBuffer:
