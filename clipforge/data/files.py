@@ -491,8 +491,10 @@ class ShardDataset:
 
     Members are grouped into samples the way webdataset does it: consecutive members that
     share the name up to the first dot of the file name. A sample needs an image member
-    (the first of ``image_keys`` present) and a ``caption_key`` member (one caption per
-    non-blank line); a ``.json`` member, when present, becomes ``meta``.
+    (the first of ``image_keys`` present) and captions: a ``caption_key`` member (one
+    caption per non-blank line) or, without one, a ``.json`` member with a ``captions``
+    list or a ``caption`` string. The ``.json`` member, when present, becomes ``meta``
+    (a ``weight`` there is the sample's loss weight and must be a number >= 0).
     """
 
     def __init__(
