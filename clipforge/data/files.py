@@ -192,7 +192,9 @@ class ManifestDataset:
     """Image-caption pairs listed in a CSV, TSV or JSON Lines manifest.
 
     Each row names an image (relative to the manifest's folder unless absolute) and its
-    caption. In JSON Lines the caption may also be a list of strings. Two optional
+    caption. In JSON Lines the caption may also be a list of strings; ``caption_key`` may
+    name several columns separated by commas (``"caption,caption_2"``), each giving one
+    caption (empty cells are dropped). Two optional
     columns written by :func:`clipforge.data.writers.write_manifest` are understood:
     ``captions`` (a JSON list of every caption; it takes precedence over the caption
     column) and ``meta`` (a JSON object, merged into :attr:`Sample.meta`). Every other
@@ -210,6 +212,10 @@ class ManifestDataset:
         self.root = self.path.parent
         self.image_key = image_key
         self.caption_key = caption_key
+        # Several caption columns ("caption,caption_2,caption_3") give several captions.
+        self.caption_keys = tuple(k.strip() for k in caption_key.split(",") if k.strip())
+        if not self.caption_keys:
+            raise ClipforgeError(f"{self.path}: empty caption column name")
         if not self.path.is_file():
             raise ClipforgeError(f"manifest not found: {self.path}")
         suffix = self.path.suffix.lower()
@@ -281,11 +287,11 @@ class ManifestDataset:
             duplicates = sorted({h for h in header if header.count(h) > 1})
             if duplicates:
                 raise ClipforgeError(f"{self.path}:1: duplicate column {duplicates[0]!r}")
-            for column in (self.image_key, self.caption_key):
+            for column in (self.image_key, *self.caption_keys):
                 if column not in header:
                     raise self._missing_column(column, header, str(self.path))
             image_idx = header.index(self.image_key)
-            caption_idx = header.index(self.caption_key)
+            caption_idx = [header.index(k) for k in self.caption_keys]
             special = self._special_columns()
             last_line = reader.line_num
             while True:
@@ -308,10 +314,10 @@ class ManifestDataset:
                 image = fields[image_idx].strip()
                 if not image:
                     raise ClipforgeError(f"{self.path}:{line}: empty image path")
-                texts = [fields[caption_idx]]
+                texts = [fields[i] for i in caption_idx]
                 meta: dict[str, Any] = {}
                 for name, value in zip(header, fields, strict=True):
-                    if name in (self.image_key, self.caption_key):
+                    if name == self.image_key or name in self.caption_keys:
                         continue
                     if name == CAPTIONS_COLUMN and name in special:
                         if value.strip():
@@ -327,7 +333,7 @@ class ManifestDataset:
     def _special_columns(self) -> set[str]:
         # A user who names `captions` or `meta` as the image/caption column means it
         # literally, so those columns lose their special meaning then.
-        return {CAPTIONS_COLUMN, META_COLUMN} - {self.image_key, self.caption_key}
+        return {CAPTIONS_COLUMN, META_COLUMN} - {self.image_key, *self.caption_keys}
 
     def _parse_caption_list(self, value: str, line: int) -> list[str]:
         try:
@@ -373,7 +379,7 @@ class ManifestDataset:
                     raise ClipforgeError(
                         f"{where}: expected a JSON object, found {type(obj).__name__}"
                     )
-                for column in (self.image_key, self.caption_key):
+                for column in (self.image_key, *self.caption_keys):
                     if column not in obj:
                         raise self._missing_column(column, list(obj), where)
                 image = obj[self.image_key]
@@ -381,11 +387,11 @@ class ManifestDataset:
                     raise ClipforgeError(f"{where}: image path must be a string")
                 if not image.strip():
                     raise ClipforgeError(f"{where}: empty image path")
-                texts = self._json_texts(obj[self.caption_key], self.caption_key, where)
+                texts = [t for k in self.caption_keys for t in self._json_texts(obj[k], k, where)]
                 meta: dict[str, Any] = {}
                 nested_meta: dict[str, Any] = {}
                 for name, value in obj.items():
-                    if name in (self.image_key, self.caption_key):
+                    if name == self.image_key or name in self.caption_keys:
                         continue
                     if name == CAPTIONS_COLUMN and name in special:
                         captions = self._json_texts(value, name, where)

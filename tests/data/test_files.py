@@ -120,6 +120,22 @@ def test_csv_captions_and_meta_columns(tmp_path: Path) -> None:
     assert literal.load(0).meta["caption"] == "first"
 
 
+def test_several_caption_columns(tmp_path: Path) -> None:
+    _rgb(0).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image,c1,c2,src\na.png,one,two,web\na.png,,only two,web\n")
+    ds = ManifestDataset(tmp_path / "m.csv", caption_key="c1, c2")
+    assert ds.load(0).texts == ["one", "two"] and ds.load(0).meta == {"src": "web"}
+    assert ds.load(1).texts == ["only two"]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "c1": "x", "c2": ["y", "z"]}))
+    assert ManifestDataset(tmp_path / "m.jsonl", caption_key="c1,c2").load(0).texts == [
+        "x",
+        "y",
+        "z",
+    ]
+    with pytest.raises(ClipforgeError, match="no column 'c3'"):
+        ManifestDataset(tmp_path / "m.csv", caption_key="c1,c3")
+
+
 def test_tsv_and_custom_column_names(tmp_path: Path) -> None:
     _rgb(0).save(tmp_path / "a.png")
     manifest = tmp_path / "m.tsv"
