@@ -56,7 +56,7 @@ HELP: dict[str, str] = {
     "loss": "objective name",
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
     "image_key": "manifest column holding the image path",
-    "caption_key": "manifest column holding the caption",
+    "caption_key": "manifest column holding the caption (comma-separated: several captions)",
     "caption": "caption choice when a sample has several: random or first",
     "shuffle_buffer": "samples in each tar-shard stream's shuffle buffer (0 = shard order)",
     "resample": "draw tar shards with replacement instead of each once per epoch",
