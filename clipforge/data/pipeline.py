@@ -68,6 +68,13 @@ class Source:
     def __len__(self) -> int:
         raise NotImplementedError
 
+    def validate(self, streams: int) -> None:
+        """Raise :class:`ClipforgeError` if the source cannot feed ``streams`` readers.
+
+        Called in the main process before any worker starts, because an error raised
+        inside a worker reaches the user wrapped in a worker traceback.
+        """
+
     def stream(
         self, start: int, worker: int, workers: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[int, int, Sample | SampleError]]:
@@ -188,6 +195,9 @@ class ShardStream(Source):
         if shard not in self._counts:
             self._counts[shard] = self.dataset.count_shard(shard)
         return self._counts[shard]
+
+    def validate(self, streams: int) -> None:
+        self.epoch_shards(0, 0, streams)
 
     def epoch_shards(self, epoch: int, stream: int, streams: int) -> list[str]:
         """The shards stream ``stream`` of ``streams`` reads in ``epoch``, in order."""
@@ -453,6 +463,22 @@ def _interleave(chunks: Iterator[list[Item]], workers: int) -> Iterator[Item]:
                 yield item
 
 
+def _unwrap_worker_errors(items: Iterator[Item]) -> Iterator[Item]:
+    """Re-raise a worker's ClipforgeError with its own one-line message.
+
+    The DataLoader re-raises a worker's exception with the worker's traceback in the
+    message; for a user error only the last line, the message itself, is useful.
+    """
+    try:
+        yield from items
+    except ClipforgeError as exc:
+        text = str(exc)
+        marker = "ClipforgeError: "
+        if marker in text:
+            raise ClipforgeError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
+
+
 def iter_batches(
     source: Source,
     processor: SampleProcessor,
@@ -478,6 +504,7 @@ def iter_batches(
     streams = streams if streams is not None else max(workers, 1)
     if workers and streams != workers:
         raise ValueError(f"streams ({streams}) must equal workers ({workers}) when workers > 0")
+    source.validate(streams * world_size)
     stream = _ItemStream(source, processor, start, rank, world_size, streams)
     items: Iterator[Item]
     if workers:
@@ -485,7 +512,7 @@ def iter_batches(
         loader = DataLoader(
             _ChunkStream(stream, chunk), batch_size=None, num_workers=workers, prefetch_factor=4
         )
-        items = _interleave(iter(loader), workers)
+        items = _unwrap_worker_errors(_interleave(iter(loader), workers))
     else:
         items = iter(stream)
     skipped = SkipCounter()

@@ -154,6 +154,22 @@ def test_resample_draws_shards_with_replacement(tmp_path: Path) -> None:
     assert first == _keys(itertools.islice(ShardStream(ds, resample=True).iter_stream(4, 5), 12))
     with pytest.raises(ClipforgeError, match="3 shards cannot feed 4 streams"):
         next(ShardStream(ds).iter_stream(0, 4))
+    # Checked before workers start: 2 ranks x 2 workers.
+    with pytest.raises(ClipforgeError, match="^3 shards cannot feed 4 streams"):
+        next(_pipeline(ShardStream(ds), workers=2, world_size=2))
+
+
+def test_a_user_error_inside_a_worker_stays_one_line(tmp_path: Path) -> None:
+    class Unchecked(ShardStream):
+        def validate(self, streams: int) -> None:
+            pass  # let the worker find out
+
+    ds = _write(tmp_path, [4])
+    with pytest.raises(ClipforgeError) as err:
+        next(_pipeline(Unchecked(ds), workers=2))
+    assert str(err.value).startswith("1 shards cannot feed 2 streams") and "\n" not in str(
+        err.value
+    )
 
 
 def test_random_access_sources_split_by_rank(tmp_path: Path) -> None:
