@@ -271,8 +271,7 @@ class ShardStream(Source):
         held: dict[int, int] = {}  # item number -> slot in buf.items
         resume_from = 0
         if offset:
-            sizes = [self._count(s) for s in shards]
-            total = sum(sizes)
+            total = sum(self._count(s) for s in shards)
             emitted = 0
             while emitted < offset and resume_from < total:
                 full, _ = buf.push(resume_from)
@@ -387,6 +386,8 @@ class SampleProcessor:
     :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
     of the same template as its (first) chosen caption. Samples read from files may
     instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
+    ``text_aug`` (e.g. :class:`clipforge.data.textaug.TextAugment`) perturbs each chosen
+    caption with the sample's own generator, after the crop has drawn from it.
     """
 
     def __init__(
