@@ -198,7 +198,7 @@ def write_manifest(
 class _ShardWriter:
     """One tar shard written under a temporary name and renamed into place on close."""
 
-    def __init__(self, path: Path, mtime: float) -> None:
+    def __init__(self, path: Path, mtime: int) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")  # not *.tar: readers must not see it
         self.mtime = mtime
@@ -253,7 +253,9 @@ def write_member_shards(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_key = _KeyMaker()
-    mtime = time.time()
+    # Whole seconds: a fractional mtime makes PAX add an extended header to every member,
+    # which doubles the headers a reader parses.
+    mtime = int(time.time())
     written: list[Path] = []
     shard: _ShardWriter | None = None
     if total is None and hasattr(samples, "__len__"):
