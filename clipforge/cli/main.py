@@ -36,13 +36,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipforge.config import resolve
     from clipforge.train import TrainConfig, train
+    from clipforge.train.trainer import skip_summary
 
     overrides = {
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
     }
     cfg = resolve(TrainConfig, args.config, overrides)
-    from clipforge.train.trainer import skip_summary
-
     run_dir = train(cfg, resume=args.resume)
     result = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}")

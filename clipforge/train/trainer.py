@@ -75,7 +75,7 @@ def build_source(cfg: TrainConfig, image_size: int) -> Source:
 
 def build_text_aug(cfg: TrainConfig) -> TextAugment | None:
     """The caption augmentation ``cfg`` asks for, or None when it asks for none."""
-    from clipforge.data.textaug import TextAugment, load_synonyms
+    from clipforge.data.textaug import load_synonyms
 
     synonyms = load_synonyms(cfg.text_synonyms) if cfg.text_synonyms else {}
     if cfg.text_synonym_prob > 0 and not synonyms:
