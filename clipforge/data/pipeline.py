@@ -569,20 +569,29 @@ def _interleave(chunks: Iterator[list[Item]], workers: int) -> Iterator[Item]:
                 yield item
 
 
-def _unwrap_worker_errors(items: Iterator[Item]) -> Iterator[Item]:
-    """Re-raise a worker's ClipforgeError with its own one-line message.
+def _from_workers(loader: DataLoader, workers: int) -> Iterator[Item]:
+    """Items from the worker processes, in position order.
 
-    The DataLoader re-raises a worker's exception with the worker's traceback in the
-    message; for a user error only the last line, the message itself, is useful.
+    A worker's ClipforgeError is re-raised with its own one-line message: the DataLoader
+    puts the worker's traceback into the message, and for a user error only the last
+    line, the message itself, is useful. The workers are shut down as soon as this
+    generator ends, fails or is closed; left to garbage collection (an exception's
+    traceback keeps the loader alive in a reference cycle) the shutdown can come much
+    later and block for seconds wherever it happens.
     """
+    loader_iter = iter(loader)
     try:
-        yield from items
+        yield from _interleave(loader_iter, workers)
     except ClipforgeError as exc:
         text = str(exc)
         marker = "ClipforgeError: "
         if marker in text:
             raise ClipforgeError(text.rsplit(marker, 1)[1].strip()) from None
         raise
+    finally:
+        shutdown = getattr(loader_iter, "_shutdown_workers", None)  # what its __del__ calls
+        if shutdown is not None:
+            shutdown()
 
 
 def iter_batches(
@@ -618,7 +627,7 @@ def iter_batches(
         loader = DataLoader(
             _ChunkStream(stream, chunk), batch_size=None, num_workers=workers, prefetch_factor=4
         )
-        items = _unwrap_worker_errors(_interleave(iter(loader), workers))
+        items = _from_workers(loader, workers)
     else:
         items = iter(stream)
     skipped = SkipCounter()
