@@ -43,13 +43,21 @@ def pipeline(shards: list[str], model, batch: int, workers: int):
     )
 
 
-def data_rate(shards: list[str], model, batch: int, batches: int, workers: int) -> float:
+def data_rate(
+    shards: list[str], model, batch: int, batches: int, workers: int
+) -> tuple[float, float]:
+    """Samples/s of wall time, and samples per CPU second of this (the main) process.
+
+    On a busy machine the wall rate says how much CPU the process got; the CPU rate of
+    the in-process pipeline is what one worker does with a whole core.
+    """
     it = pipeline(shards, model, batch, workers)
     next(it)  # warm-up: worker start, shuffle buffer fill, tokenizer cache
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    return batches * batch / (time.perf_counter() - t0)
+    n = batches * batch
+    return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
 
 
 def train_rate(shards: list[str], model, batch: int, steps: int) -> float:
@@ -95,10 +103,16 @@ def main() -> None:
         print(
             f"{args.samples} samples, {len(shards)} shards, {size:.1f} MiB (JPEG {args.image_size}px)"
         )
-        one = data_rate(shards, model, args.batch, args.batches, workers=0)
-        print(f"data, in the training process : {one:8.1f} samples/s  (per worker)")
-        two = data_rate(shards, model, args.batch, args.batches, workers=2)
-        print(f"data, 2 worker processes      : {two:8.1f} samples/s  ({two / one:.2f}x)")
+        one, one_cpu = data_rate(shards, model, args.batch, args.batches, workers=0)
+        print(
+            f"data, in the training process : {one:8.1f} samples/s  (per worker; "
+            f"{one_cpu:.0f} per CPU second)"
+        )
+        two, main_cpu = data_rate(shards, model, args.batch, args.batches, workers=2)
+        print(
+            f"data, 2 worker processes      : {two:8.1f} samples/s  ({two / one:.2f}x; main "
+            f"process {1e3 / main_cpu:.2f} CPU ms per sample)"
+        )
         if args.train_steps:
             torch.set_num_threads(args.threads)
             step = train_rate(shards, model, args.batch, args.train_steps)
