@@ -32,6 +32,12 @@ class TrainConfig:
     distill_feature_weight: float = 0.0
     mixup_alpha: float = 0.5
     symile_categories: int = 8
+    shuffle_buffer: int = 1000
+    resample: bool = False
+    text_word_dropout: float = 0.0
+    text_sentence_shuffle: bool = False
+    text_synonyms: str | None = None
+    text_synonym_prob: float = 0.0
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -68,7 +74,7 @@ HELP: dict[str, str] = {
     "group_prob=0.3",
     "init": "start from the weights of this checkpoint or run folder (fine-tuning)",
     "image_key": "manifest column holding the image path",
-    "caption_key": "manifest column holding the caption",
+    "caption_key": "manifest column holding the caption (comma-separated: several captions)",
     "caption": "caption choice when a sample has several: random, first or all (all positives)",
     "max_captions": "with --caption all, at most this many captions per image",
     "hard_negatives": "hard-negative captions per sample, comma list of attribute,relation,"
@@ -85,6 +91,12 @@ HELP: dict[str, str] = {
     "distill_feature_weight": "distill: weight of the 1 - cos(student, teacher) feature term",
     "mixup_alpha": "mixup: the mixing ratio is drawn from Beta(alpha, alpha) each step",
     "symile_categories": "symile: number of values of the third view (meta 'third')",
+    "shuffle_buffer": "samples in each tar-shard stream's shuffle buffer (0 = shard order)",
+    "resample": "draw tar shards with replacement instead of each once per epoch",
+    "text_word_dropout": "probability of dropping each caption word",
+    "text_sentence_shuffle": "shuffle the sentences of multi-sentence captions",
+    "text_synonyms": "synonym file (comma-separated groups, one per line) for synonym swap",
+    "text_synonym_prob": "probability of swapping each listed word for a synonym",
     "batch_size": "samples per optimizer step",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",
@@ -107,7 +119,8 @@ HELP: dict[str, str] = {
     "ckpt_every": "steps between checkpoints",
     "eval_per_class": "images per class in the zero-shot evaluation",
     "eval_pairs": "image-text pairs in the retrieval evaluation",
-    "max_skip_rate": "fail when more than this fraction of samples was skipped",
+    "max_skip_rate": "fail when more than this fraction of samples was skipped (judged from "
+    "1000 samples on, or at the end of a shorter run)",
     "progress": "show a progress bar",
     "out": "run folder (default runs/YYYYmmdd-HHMMSS)",
 }

@@ -37,12 +37,13 @@ from clipforge.data.pipeline import (
     Collator,
     IndexedSource,
     SampleProcessor,
-    SequentialSource,
     ShapesSource,
+    ShardStream,
     Source,
     iter_batches,
 )
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
+from clipforge.data.textaug import TextAugment
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.errors import ClipforgeError
@@ -55,20 +56,49 @@ from clipforge.train.optim import build_optimizer, cosine_lr
 
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
+    """The sample stream ``cfg`` names: the shapes world, shards or a random-access set."""
     if cfg.data is None:
         return ShapesSource(
             ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
         )
-    from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
+    from clipforge.data.files import FolderDataset, ManifestDataset, ShardDataset, open_dataset
 
     ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
     if isinstance(ds, ShardDataset):
-        return SequentialSource(ds)
-    if isinstance(ds, ManifestDataset):
+        return ShardStream(ds, seed=cfg.seed, buffer=cfg.shuffle_buffer, resample=cfg.resample)
+    if isinstance(ds, (ManifestDataset, FolderDataset)):
         if len(ds) == 0:
             raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
         return IndexedSource(ds, seed=cfg.seed)
     raise ClipforgeError(f"unsupported data set {cfg.data}")  # pragma: no cover
+
+
+def build_text_aug(cfg: TrainConfig) -> TextAugment | None:
+    """The caption augmentation ``cfg`` asks for, or None when it asks for none."""
+    from clipforge.data.textaug import load_synonyms
+
+    synonyms = load_synonyms(cfg.text_synonyms) if cfg.text_synonyms else {}
+    if cfg.text_synonym_prob > 0 and not synonyms:
+        raise ClipforgeError("--text-synonym-prob needs a --text-synonyms file")
+    aug = TextAugment(
+        word_dropout=cfg.text_word_dropout,
+        sentence_shuffle=cfg.text_sentence_shuffle,
+        synonyms=synonyms,
+        synonym_prob=cfg.text_synonym_prob,
+    )
+    return aug if aug.active else None
+
+
+def skip_summary(skipped: dict[str, int], samples: int) -> str:
+    """One line per skip reason, most frequent first, for the end of a run."""
+    total = sum(skipped.values())
+    if not total:
+        return f"skipped 0 of {samples} samples"
+    lines = [f"skipped {total} of {samples} samples ({100 * total / max(samples, 1):.2f}%):"]
+    width = max(len(r) for r in skipped)
+    for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {reason:<{width}}  {n}")
+    return "\n".join(lines)
 
 
 def shapes_config(cfg: TrainConfig) -> ShapesConfig:
@@ -110,6 +140,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError("hard negative weight must be > 0")
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
+    if cfg.shuffle_buffer < 0:
+        raise ClipforgeError("shuffle buffer must be >= 0")
+    if cfg.workers < 0:
+        raise ClipforgeError("workers must be >= 0")
+    if not 0 <= cfg.max_skip_rate <= 1:
+        raise ClipforgeError("max skip rate must be in [0, 1]")
     get_loss(cfg.loss)
     if cfg.data is None:
         shapes_config(cfg)
@@ -218,6 +254,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
         extra_keys=objective.batch_keys,
+        text_aug=build_text_aug(cfg),
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -313,10 +350,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         seen += cfg.batch_size
         n_since += cfg.batch_size
         n_skip = sum(skipped.values())
-        if n_skip and n_skip > cfg.max_skip_rate * (position or 1):
+        # A few bad samples early on say little about the rate, so the check waits for
+        # 1000 samples (or the end of a shorter run) before judging.
+        judged = position >= min(1000, cfg.steps * cfg.batch_size)
+        if judged and n_skip > cfg.max_skip_rate * position:
             raise ClipforgeError(
                 f"{n_skip} of {position} samples were skipped (> --max-skip-rate "
-                f"{cfg.max_skip_rate}): {skipped}"
+                f"{cfg.max_skip_rate}): "
+                + ", ".join(f"{r} {n}" for r, n in sorted(skipped.items(), key=lambda x: -x[1]))
             )
         bar.update(1)
         if log_now:
@@ -347,7 +388,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             save_checkpoint()
     bar.close()
 
-    final: dict[str, Any] = {"step": step, "skipped": skipped}
+    # `samples` is the number of stream positions read, skipped ones included, so the
+    # skip rate is skipped / samples.
+    final: dict[str, Any] = {"step": step, "samples": position, "skipped": skipped}
     if cfg.data is None:
         final.update({"split": "test", **run_eval("test")})
     log.write({"step": step, "final": True, **final})
