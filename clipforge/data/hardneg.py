@@ -115,13 +115,15 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
 
 
 def perturb(
-    meta: Mapping[str, Any], kind: str, rng: random.Random, template: int = 0
+    meta: Mapping[str, Any], kind: str, rng: random.Random, template: int | str = 0
 ) -> str | None:
     """A negative caption of the same template with one ``kind`` perturbation.
 
-    Returns None when the perturbation does not apply to the scene (a relation needs a
-    two-object scene, a count a group) or would not change this template's wording
-    (e.g. "a red circle and a blue square" says nothing about the relation).
+    ``template`` is a template number of :func:`captions_for` (with position captions)
+    or the caption itself. Returns None when the perturbation does not apply to the
+    scene (a relation needs a two-object scene, a count a group) or would not change
+    this template's wording (e.g. "a red circle and a blue square" says nothing about
+    the relation), or when the caption is not one of the scene's.
     """
     scene = scene_from_meta(meta)
     changed = _perturbed_scene(scene, kind, rng)
@@ -129,6 +131,10 @@ def perturb(
         return None
     # Position captions come after the usual templates, so one list serves both worlds.
     caps, neg = captions_for(scene, positions=True), captions_for(changed, positions=True)
+    if isinstance(template, str):
+        if template not in caps:
+            return None
+        template = caps.index(template)
     t = min(template, len(caps) - 1)
     return None if t >= len(neg) or neg[t] == caps[t] else neg[t]
 
@@ -137,7 +143,7 @@ def hard_negatives(
     meta: Mapping[str, Any],
     rng: random.Random,
     kinds: Sequence[str] = PERTURBATIONS,
-    template: int = 0,
+    template: int | str = 0,
 ) -> dict[str, str]:
     """One negative caption per applicable perturbation kind, keyed by kind."""
     out: dict[str, str] = {}

@@ -432,7 +432,7 @@ class SampleProcessor:
             return list(range(len(texts)))
         return sorted(rnd.sample(range(len(texts)), self.max_captions))
 
-    def _negatives(self, sample: Sample, template: int, rnd: random.Random) -> list[str]:
+    def _negatives(self, sample: Sample, caption: str, rnd: random.Random) -> list[str]:
         given = sample.meta.get("hard_negatives")
         if given:
             return [str(t)[: self.max_chars] for t in given if t and str(t).strip()]
@@ -440,7 +440,8 @@ class SampleProcessor:
             return []
         from clipforge.data.hardneg import hard_negatives
 
-        return list(hard_negatives(sample.meta, rnd, self.hard_negatives, template).values())
+        # Matched by text, so the negative perturbs the very template that was chosen.
+        return list(hard_negatives(sample.meta, rnd, self.hard_negatives, caption).values())
 
     def __call__(self, position: int, sample: Sample | SampleError) -> Item:
         if isinstance(sample, SampleError):
@@ -465,7 +466,7 @@ class SampleProcessor:
         # Negatives draw from their own generator so turning them on leaves the crops and
         # caption choices of a run unchanged.
         neg_rnd = random.Random(self.seed * 1_000_003 + position + (1 << 40))
-        negatives = self._negatives(sample, chosen[0], neg_rnd)
+        negatives = self._negatives(sample, texts[chosen[0]], neg_rnd)
         return Item(position, image, picked, weight, negatives=negatives, extra=extra)
 
 

@@ -218,6 +218,9 @@ class ShapesConfig:
     group_prob: float = 0.5  # of multi-object scenes, how many are n copies of one object
     supersample: int = 4  # render larger and downsample, for anti-aliased edges
     position_captions: bool = False  # add captions naming where objects are (see captions_for)
+    # Keep only the captions of single and two-object scenes that say where things are
+    # (implies position_captions): a relation-focused caption set.
+    spatial_only: bool = False
 
 
 class ShapesWorld:
@@ -337,14 +340,23 @@ class ShapesWorld:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
         sc = self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
-        caps = captions_for(sc, self.config.position_captions)
-        return Sample(img, caps, sc.meta(), key=f"{self.split}-{index:09d}")
+        return Sample(img, self._captions(sc), sc.meta(), key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
         sc = self.object_scene(index, shape, colour, size)
         img = self.render(sc, self.rng(index, stream=3))
-        caps = captions_for(sc, self.config.position_captions)
+        caps = self._captions(sc)
         return Sample(img, caps, sc.meta(), key=f"{self.split}-obj-{index:09d}")
+
+    def _captions(self, scene: Scene) -> list[str]:
+        cfg = self.config
+        caps = captions_for(scene, cfg.position_captions or cfg.spatial_only)
+        if not cfg.spatial_only or scene.kind not in ("single", "pair"):
+            return caps
+        if scene.kind == "single":
+            return caps[-1:]  # the position caption
+        # Canonical relation, its short form, the inverse phrasing, the position captions.
+        return [caps[0], caps[1], caps[2], *caps[-2:]]
 
 
 def class_names() -> list[str]:
