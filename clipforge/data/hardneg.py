@@ -1,0 +1,138 @@
+"""Hard-negative captions for shapes-world scenes: the caption, minimally changed.
+
+A hard negative differs from the true caption in exactly one structured fact, so a model
+can only reject it by binding attributes to objects, counting or reading spatial
+relations. The same generators serve training (extra negative columns in the loss) and
+evaluation (true caption against each perturbation).
+
+Perturbation kinds:
+
+``attribute``  the colours of two differently coloured objects are exchanged
+``relation``   "A left of B" becomes "A right of B" (two-object scenes)
+``count``      "three red circles" becomes "two red circles" (groups of one object)
+``shape``      one object's shape (a group's shared shape) is replaced
+
+Scenes are rebuilt from ``Sample.meta``, so the generators work on shapes-world samples
+read back from manifests or shards as well as on live ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clipforge.data.shapes import _INVERSE, SHAPES, Scene, ShapeObject, captions_for
+from clipforge.errors import ClipforgeError
+
+PERTURBATIONS: tuple[str, ...] = ("attribute", "relation", "count", "shape")
+# Groups in the default world hold 2-4 objects; a wrong count stays inside that range so
+# the negative is not rejectable by an out-of-distribution number word alone.
+COUNT_RANGE: tuple[int, ...] = (2, 3, 4)
+
+
+def scene_from_meta(meta: Mapping[str, Any]) -> Scene:
+    """The scene described by a shapes-world ``Sample.meta`` dict."""
+    try:
+        objects = [
+            ShapeObject(o["shape"], o["colour"], o["size"], tuple(o["box"]))  # type: ignore[arg-type]
+            for o in meta["objects"]
+        ]
+        return Scene(objects, meta["kind"], (0, 0, 0), meta.get("relation"))
+    except (KeyError, TypeError) as e:
+        raise ClipforgeError(f"not a shapes-world scene description (missing {e})") from None
+
+
+def positive_caption(meta: Mapping[str, Any], template: int = 0) -> str:
+    """Caption number ``template`` of the scene (0 is the canonical, most detailed one)."""
+    caps = captions_for(scene_from_meta(meta))
+    return caps[min(template, len(caps) - 1)]
+
+
+def _with(o: ShapeObject, **changes: str) -> ShapeObject:
+    d = {"shape": o.shape, "colour": o.colour, "size": o.size, "box": o.box, **changes}
+    return ShapeObject(**d)  # type: ignore[arg-type]
+
+
+def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
+    objs = scene.objects
+    if kind == "attribute":
+        if scene.kind not in ("pair", "many"):
+            return None
+        pairs = [
+            (i, j)
+            for i in range(len(objs))
+            for j in range(i + 1, len(objs))
+            if objs[i].colour != objs[j].colour
+        ]
+        if not pairs:
+            return None
+        i, j = rng.choice(pairs)
+        new = list(objs)
+        new[i], new[j] = (
+            _with(objs[i], colour=objs[j].colour),
+            _with(objs[j], colour=objs[i].colour),
+        )
+        return Scene(new, scene.kind, scene.background, scene.relation)
+    if kind == "relation":
+        if scene.kind != "pair" or scene.relation is None:
+            return None
+        return Scene(list(objs), "pair", scene.background, _INVERSE[scene.relation])
+    if kind == "count":
+        if scene.kind != "group":
+            return None
+        n = rng.choice([c for c in COUNT_RANGE if c != len(objs)])
+        return Scene([objs[0]] * n, "group", scene.background)
+    if kind == "shape":
+        if scene.kind == "group":
+            shape = rng.choice([s for s in SHAPES if s != objs[0].shape])
+            return Scene([_with(o, shape=shape) for o in objs], "group", scene.background)
+        i = rng.randrange(len(objs))
+        shape = rng.choice([s for s in SHAPES if s != objs[i].shape])
+        new = list(objs)
+        new[i] = _with(objs[i], shape=shape)
+        return Scene(new, scene.kind, scene.background, scene.relation)
+    raise ClipforgeError(f"unknown perturbation {kind!r} (known: {', '.join(PERTURBATIONS)})")
+
+
+def perturb(
+    meta: Mapping[str, Any], kind: str, rng: random.Random, template: int = 0
+) -> str | None:
+    """A negative caption of the same template with one ``kind`` perturbation.
+
+    Returns None when the perturbation does not apply to the scene (a relation needs a
+    two-object scene, a count a group) or would not change this template's wording
+    (e.g. "a red circle and a blue square" says nothing about the relation).
+    """
+    scene = scene_from_meta(meta)
+    changed = _perturbed_scene(scene, kind, rng)
+    if changed is None:
+        return None
+    caps, neg = captions_for(scene), captions_for(changed)
+    t = min(template, len(caps) - 1)
+    return None if neg[t] == caps[t] else neg[t]
+
+
+def hard_negatives(
+    meta: Mapping[str, Any],
+    rng: random.Random,
+    kinds: Sequence[str] = PERTURBATIONS,
+    template: int = 0,
+) -> dict[str, str]:
+    """One negative caption per applicable perturbation kind, keyed by kind."""
+    out: dict[str, str] = {}
+    for kind in kinds:
+        neg = perturb(meta, kind, rng, template)
+        if neg is not None:
+            out[kind] = neg
+    return out
+
+
+__all__ = [
+    "COUNT_RANGE",
+    "PERTURBATIONS",
+    "hard_negatives",
+    "perturb",
+    "positive_caption",
+    "scene_from_meta",
+]
