@@ -161,11 +161,15 @@ def image_folder(path: str | os.PathLike[str]) -> ClassificationData:
         paths += files
         labels += [ci] * len(files)
     if not paths:
-        raise ClipforgeError(f"{root}: the class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ClipforgeError(
+            f"{root}: the class folders hold no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     names = [d.name.replace("_", " ") for d in classes]
     names_file = root / "classnames.txt"
     if names_file.exists():
-        names = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [
+            ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()
+        ]
         if len(names) != len(classes):
             raise ClipforgeError(
                 f"{names_file}: {len(names)} names for {len(classes)} class folders"
@@ -175,7 +179,11 @@ def image_folder(path: str | os.PathLike[str]) -> ClassificationData:
     digest = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
     key = f"folder:{root.resolve()}:{len(paths)}:{digest}"
     return ClassificationData(
-        root.name, ImageSet(key, len(paths), _path_loader(paths)), torch.tensor(labels), names, templates
+        root.name,
+        ImageSet(key, len(paths), _path_loader(paths)),
+        torch.tensor(labels),
+        names,
+        templates,
     )
 
 
@@ -308,9 +316,7 @@ def hardneg_json(
 
 def _is_hardneg_doc(doc: Any) -> bool:
     first = next(iter(doc.values()), None) if isinstance(doc, dict) else (doc[0] if doc else None)
-    return isinstance(first, dict) and (
-        "negative_caption" in first or "false_caption" in first
-    )
+    return isinstance(first, dict) and ("negative_caption" in first or "false_caption" in first)
 
 
 def open_eval_data(

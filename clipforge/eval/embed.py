@@ -33,7 +33,7 @@ def model_fingerprint(model: CLIP) -> str:
     h = hashlib.sha1(json.dumps(to_dict(model.cfg), sort_keys=True, default=str).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -33,7 +33,9 @@ COUNT_PER_N = 30
 OOD_PER_CLASS = 12
 
 
-def _object_loader(world: ShapesWorld, classes: list[tuple[str, str]], per: int, i: int) -> Image.Image:
+def _object_loader(
+    world: ShapesWorld, classes: list[tuple[str, str]], per: int, i: int
+) -> Image.Image:
     shape, colour = classes[i // per]
     return world.object_sample(i, shape, colour).image
 
@@ -43,7 +45,9 @@ def classes() -> list[tuple[str, str]]:
     return [(s, c) for c in COLOURS for s in SHAPES]
 
 
-def classification(size: int, seed: int = 0, split: str = "test", per_class: int | None = None) -> ClassificationData:
+def classification(
+    size: int, seed: int = 0, split: str = "test", per_class: int | None = None
+) -> ClassificationData:
     """``per_class`` single-object images of every colour x shape class of ``split``.
 
     Image ``ci * per_class + j`` is the same object as in :func:`clipforge.eval.shapes.
@@ -67,9 +71,13 @@ def _scene_loader(world: ShapesWorld, i: int) -> Image.Image:
     return world.sample(i).image
 
 
-def scenes(size: int, seed: int = 0, n: int = SCENES, split: str = "test") -> tuple[ShapesWorld, ImageSet]:
+def scenes(
+    size: int, seed: int = 0, n: int = SCENES, split: str = "test"
+) -> tuple[ShapesWorld, ImageSet]:
     world = ShapesWorld(size, split=split, seed=seed)
-    return world, ImageSet(f"shapes:scenes:{size}:{seed}:{split}:{n}", n, partial(_scene_loader, world))
+    return world, ImageSet(
+        f"shapes:scenes:{size}:{seed}:{split}:{n}", n, partial(_scene_loader, world)
+    )
 
 
 def retrieval(size: int, seed: int = 0, n: int = SCENES) -> RetrievalData:
