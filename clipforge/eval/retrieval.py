@@ -41,11 +41,13 @@ def retrieval(
     ``i2t`` ranks texts for each image query, ``t2i`` ranks images for each text query
     (CLIP_benchmark calls them ``text_retrieval_recall`` and ``image_retrieval_recall``).
     """
-    sim = image_features.float() @ text_features.float().T
+    # Scores are laid out [texts, images] as CLIP_benchmark lays them out: topk then sees
+    # the same values in the same memory order, and equal scores resolve identically.
+    sim = text_features.float() @ image_features.float().T
     out: dict[str, float] = {}
-    for k, v in recall_at_k(sim, positives, ks).items():
+    for k, v in recall_at_k(sim.T, positives, ks).items():
         out[f"i2t_R@{k}"] = v
-    for k, v in recall_at_k(sim.T, positives.T, ks).items():
+    for k, v in recall_at_k(sim, positives.T, ks).items():
         out[f"t2i_R@{k}"] = v
     return out
 
