@@ -48,7 +48,7 @@ def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
     nll = float(torch.nn.functional.cross_entropy(logits, data.labels))
     metrics = {
         "ece": ece,
-        "accuracy": float(correct.mean()),
+        "accuracy": int(correct.sum()) / len(correct),
         "mean_confidence": float(confidence.mean()),
         "nll": nll,
     }

@@ -19,6 +19,7 @@ from clipforge.data.shapes import (
     OOD_SHAPES,
     SHAPES,
     ShapesWorld,
+    captions_for,
     count_caption,
     long_caption,
 )
@@ -72,15 +73,16 @@ def _scene_loader(world: ShapesWorld, i: int) -> Image.Image:
 
 
 def scenes(
-    size: int, seed: int = 0, n: int = SCENES, split: str = "test"
+    size: int, seed: int = 0, n: int | None = None, split: str = "test"
 ) -> tuple[ShapesWorld, ImageSet]:
+    n = n or SCENES
     world = ShapesWorld(size, split=split, seed=seed)
     return world, ImageSet(
         f"shapes:scenes:{size}:{seed}:{split}:{n}", n, partial(_scene_loader, world)
     )
 
 
-def retrieval(size: int, seed: int = 0, n: int = SCENES) -> RetrievalData:
+def retrieval(size: int, seed: int = 0, n: int | None = None) -> RetrievalData:
     """``n`` test scenes with all their captions (4-6 each).
 
     A caption counts as right for every image that has the same caption text: the shapes
@@ -88,10 +90,8 @@ def retrieval(size: int, seed: int = 0, n: int = SCENES) -> RetrievalData:
     equally right answers.
     """
     world, images = scenes(size, seed, n)
-    caps = [world.scene(i) for i in range(n)]
-    from clipforge.data.shapes import captions_for
-
-    captions = [captions_for(sc) for sc in caps]
+    n = len(images)
+    captions = [captions_for(world.scene(i)) for i in range(n)]
     texts = [t for c in captions for t in c]
     by_text: dict[str, list[int]] = {}
     for j, t in enumerate(texts):
@@ -103,10 +103,10 @@ def retrieval(size: int, seed: int = 0, n: int = SCENES) -> RetrievalData:
     return RetrievalData("shapes-test", images, captions, pos)
 
 
-def long_captions(size: int, seed: int = 0, n: int = SCENES) -> RetrievalData:
+def long_captions(size: int, seed: int = 0, n: int | None = None) -> RetrievalData:
     """The retrieval scenes, each with one multi-sentence caption."""
     world, images = scenes(size, seed, n)
-    captions = [[long_caption(world.scene(i), size)] for i in range(n)]
+    captions = [[long_caption(world.scene(i), size)] for i in range(len(images))]
     return RetrievalData("shapes-test-long", images, captions)
 
 
@@ -116,8 +116,9 @@ def _count_loader(world: ShapesWorld, rows: list[tuple[int, str, str]], i: int) 
     return world.render(sc, world.rng(i, stream=5))
 
 
-def counting(size: int, seed: int = 0, per_n: int = COUNT_PER_N) -> ChoiceData:
+def counting(size: int, seed: int = 0, per_n: int | None = None) -> ChoiceData:
     """Scenes of 2..10 identical small objects; the options are the nine number captions."""
+    per_n = per_n or COUNT_PER_N
     world = ShapesWorld(size, split="test", seed=seed)
     cls = classes()
     rows = []
@@ -149,8 +150,9 @@ def ood_classes() -> list[tuple[str, str]]:
     return out
 
 
-def ood(size: int, seed: int = 0, per_class: int = OOD_PER_CLASS) -> ImageSet:
+def ood(size: int, seed: int = 0, per_class: int | None = None) -> ImageSet:
     """Images of held-out shapes and colours (out of distribution for the 40 classes)."""
+    per_class = per_class or OOD_PER_CLASS
     world = ShapesWorld(size, split="test", seed=seed)
     cls = ood_classes()
     return ImageSet(
