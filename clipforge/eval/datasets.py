@@ -220,10 +220,12 @@ def karpathy_json(
         raise ClipforgeError(f"{p}: expected an object with an 'images' list (Karpathy format)")
     root = Path(image_root) if image_root else p.parent
     paths, captions = [], []
+    # Karpathy's "restval" images are training images held out of the original val set.
+    wanted = {split, "restval"} if split == "train" else {split}
     for i, entry in enumerate(doc["images"]):
         if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
             raise ClipforgeError(f"{p}: images[{i}] needs 'filename' and 'sentences'")
-        if entry.get("split", split) not in (split, "restval" if split == "train" else split):
+        if entry.get("split", split) not in wanted:
             continue
         caps = [s["raw"] if isinstance(s, dict) else str(s) for s in entry["sentences"]]
         caps = [c.strip() for c in caps if c and c.strip()]

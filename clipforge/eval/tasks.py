@@ -48,8 +48,9 @@ class EvalContext:
 
     @property
     def logit_scale(self) -> float:
-        """The model's learned temperature ``exp(t)`` (what its softmax over prompts uses)."""
-        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+        """The model's learned temperature ``exp(t)``, capped as in training: the scale its
+        softmax over prompts was trained with."""
+        return float(self.model.logit_scale_exp().detach())
 
     @property
     def image_size(self) -> int:

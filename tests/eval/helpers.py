@@ -28,7 +28,10 @@ class FixedEmbedder:
 
 class _Model:
     def __init__(self, scale: float) -> None:
-        self.logit_scale = torch.tensor(scale).log()
+        self.scale = torch.tensor(scale)
+
+    def logit_scale_exp(self) -> torch.Tensor:
+        return self.scale
 
 
 def fixed_context(tmp: Path, images: dict, texts: dict, scale: float = 10.0) -> EvalContext:

@@ -65,3 +65,39 @@ def test_modality_gap_numbers():
     side = p_img[0, 0].sign()
     assert (p_img[:, 0].sign() == side).all() and (p_txt[:, 0].sign() == -side).all()
     assert p_img.shape == (200, 2)
+
+
+def test_calibration_task_uses_the_model_scale(tmp_path):
+    from clipforge.eval import calibration
+    from clipforge.eval.datasets import ClassificationData, ImageSet
+
+    from .helpers import fixed_context
+
+    # cos = (log 3, 0) / scale 1 -> p = 3/4 for class 0 on both images; one is class 1.
+    feats = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    texts = {"x": torch.tensor([1.0, 0.0]), "y": torch.tensor([0.0, 1.0])}
+    data = ClassificationData("t", ImageSet("t", 2, None), torch.tensor([0, 1]), ["x", "y"], ["{}"])
+    res = calibration.run(fixed_context(tmp_path, {"t": feats}, texts, scale=1.0), data)
+    assert res.metrics["accuracy"] == 0.5 and res.metrics["mean_confidence"] == pytest.approx(0.75)
+    assert res.metrics["ece"] == pytest.approx(0.25)
+    assert res.metrics["nll"] == pytest.approx((math.log(4 / 3) + math.log(4)) / 2)
+    assert (tmp_path / "calibration-reliability.png").exists()
+
+
+def test_long_captions_counts_truncated(tmp_path):
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval import long_captions
+    from clipforge.eval.datasets import ImageSet, RetrievalData
+
+    from .helpers import fixed_context
+
+    short, long = "a red circle", "there are two objects. a red circle is left of a blue square."
+    ctx = fixed_context(
+        tmp_path,
+        {"i": torch.eye(2)},
+        {short: torch.tensor([1.0, 0.0]), long: torch.tensor([0.0, 1.0])},
+    )
+    ctx.tokenizer = get_tokenizer(8)  # 3 words + 2 special tokens fit; the long one does not
+    res = long_captions.run(ctx, RetrievalData("t", ImageSet("i", 2, None), [[short], [long]]))
+    assert res.metrics["truncated"] == 0.5 and res.metrics["i2t_R@1"] == 1.0
+    assert res.details["context"] == 8

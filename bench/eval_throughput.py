@@ -1,0 +1,130 @@
+"""Image-embedding throughput of clipforge's evaluator against CLIP_benchmark's loop.
+
+In one process, on the same model and the same image folder, alternately (so both see the
+same machine load), it times:
+
+* CLIP_benchmark: ``clip_benchmark.metrics.zeroshot_classification.run_classification``
+  over a ``torchvision.datasets.ImageFolder`` + ``DataLoader`` (its CLI's default batch
+  size 64, ``--cb-batch`` to change it, and ``--workers`` loader processes), with the
+  model's own preprocessing;
+* clipforge: :class:`clipforge.eval.embed.Embedder` on
+  :func:`clipforge.eval.datasets.image_folder` (no cache; batch 256, decoding the next
+  batch in a thread while the encoder runs), same preprocessing.
+
+Where the gain comes from: on CPU the encoder dominates, and it runs about 1.4x faster per
+image at batch 256 than at 64 (fewer, larger matrix products); the overlapped decoding
+hides most of the PNG decode and resize. At equal batch sizes (``--cb-batch 256``) the
+loops are within noise of each other.
+
+It checks that both produce the same features, then prints images/s (median of the
+rounds) and the ratio clipforge / CLIP_benchmark. CLIP_benchmark's default ``amp=True``
+means bfloat16 autocast, which on most CPUs is many times slower than float32; the
+comparison runs it in float32 (``--amp`` to use its default) so that the numbers compare
+the loops, not the precision.
+
+The default data are shapes-world renders written as PNG at ``--render-size`` pixels,
+larger than the model's input, as real evaluation photos are.
+
+    python bench/eval_throughput.py                       # run folder runs/default if present
+    python bench/eval_throughput.py --model RUN_DIR --images 2000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from clipforge.data.shapes import ShapesWorld  # noqa: E402
+from clipforge.data.tokenizer import get_tokenizer  # noqa: E402
+from clipforge.eval.datasets import image_folder  # noqa: E402
+from clipforge.eval.embed import Embedder  # noqa: E402
+from clipforge.models import CLIP, create_model, image_transform  # noqa: E402
+
+
+def write_folder(root: Path, n: int, size: int) -> None:
+    """``n`` shapes-world scenes as PNG, one folder per scene kind."""
+    world = ShapesWorld(size, split="test")
+    for i in range(n):
+        s = world.sample(i)
+        d = root / s.meta["kind"]
+        d.mkdir(parents=True, exist_ok=True)
+        s.image.save(d / f"{i:06d}.png")
+
+
+def clip_benchmark_features(
+    model: CLIP, root: Path, workers: int, amp: bool, batch: int = 64
+) -> torch.Tensor:
+    """CLIP_benchmark's zero-shot embedding loop; the identity "classifier" returns the
+    normalised features themselves (scaled by its fixed 100)."""
+    from clip_benchmark.metrics.zeroshot_classification import run_classification
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(root), transform=image_transform(model.cfg))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False)
+    eye = torch.eye(model.cfg.embed_dim)
+    logits, _ = run_classification(model, eye, loader, "cpu", amp=amp)
+    return logits / 100.0
+
+
+def ours_features(model: CLIP, root: Path) -> torch.Tensor:
+    emb = Embedder(model, get_tokenizer(model.cfg.text.context_length), progress=False)
+    return emb.images(image_folder(root).images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="runs/default", help="run folder (default: a random tiny)")
+    ap.add_argument("--images", type=int, default=1500)
+    ap.add_argument("--render-size", type=int, default=128, help="PNG side in pixels")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="CLIP_benchmark DataLoader workers")
+    ap.add_argument("--amp", action="store_true", help="CLIP_benchmark's default bf16 autocast")
+    ap.add_argument("--cb-batch", type=int, default=64, help="CLIP_benchmark batch (CLI: 64)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if Path(args.model).is_dir():
+        from clipforge.train import load_model
+
+        model, name = load_model(args.model), args.model
+    else:
+        model, name = create_model("tiny").eval(), "random tiny"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_folder(root, args.images, args.render_size)
+
+        def theirs() -> torch.Tensor:
+            return clip_benchmark_features(model, root, args.workers, args.amp, args.cb_batch)
+
+        def ours() -> torch.Tensor:
+            return ours_features(model, root)
+
+        a, b = theirs(), ours()
+        diff = float((a - b).abs().max())
+        print(
+            f"model {name}, {args.images} PNGs at {args.render_size} px, threads {args.threads}, "
+            f"CLIP_benchmark batch {args.cb_batch}, workers {args.workers}, amp {args.amp}"
+        )
+        print(f"same features: max |difference| {diff:.2e}")
+        times: dict[str, list[float]] = {"CLIP_benchmark": [], "clipforge": []}
+        for _ in range(args.rounds):
+            for label, fn in (("CLIP_benchmark", theirs), ("clipforge", ours)):
+                t0 = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t0)
+    rate = {k: args.images / statistics.median(v) for k, v in times.items()}
+    for k, v in rate.items():
+        print(f"{k:<15} {v:8.1f} images/s")
+    print(f"ratio clipforge / CLIP_benchmark: {rate['clipforge'] / rate['CLIP_benchmark']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
