@@ -5,9 +5,9 @@ calibration and OOD all use the classification images), so features are computed
 per (model, content) and kept in memory and, with a cache folder, on disk: a second run
 with other tasks re-embeds nothing.
 
-The image loop keeps the model busy: a background thread decodes and preprocesses the
-next batch while the current one runs through the encoder (torch releases the GIL in its
-kernels), and the whole loop runs under ``torch.inference_mode``.
+Images go through the encoder 256 at a time (on CPU about 1.4x faster per image than
+the 64 of CLIP_benchmark's default: fewer, larger matrix products) under
+``torch.inference_mode``; on an accelerator a thread decodes the next batch meanwhile.
 """
 
 from __future__ import annotations
@@ -94,11 +94,15 @@ class Embedder:
         starts = list(range(0, len(images), self.batch_size))
         out = []
         bar = tqdm(total=len(images), desc=desc, unit="img", disable=not self.progress, leave=False)
-        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-            pending = pool.submit(self._batch, images, starts[0]) if starts else None
-            for n, _ in enumerate(starts):
-                x = pending.result()  # type: ignore[union-attr]
-                if n + 1 < len(starts):
+        # On an accelerator the CPU is idle while the encoder runs, so a thread decodes the
+        # next batch meanwhile. On CPU that thread would take a core from torch's own
+        # threads, whose parallel regions then wait for it: measured 15% slower on 2 cores.
+        workers = 1 if device.type != "cpu" else 0
+        with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool, torch.inference_mode():
+            pending = pool.submit(self._batch, images, starts[0]) if starts and workers else None
+            for n, s in enumerate(starts):
+                x = pending.result() if pending is not None else self._batch(images, s)
+                if workers and n + 1 < len(starts):
                     pending = pool.submit(self._batch, images, starts[n + 1])
                 out.append(self.model.encode_image(x.to(device), normalize=True).float().cpu())
                 bar.update(len(x))
