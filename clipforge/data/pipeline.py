@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -113,39 +113,120 @@ class SequentialSource(Source):
             offset = 0
 
 
+CAPTION_STRATEGIES = ("random", "first", "all")
+
+
 @dataclass
 class Item:
-    """One augmented training sample (or the reason it was skipped)."""
+    """One augmented training sample (or the reason it was skipped).
+
+    ``texts`` are the sample's positive captions (one, unless the caption strategy is
+    ``all``); ``negatives`` are hard-negative captions that contradict the image.
+    """
 
     position: int
     image: torch.Tensor | None = None  # uint8 [3, H, W]
-    text: str = ""
+    texts: list[str] = field(default_factory=list)
     weight: float = 1.0
     skip: str | None = None
+    negatives: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
 
 
 @dataclass
 class Batch:
+    """``B`` images and ``T >= B`` texts.
+
+    ``owner[j]`` is the image row of text ``j`` (``-1`` for a hard negative, which is a
+    negative of every image); ``text_row[j]`` is the row whose sample produced text ``j``,
+    hard negatives included, so a micro-batch can take its rows' texts.
+    """
+
     images: torch.Tensor  # float32, normalised
     tokens: torch.Tensor
     weights: torch.Tensor
     texts: list[str]
     next_position: int  # the first position not consumed by this or earlier batches
     skipped: dict[str, int] = field(default_factory=dict)
+    owner: torch.Tensor | None = None  # None: one caption per image, no hard negatives
+    text_row: torch.Tensor | None = None
+
+    def rows(self, sl: slice) -> Batch:
+        """The sub-batch of image rows ``sl`` with their texts (rows renumbered from 0)."""
+        if self.owner is None or self.text_row is None:
+            texts = self.texts[sl]
+            return replace(
+                self,
+                images=self.images[sl],
+                tokens=self.tokens[sl],
+                weights=self.weights[sl],
+                texts=texts,
+            )
+        start = sl.start or 0
+        keep = (self.text_row >= start) & (self.text_row < sl.stop)
+        idx = keep.nonzero().flatten()
+        owner = self.owner[idx]
+        return replace(
+            self,
+            images=self.images[sl],
+            tokens=self.tokens[idx],
+            weights=self.weights[sl],
+            texts=[self.texts[i] for i in idx.tolist()],
+            owner=torch.where(owner >= 0, owner - start, owner),
+            text_row=self.text_row[idx] - start,
+        )
 
 
 class SampleProcessor:
-    """Augment one decoded sample and pick its caption, seeded by the sample's position."""
+    """Augment one decoded sample and pick its captions, seeded by the sample's position.
+
+    Caption strategies: ``random`` (one caption per visit, a different one each epoch),
+    ``first`` (the first, canonical caption) and ``all`` (up to ``max_captions`` captions,
+    all positives of the image). ``hard_negatives`` names perturbation kinds of
+    :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
+    of the same template as its (first) chosen caption. Samples read from files may
+    instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
+    """
 
     def __init__(
-        self, crop: SeededCrop, seed: int, caption: str = "random", max_chars: int = 2000
+        self,
+        crop: SeededCrop,
+        seed: int,
+        caption: str = "random",
+        max_chars: int = 2000,
+        max_captions: int = 4,
+        hard_negatives: tuple[str, ...] = (),
     ) -> None:
-        if caption not in ("random", "first"):
+        if caption not in CAPTION_STRATEGIES:
             raise ValueError(f"unknown caption strategy {caption!r}")
         self.crop = crop
         self.seed = seed
         self.caption = caption
         self.max_chars = max_chars
+        self.max_captions = max_captions
+        self.hard_negatives = tuple(hard_negatives)
+
+    def _choose(self, texts: list[str], rnd: random.Random) -> list[int]:
+        if self.caption == "first":
+            return [0]
+        if self.caption == "random":
+            return [rnd.randrange(len(texts))]
+        if len(texts) <= self.max_captions:
+            return list(range(len(texts)))
+        return sorted(rnd.sample(range(len(texts)), self.max_captions))
+
+    def _negatives(self, sample: Sample, template: int, rnd: random.Random) -> list[str]:
+        given = sample.meta.get("hard_negatives")
+        if given:
+            return [str(t)[: self.max_chars] for t in given if t and str(t).strip()]
+        if not self.hard_negatives or "objects" not in sample.meta:
+            return []
+        from clipforge.data.hardneg import hard_negatives
+
+        return list(hard_negatives(sample.meta, rnd, self.hard_negatives, template).values())
 
     def __call__(self, position: int, sample: Sample | SampleError) -> Item:
         if isinstance(sample, SampleError):
@@ -154,11 +235,16 @@ class SampleProcessor:
         if not texts:
             return Item(position, skip="empty_caption")
         rnd = random.Random(self.seed * 1_000_003 + position)
-        text = texts[0] if self.caption == "first" else texts[rnd.randrange(len(texts))]
+        chosen = self._choose(texts, rnd)
         # A pathological caption must not stall the tokenizer; the context cuts it anyway.
-        text = text[: self.max_chars]
+        picked = [texts[i][: self.max_chars] for i in chosen]
         image = self.crop(sample.image, rnd)
-        return Item(position, image, text, float(sample.meta.get("weight", 1.0)))
+        weight = float(sample.meta.get("weight", 1.0))
+        # Negatives draw from their own generator so turning them on leaves the crops and
+        # caption choices of a run unchanged.
+        neg_rnd = random.Random(self.seed * 1_000_003 + position + (1 << 40))
+        negatives = self._negatives(sample, chosen[0], neg_rnd)
+        return Item(position, image, picked, weight, negatives=negatives)
 
 
 class Collator:
@@ -172,14 +258,37 @@ class Collator:
         self.std = std
 
     def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
-        texts = [it.text for it in items]
+        images = normalize(torch.stack([it.image for it in items]), self.mean, self.std)  # type: ignore[misc]
+        weights = torch.tensor([it.weight for it in items])
+        if all(len(it.texts) == 1 and not it.negatives for it in items):
+            texts = [it.texts[0] for it in items]
+            return Batch(images, self.tokenizer(texts), weights, texts, next_position, skipped)
+        texts, owner, text_row = [], [], []
+        for row, it in enumerate(items):
+            texts += it.texts
+            owner += [row] * len(it.texts)
+            text_row += [row] * len(it.texts)
+        # Hard negatives after all positives: the first B columns stay the familiar diagonal
+        # when every image has one caption. A negative that is some other image's caption
+        # ("a small blue square" made from "a small blue circle") would be a false
+        # negative for that image, and a repeated one would count twice: both are dropped.
+        seen = set(texts)
+        for row, it in enumerate(items):
+            for neg in it.negatives:
+                if neg not in seen:
+                    seen.add(neg)
+                    texts.append(neg)
+                    owner.append(-1)
+                    text_row.append(row)
         return Batch(
-            normalize(torch.stack([it.image for it in items]), self.mean, self.std),  # type: ignore[misc]
+            images,
             self.tokenizer(texts),
-            torch.tensor([it.weight for it in items]),
+            weights,
             texts,
             next_position,
             skipped,
+            torch.tensor(owner),
+            torch.tensor(text_row),
         )
 
 

@@ -1,9 +1,13 @@
-"""CLIP's symmetric InfoNCE (Radford et al., 2021)."""
+"""CLIP's symmetric InfoNCE (Radford et al., 2021), with several positives and hard negatives."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from clipforge.losses.base import Features, Objective, weighted_mean
 
 
 def clip_loss(
@@ -12,21 +16,58 @@ def clip_loss(
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    owner: torch.Tensor | None = None,
+    hard_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Symmetric cross-entropy over the ``B x B`` similarity matrix.
+    """Symmetric cross-entropy over the ``B x T`` similarity matrix.
 
-    ``L = 1/2 [ CE(s * I T^T, diag) + CE(s * T I^T, diag) ]`` with ``s = exp(t)`` the
-    learnable inverse temperature (clamped at 100 by the model). ``image`` and ``text``
-    are L2-normalised ``[B, D]``; row ``i`` of each is a positive pair. ``weights`` (``[B]``)
-    optionally weights each sample's two terms (mean-normalised).
+    With one caption per image (``owner=None``, ``T = B``)::
+
+        L = 1/2 [ CE(s * I T^T, diag) + CE(s * T I^T, diag) ]
+
+    with ``s = exp(t)`` the learnable inverse temperature. ``image`` ``[B, D]`` and
+    ``text`` ``[T, D]`` are L2-normalised.
+
+    ``owner[j]`` names the image of text ``j``; ``-1`` marks a hard-negative caption, an
+    extra column of every image's softmax that has no row of its own (NegCLIP, CLIP-IN).
+    An image with several captions averages ``-log softmax`` over its positives, each
+    against all columns; every positive text is one row of the text-to-image term.
+    ``hard_weight`` multiplies ``exp`` of the hard-negative columns (adds ``log w`` to
+    their logits), the knob for how hard they pull. ``weights`` ``[B]`` weight each
+    image's terms and those of its captions (normalised to mean 1).
     """
     logits = scale * image @ text.T
     if bias is not None:
         logits = logits + bias
-    target = torch.arange(image.shape[0], device=image.device)
-    li = F.cross_entropy(logits, target, reduction="none")
-    lt = F.cross_entropy(logits.T, target, reduction="none")
-    per_sample = (li + lt) / 2
-    if weights is None:
-        return per_sample.mean()
-    return (per_sample * weights).sum() / weights.sum()
+    b = image.shape[0]
+    if owner is None:
+        target = torch.arange(b, device=image.device)
+        li = F.cross_entropy(logits, target, reduction="none")
+        lt = F.cross_entropy(logits.T, target, reduction="none")
+        return (weighted_mean(li, weights) + weighted_mean(lt, weights)) / 2
+    negative = owner < 0
+    if hard_weight != 1.0 and bool(negative.any()):
+        logits = logits + negative.to(logits.dtype) * math.log(hard_weight)
+    pos = owner[None, :] == torch.arange(b, device=image.device)[:, None]
+    logp = logits.log_softmax(dim=1)
+    n_pos = pos.sum(dim=1)
+    if bool((n_pos == 0).any()):
+        raise ValueError("every image needs at least one positive caption")
+    li = -(logp * pos).sum(dim=1) / n_pos
+    keep = ~negative
+    lt = F.cross_entropy(logits[:, keep].T, owner[keep], reduction="none")
+    wt = None if weights is None else weights[owner[keep]]
+    return (weighted_mean(li, weights) + weighted_mean(lt, wt)) / 2
+
+
+class ClipObjective(Objective):
+    """:func:`clip_loss` as an objective."""
+
+    def __init__(self, hard_weight: float = 1.0) -> None:
+        super().__init__()
+        self.hard_weight = hard_weight
+
+    def forward(self, f: Features) -> torch.Tensor:
+        return clip_loss(
+            f.image, f.text, f.scale, f.bias, f.weights, f.owner, hard_weight=self.hard_weight
+        )

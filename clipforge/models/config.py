@@ -18,6 +18,9 @@ class VisionConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     pool: str = "cls"  # "cls" (class token), "mean" (mean of patch tokens), "map" (attention pool)
+    # pool "grid": the mean of all patch tokens and of each cell of a pool_grid x pool_grid
+    # partition, concatenated before the projection, so where a feature is stays linear.
+    pool_grid: int = 2
     pre_norm: bool = True  # LayerNorm after patch embedding (OpenAI CLIP's ln_pre)
     # The fields below let converted peer models (SigLIP) be expressed; defaults are CLIP's.
     class_token: bool = True  # SigLIP has none: positions cover the patches only
@@ -87,8 +90,13 @@ class ModelConfig:
             raise ClipforgeError(f"unknown vision stem {v.stem!r} (known: patch, conv)")
         if v.stem == "conv" and (v.patch_size & (v.patch_size - 1) or v.patch_size < 2):
             raise ClipforgeError(f"a conv stem needs a power-of-two patch size, got {v.patch_size}")
-        if v.pool not in ("cls", "mean", "map"):
-            raise ClipforgeError(f"unknown vision pooling {v.pool!r} (known: cls, mean, map)")
+        if v.pool not in ("cls", "mean", "map", "grid"):
+            raise ClipforgeError(f"unknown vision pooling {v.pool!r} (known: cls, mean, map, grid)")
+        if v.pool == "grid" and (v.pool_grid < 1 or (v.image_size // v.patch_size) % v.pool_grid):
+            raise ClipforgeError(
+                f"vision.pool_grid {v.pool_grid} must divide the token grid "
+                f"{v.image_size // v.patch_size}"
+            )
         if v.pool == "cls" and not v.class_token:
             raise ClipforgeError("vision pooling 'cls' needs vision.class_token=true")
         if v.proj_type not in ("linear", "none"):

@@ -95,8 +95,9 @@ class VisionTransformer(nn.Module):
             w, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps
         )
         self.norm_post = nn.LayerNorm(w, eps=cfg.norm_eps)
+        pooled_width = w * (1 + cfg.pool_grid**2) if cfg.pool == "grid" else w
         self.proj: nn.Module = (
-            nn.Linear(w, embed_dim, bias=cfg.proj_bias)
+            nn.Linear(pooled_width, embed_dim, bias=cfg.proj_bias)
             if cfg.proj_type == "linear"
             else nn.Identity()
         )
@@ -117,7 +118,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat([cls, x], dim=1)
         x = x + self.pos_embed.to(x.dtype)
         x = self.transformer(self.norm_pre(x))
-        return x if self.cfg.pool == "mean" else self.norm_post(x)
+        return x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.tokens(images)
@@ -125,6 +126,17 @@ class VisionTransformer(nn.Module):
             pooled = x[:, 0]
         elif self.attn_pool is not None:
             pooled = self.attn_pool(x)
+        elif self.cfg.pool == "grid":
+            pooled = self._grid_pool(x[:, int(self.cfg.class_token) :])
         else:
             pooled = self.norm_post(x[:, int(self.cfg.class_token) :].mean(dim=1))
         return self.proj(pooled)
+
+    def _grid_pool(self, x: torch.Tensor) -> torch.Tensor:
+        # Mean pooling keeps what is in the image but mixes away where; the cell means keep
+        # "red on the left" a linear feature, which relations between objects need.
+        b, n, w = x.shape
+        side, g = int(n**0.5), self.cfg.pool_grid
+        cells = x.reshape(b, g, side // g, g, side // g, w).mean(dim=(2, 4)).reshape(b, g * g, w)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), cells], dim=1)
+        return self.norm_post(pooled).flatten(1)

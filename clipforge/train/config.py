@@ -14,9 +14,14 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str = "clip"
     data: str | None = None
+    shapes_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     image_key: str = "image"
     caption_key: str = "caption"
     caption: str = "random"
+    max_captions: int = 4
+    hard_negatives: str = ""
+    hard_negative_weight: float = 1.0
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -49,9 +54,16 @@ HELP: dict[str, str] = {
     "model_args": "preset overrides, e.g. vision.width=256,text.layers=2",
     "loss": "objective name",
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
+    "shapes_args": "shapes-world generator overrides, e.g. count_weights=[0.2,0.6,0.1,0.1],"
+    "group_prob=0.3",
+    "init": "start from the weights of this checkpoint or run folder (fine-tuning)",
     "image_key": "manifest column holding the image path",
     "caption_key": "manifest column holding the caption",
-    "caption": "caption choice when a sample has several: random or first",
+    "caption": "caption choice when a sample has several: random, first or all (all positives)",
+    "max_captions": "with --caption all, at most this many captions per image",
+    "hard_negatives": "hard-negative captions per sample, comma list of attribute,relation,"
+    "count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
+    "hard_negative_weight": "multiply the softmax weight of hard-negative columns (clip loss)",
     "batch_size": "samples per optimizer step",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",

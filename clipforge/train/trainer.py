@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from clipforge.config import from_dict, load_yaml, save_yaml, to_dict
 from clipforge.data.pipeline import (
+    CAPTION_STRATEGIES,
     Batch,
     Collator,
     IndexedSource,
@@ -41,12 +42,12 @@ from clipforge.data.pipeline import (
     Source,
     iter_batches,
 )
-from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.errors import ClipforgeError
 from clipforge.eval.shapes import evaluate_shapes
-from clipforge.losses import get_loss
+from clipforge.losses import Features, get_loss
 from clipforge.models import CLIP, ModelConfig, get_model_config
 from clipforge.train import checkpoint as ckpt
 from clipforge.train.config import TrainConfig
@@ -55,7 +56,9 @@ from clipforge.train.optim import build_optimizer, cosine_lr
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
     if cfg.data is None:
-        return ShapesSource(ShapesWorld(image_size, split="train", seed=cfg.seed))
+        return ShapesSource(
+            ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
+        )
     from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
 
     ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
@@ -66,6 +69,23 @@ def build_source(cfg: TrainConfig, image_size: int) -> Source:
             raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
         return IndexedSource(ds, seed=cfg.seed)
     raise ClipforgeError(f"unsupported data set {cfg.data}")  # pragma: no cover
+
+
+def shapes_config(cfg: TrainConfig) -> ShapesConfig:
+    """The shapes-world generator of a run: the defaults with ``--shapes-args`` applied."""
+    known = {f.name for f in fields(ShapesConfig)} - {"image_size"}
+    unknown = sorted(set(cfg.shapes_args) - known)
+    if unknown:
+        raise ClipforgeError(
+            f"unknown shapes-args {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    args = dict(cfg.shapes_args)
+    if "count_weights" in args:
+        w = args["count_weights"]
+        if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
+            raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
+        args["count_weights"] = tuple(float(x) for x in w)
+    return ShapesConfig(**args)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -79,11 +99,33 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.precision not in ("fp32", "bf16"):
         raise ClipforgeError(f"unknown precision {cfg.precision!r} (known: fp32, bf16)")
-    if cfg.caption not in ("random", "first"):
-        raise ClipforgeError(f"unknown caption strategy {cfg.caption!r} (known: random, first)")
+    if cfg.caption not in CAPTION_STRATEGIES:
+        raise ClipforgeError(
+            f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
+        )
+    if cfg.max_captions < 1:
+        raise ClipforgeError("max captions must be >= 1")
+    hard_negative_kinds(cfg)
+    if cfg.hard_negative_weight <= 0:
+        raise ClipforgeError("hard negative weight must be > 0")
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
     get_loss(cfg.loss)
+    if cfg.data is None:
+        shapes_config(cfg)
+
+
+def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
+    """The perturbation kinds named by ``--hard-negatives`` ('given' = the data's own)."""
+    from clipforge.data.hardneg import TRAINING_PERTURBATIONS as KINDS
+
+    kinds = tuple(k.strip() for k in cfg.hard_negatives.split(",") if k.strip())
+    for k in kinds:
+        if k not in (*KINDS, "given"):
+            raise ClipforgeError(
+                f"unknown hard-negative kind {k!r} (known: {', '.join(KINDS)}, given)"
+            )
+    return tuple(k for k in kinds if k != "given")
 
 
 def _norm(tensors: Iterator[torch.Tensor]) -> float:
@@ -151,6 +193,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
+    if cfg.init and state is None:
+        _init_weights_from(model, cfg.init)
+    objective = loss_spec.build(cfg)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     source = build_source(cfg, mcfg.vision.image_size)
@@ -158,6 +203,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         SeededCrop(mcfg.vision.image_size, (cfg.crop_scale, 1.0), flip=cfg.flip),
         seed=cfg.seed,
         caption=cfg.caption,
+        max_captions=cfg.max_captions,
+        hard_negatives=hard_negative_kinds(cfg),
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -217,15 +264,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         loss_sum = 0.0
         micro = cfg.batch_size // cfg.accum_steps
         for k in range(cfg.accum_steps):
-            sl = slice(k * micro, (k + 1) * micro)
+            part = batch.rows(slice(k * micro, (k + 1) * micro))
             with amp:
-                out = model(batch.images[sl], batch.tokens[sl])
-                loss = loss_spec.fn(
-                    out.image.float(),
-                    out.text.float(),
-                    out.scale,
-                    out.bias,
-                    weights=batch.weights[sl],
+                extra = objective.prepare(part.images, part.tokens)
+                out = model(part.images, part.tokens)
+                loss = objective(
+                    Features(
+                        out.image.float(),
+                        out.text.float(),
+                        out.scale,
+                        out.bias,
+                        part.owner,
+                        part.weights,
+                        extra,
+                    )
                 )
             if not torch.isfinite(loss):
                 raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
@@ -256,7 +308,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 "step": step,
                 "loss": loss_sum,
                 "lr": lr,
-                "logit_scale": float(model.logit_scale_exp()),
+                "logit_scale": float(model.logit_scale_exp().detach()),
                 "grad_norm": grad_norm,
                 "param_norm": _norm(model.parameters()),
                 "update_norm": _norm(
@@ -267,7 +319,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 "samples_per_s": n_since / max(now - t_last, 1e-9),
             }
             if model.logit_bias is not None:
-                rec["logit_bias"] = float(model.logit_bias)
+                rec["logit_bias"] = float(model.logit_bias.detach())
             log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0
@@ -293,6 +345,28 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     except Exception as e:  # a plot must never fail a finished run
         print(f"warning: could not plot the training curve: {e}", file=sys.stderr)
     return run_dir
+
+
+def _init_weights_from(model: CLIP, path: str) -> None:
+    """Copy the weights of ``path`` (a run folder or any checkpoint clipforge reads) into ``model``.
+
+    The architecture must match; the logit scale/bias come along, so a fine-tune
+    continues at the temperature the source run ended with.
+    """
+    try:
+        src = load_model(path)
+    except ClipforgeError:
+        from clipforge.models import load_checkpoint  # OpenAI / OpenCLIP / HF weights
+
+        src = load_checkpoint(path)
+    mine, theirs = model.state_dict(), src.state_dict()
+    bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    if bad:
+        raise ClipforgeError(
+            f"--init {path}: its architecture differs from the run's model "
+            f"({len(bad)} tensors, e.g. {bad[0]}); pass the matching --model/--model-args"
+        )
+    model.load_state_dict({k: theirs[k] for k in mine})
 
 
 def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:

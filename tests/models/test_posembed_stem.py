@@ -50,3 +50,19 @@ def test_conv_stem_grid_and_receptive_field(micro_args):
             "tiny",
             {**micro_args, "vision.stem": "conv", "vision.image_size": 24, "vision.patch_size": 6},
         )
+
+
+def test_grid_pooling_keeps_where_features_are(micro_args):
+    model = create_model("tiny", {**micro_args, "vision.pool": "grid"}).eval()
+    v = model.visual
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens = v.tokens(images)[:, int(v.cfg.class_token) :]  # a 4 x 4 token grid
+        grid = tokens.reshape(2, 4, 4, 32)
+        quads = [grid[:, :2, :2], grid[:, :2, 2:], grid[:, 2:, :2], grid[:, 2:, 2:]]
+        parts = [tokens.mean(1)] + [q.reshape(2, -1, 32).mean(1) for q in quads]
+        pooled = torch.cat([v.norm_post(p) for p in parts], dim=1)
+        assert torch.allclose(v(images), v.proj(pooled), atol=1e-5)
+    assert v.proj.in_features == 5 * 32
+    with pytest.raises(ClipforgeError, match="pool_grid"):
+        create_model("tiny", {**micro_args, "vision.pool": "grid", "vision.pool_grid": 3})

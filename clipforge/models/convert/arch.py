@@ -209,6 +209,7 @@ def openclip_config(cfg: ModelConfig, where: str = "model") -> dict[str, Any]:
         for name, bad in (
             ("no class token", not v.class_token),
             ("attention-pool image head", v.pool == "map"),
+            ("grid pooling", v.pool == "grid"),
             ("patch-embedding bias", v.patch_bias),
             ("image projection that is not a bias-free linear", v.proj_type != "linear"),
             ("image projection bias", v.proj_bias),
