@@ -342,7 +342,7 @@ class ShapesWorld:
                 break
         bg = (rng.randint(10, 59), rng.randint(10, 59), rng.randint(10, 59))
         objects = [ShapeObject(shape, colour, "small", b) for b in boxes]
-        return Scene(objects, "group", bg)
+        return Scene(objects, "group", bg, image_size=self.image_size)
 
     # -- rendering ----------------------------------------------------------------------
     def render(self, scene: Scene, rng: random.Random | None = None) -> Image.Image:
