@@ -117,7 +117,7 @@ def _cmd_eval_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_any_model(path: Path):  # noqa: ANN202 - CLIP, imported lazily
+def _load_any_model(path: Path):
     from clipforge.train import load_model
 
     # A run folder or a clipforge checkpoint; anything else may be a peer's weights

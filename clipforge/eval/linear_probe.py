@@ -21,13 +21,13 @@ from clipforge.eval.zeroshot import classification_metrics
 C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float):  # noqa: ANN202 - sklearn estimator
+def _fit(x: np.ndarray, y: np.ndarray, c: float):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=1000).fit(x, y)
 
 
-def _logits(model, x: np.ndarray, num_classes: int) -> torch.Tensor:  # noqa: ANN001
+def _logits(model, x: np.ndarray, num_classes: int) -> torch.Tensor:
     # A class missing from the training labels gets no column from sklearn; give it -inf.
     out = torch.full((len(x), num_classes), -float("inf"))
     out[:, torch.as_tensor(model.classes_)] = torch.as_tensor(
