@@ -127,3 +127,18 @@ def test_compare_rejects_other_json(tmp_path, capsys):
     (tmp_path / "a.json").write_text('{"zeroshot/top1": 0.5}')
     assert main(["eval", "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 2
     assert "not a clipforge eval result" in capsys.readouterr().err
+
+
+def test_suite_zeroshot_equals_trainer_eval(tmp_path, micro_args, small_sets):
+    """The suite's shapes zero-shot set is the one the trainer's eval.json uses."""
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.shapes import evaluate_shapes
+    from clipforge.eval.suite import run_suite
+    from clipforge.models import create_model
+
+    model = create_model("tiny", micro_args).eval()
+    tok = get_tokenizer(24)
+    res = run_suite(model, tok, tmp_path, "zeroshot", progress=False)["tasks"]["zeroshot"]
+    ref = evaluate_shapes(model, tok, per_class=3, pairs=10)
+    for k in ("top1", "top5", "mean_per_class_recall"):
+        assert res["metrics"][k] == pytest.approx(ref[f"zeroshot/{k}"], abs=1e-6)
