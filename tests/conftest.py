@@ -26,3 +26,14 @@ MICRO_ARGS_CLI = ",".join(f"{k}={v}" for k, v in MICRO_ARGS.items())
 @pytest.fixture
 def micro_args() -> dict:
     return dict(MICRO_ARGS)
+
+
+@pytest.fixture
+def micro_checkpoint(tmp_path):
+    """A randomly initialised micro model saved as a clipforge checkpoint file."""
+    from clipforge.models import create_model, save_checkpoint
+
+    torch.manual_seed(123)
+    path = tmp_path / "tower.pt"
+    save_checkpoint(create_model("tiny", dict(MICRO_ARGS)), path, "clipforge")
+    return path

@@ -263,7 +263,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
-    p = sub.add_parser("losses", help="list objectives")
+    p = sub.add_parser("losses", help="list objectives with a one-line summary each")
     p.set_defaults(func=lambda a: _print_names("losses"))
 
 
@@ -271,12 +271,14 @@ def _print_names(kind: str) -> int:
     if kind == "models":
         from clipforge.models import list_models
 
-        names = list_models()
-    else:
-        from clipforge.losses import LOSSES
+        print("\n".join(list_models()))
+        return 0
+    from clipforge.losses import LOSSES
 
-        names = LOSSES.names()
-    print("\n".join(names))
+    width = max(len(n) for n in LOSSES)
+    for name in LOSSES:
+        print(f"{name:<{width}}  {LOSSES.get(name).summary}")
+    print("combine with weights: --loss clip+0.1*uniformity+0.1*alignment")
     return 0
 
 

@@ -130,6 +130,7 @@ class Item:
     weight: float = 1.0
     skip: str | None = None
     negatives: list[str] = field(default_factory=list)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # meta fields as tensors
 
     @property
     def text(self) -> str:
@@ -142,7 +143,9 @@ class Batch:
 
     ``owner[j]`` is the image row of text ``j`` (``-1`` for a hard negative, which is a
     negative of every image); ``text_row[j]`` is the row whose sample produced text ``j``,
-    hard negatives included, so a micro-batch can take its rows' texts.
+    hard negatives included, so a micro-batch can take its rows' texts. ``extra`` holds
+    the ``Sample.meta`` fields the objective asked for (``Objective.batch_keys``: stored
+    teacher embeddings, a third modality), stacked into one ``[B, ...]`` tensor each.
     """
 
     images: torch.Tensor  # float32, normalised
@@ -153,6 +156,7 @@ class Batch:
     skipped: dict[str, int] = field(default_factory=dict)
     owner: torch.Tensor | None = None  # None: one caption per image, no hard negatives
     text_row: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def rows(self, sl: slice) -> Batch:
         """The sub-batch of image rows ``sl`` with their texts (rows renumbered from 0)."""
@@ -164,6 +168,7 @@ class Batch:
                 tokens=self.tokens[sl],
                 weights=self.weights[sl],
                 texts=texts,
+                extra={k: v[sl] for k, v in self.extra.items()},
             )
         start = sl.start or 0
         keep = (self.text_row >= start) & (self.text_row < sl.stop)
@@ -177,6 +182,7 @@ class Batch:
             texts=[self.texts[i] for i in idx.tolist()],
             owner=torch.where(owner >= 0, owner - start, owner),
             text_row=self.text_row[idx] - start,
+            extra={k: v[sl] for k, v in self.extra.items()},
         )
 
 
@@ -189,6 +195,11 @@ class SampleProcessor:
     :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
     of the same template as its (first) chosen caption. Samples read from files may
     instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
+
+    ``extra_keys`` names meta fields copied into ``Item.extra`` as tensors (numbers or
+    lists of numbers, e.g. MobileCLIP-style ``teacher_image``/``teacher_text``
+    embeddings stored with the data). A sample without one of them is skipped as
+    ``missing_meta:KEY``.
     """
 
     def __init__(
@@ -199,6 +210,7 @@ class SampleProcessor:
         max_chars: int = 2000,
         max_captions: int = 4,
         hard_negatives: tuple[str, ...] = (),
+        extra_keys: tuple[str, ...] = (),
     ) -> None:
         if caption not in CAPTION_STRATEGIES:
             raise ValueError(f"unknown caption strategy {caption!r}")
@@ -208,6 +220,7 @@ class SampleProcessor:
         self.max_chars = max_chars
         self.max_captions = max_captions
         self.hard_negatives = tuple(hard_negatives)
+        self.extra_keys = tuple(extra_keys)
 
     def _choose(self, texts: list[str], rnd: random.Random) -> list[int]:
         if self.caption == "first":
@@ -234,6 +247,11 @@ class SampleProcessor:
         texts = [t for t in sample.texts if t and t.strip()]
         if not texts:
             return Item(position, skip="empty_caption")
+        extra: dict[str, torch.Tensor] = {}
+        for key in self.extra_keys:
+            if sample.meta.get(key) is None:
+                return Item(position, skip=f"missing_meta:{key}")
+            extra[key] = torch.as_tensor(sample.meta[key])
         rnd = random.Random(self.seed * 1_000_003 + position)
         chosen = self._choose(texts, rnd)
         # A pathological caption must not stall the tokenizer; the context cuts it anyway.
@@ -244,7 +262,7 @@ class SampleProcessor:
         # caption choices of a run unchanged.
         neg_rnd = random.Random(self.seed * 1_000_003 + position + (1 << 40))
         negatives = self._negatives(sample, chosen[0], neg_rnd)
-        return Item(position, image, picked, weight, negatives=negatives)
+        return Item(position, image, picked, weight, negatives=negatives, extra=extra)
 
 
 class Collator:
@@ -260,9 +278,12 @@ class Collator:
     def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
         images = normalize(torch.stack([it.image for it in items]), self.mean, self.std)  # type: ignore[misc]
         weights = torch.tensor([it.weight for it in items])
+        extra = {k: torch.stack([it.extra[k] for it in items]) for k in items[0].extra}
         if all(len(it.texts) == 1 and not it.negatives for it in items):
             texts = [it.texts[0] for it in items]
-            return Batch(images, self.tokenizer(texts), weights, texts, next_position, skipped)
+            return Batch(
+                images, self.tokenizer(texts), weights, texts, next_position, skipped, extra=extra
+            )
         texts, owner, text_row = [], [], []
         for row, it in enumerate(items):
             texts += it.texts
@@ -289,6 +310,7 @@ class Collator:
             skipped,
             torch.tensor(owner),
             torch.tensor(text_row),
+            extra,
         )
 
 

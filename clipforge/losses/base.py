@@ -13,9 +13,12 @@ rows) before the objective runs, so objectives are written once, for one process
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
+
+from clipforge.errors import ClipforgeError
 
 
 @dataclass
@@ -24,7 +27,10 @@ class Features:
 
     ``extra`` holds any further tensors an objective needs (teacher or reference
     embeddings, a third modality). Keys starting with ``text_`` have ``T`` rows, every
-    other key ``B`` rows; the distributed gather relies on that convention.
+    other key ``B`` rows; the distributed gather relies on that convention. Keys in use:
+    ``ref_image``/``text_ref`` (CWCL's reference), ``teacher_image``/``text_teacher`` (a
+    live distillation teacher), ``teacher_image``/``teacher_text`` (stored teacher
+    embeddings, one caption per image, so ``B`` rows), ``third`` (Symile's third view).
     """
 
     image: torch.Tensor  # [B, D], L2-normalised
@@ -64,13 +70,76 @@ class Objective(nn.Module):
     ``forward(features)`` returns the scalar loss. ``prepare(images, tokens)`` runs before
     the gather and returns extra tensors computed from the raw batch (a frozen teacher's
     embeddings, say); it must not need gradients.
+
+    The trainer also calls ``attach(model)`` once, after building the model and before
+    building the optimizer and restoring a checkpoint (an EMA teacher copies the student
+    there), and ``after_step(model)`` after every optimizer step. Parameters of the
+    objective that require gradients are trained with the model, and the objective's
+    ``state_dict`` (parameters, buffers, teachers) is saved in the checkpoint.
+    ``batch_keys`` names ``Sample.meta`` fields the data pipeline must carry into
+    ``Features.extra`` (stored teacher embeddings, a third modality), one row per image.
     """
+
+    batch_keys: tuple[str, ...] = ()
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the student model before training starts or resumes."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after each optimizer step (EMA updates, per-step counters)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Named values of the last ``forward`` worth logging (e.g. the terms of a sum)."""
+        return {}
+
     def forward(self, f: Features) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class StepSeeded(Objective):
+    """An objective that draws fresh randomness every optimizer step, reproducibly.
+
+    The step counter is a buffer, so it is checkpointed with the objective: a resumed run
+    draws the same numbers at the same step as an uninterrupted one. Every micro-batch of
+    a step (and every rank, which sees the same step) gets the same draw.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
+
+    def after_step(self, model: nn.Module) -> None:
+        self.step += 1
+
+
+def reject_hard_negatives(f: Features | Any, loss: str, why: str) -> None:
+    """Raise a one-line error if hard-negative captions are on: asked for by a run config
+    (its ``hard_negatives`` field, checked when the objective is built) or present in a
+    batch (``owner = -1``; data can bring its own negatives without the flag)."""
+    if isinstance(f, Features):
+        present = f.owner is not None and bool((f.owner < 0).any())
+    else:
+        present = bool(getattr(f, "hard_negatives", ""))
+    if present:
+        raise ClipforgeError(f"loss {loss!r} does not support --hard-negatives: {why}")
+
+
+def first_positive(f: Features) -> torch.Tensor:
+    """``[B]`` index of each image's first positive text (its caption when there is one)."""
+    owner = f.owners()
+    b = f.batch_size
+    pos = f.positives()
+    if bool((pos.sum(dim=1) == 0).any()):
+        raise ValueError("every image needs at least one positive caption")
+    idx = torch.arange(owner.shape[0], device=owner.device).expand(b, -1)
+    return torch.where(pos, idx, owner.shape[0]).min(dim=1).values
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -80,4 +149,11 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.T
     return (values * weights).sum() / weights.sum()
 
 
-__all__ = ["Features", "Objective", "weighted_mean"]
+__all__ = [
+    "Features",
+    "Objective",
+    "StepSeeded",
+    "first_positive",
+    "reject_hard_negatives",
+    "weighted_mean",
+]

@@ -22,6 +22,16 @@ class TrainConfig:
     max_captions: int = 4
     hard_negatives: str = ""
     hard_negative_weight: float = 1.0
+    # Options of the objectives in clipforge.losses (each read by the losses that name it).
+    hopfield_beta: float | None = None
+    reference: str | None = None
+    teacher: str | None = None
+    teacher_ema_decay: float = 0.999
+    distill_weight: float = 0.5
+    distill_temperature: float | None = None
+    distill_feature_weight: float = 0.0
+    mixup_alpha: float = 0.5
+    symile_categories: int = 8
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -52,7 +62,7 @@ class TrainConfig:
 HELP: dict[str, str] = {
     "model": "model preset (see `clipforge models`)",
     "model_args": "preset overrides, e.g. vision.width=256,text.layers=2",
-    "loss": "objective name",
+    "loss": "objective name or sum, e.g. clip+0.1*uniformity (see `clipforge losses`)",
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
     "shapes_args": "shapes-world generator overrides, e.g. count_weights=[0.2,0.6,0.1,0.1],"
     "group_prob=0.3",
@@ -64,6 +74,17 @@ HELP: dict[str, str] = {
     "hard_negatives": "hard-negative captions per sample, comma list of attribute,relation,"
     "count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
     "hard_negative_weight": "multiply the softmax weight of hard-negative columns (clip loss)",
+    "hopfield_beta": "infoloob: inverse temperature of CLOOB's Hopfield retrieval (none/0 = off)",
+    "reference": "cwcl: frozen reference model (run folder or checkpoint) for the soft targets",
+    "teacher": "distill: 'ema' (average of the student), 'data' (meta teacher_image/"
+    "teacher_text) or a run folder / checkpoint (frozen)",
+    "teacher_ema_decay": "distill with --teacher ema: decay of the moving average per step",
+    "distill_weight": "distill: loss = (1 - w) contrastive + w KL(teacher || student)",
+    "distill_temperature": "distill: teacher softmax temperature (none = the teacher's own, "
+    "0.01 for stored embeddings)",
+    "distill_feature_weight": "distill: weight of the 1 - cos(student, teacher) feature term",
+    "mixup_alpha": "mixup: the mixing ratio is drawn from Beta(alpha, alpha) each step",
+    "symile_categories": "symile: number of values of the third view (meta 'third')",
     "batch_size": "samples per optimizer step",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",

@@ -183,6 +183,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     torch.set_num_threads(cfg.threads)
     mcfg = get_model_config(cfg.model, cfg.model_args)
     loss_spec = get_loss(cfg.loss)
+    # Built before the run folder exists, so a bad objective option leaves nothing behind;
+    # seeded on its own so objective parameters do not shift the model's initialisation.
+    torch.manual_seed(cfg.seed)
+    objective = loss_spec.build(cfg)
+    if objective.batch_keys and cfg.data is None:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
+            "which the built-in shapes world does not have: pass --data"
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -195,8 +204,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     if cfg.init and state is None:
         _init_weights_from(model, cfg.init)
-    objective = loss_spec.build(cfg)
-    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
+    # An objective may own parameters (a third-modality encoder): they train with the model.
+    # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
+    trained = torch.nn.ModuleList([model, objective])
+    opt = build_optimizer(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     source = build_source(cfg, mcfg.vision.image_size)
     processor = SampleProcessor(
@@ -205,6 +217,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         caption=cfg.caption,
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
+        extra_keys=objective.batch_keys,
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -213,6 +226,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if "objective" in state:
+            objective.load_state_dict(state["objective"])
         step, position = int(state["step"]), int(state["position"])
         skipped = dict(state["skipped"])
         ckpt.set_rng_state(state["rng"])
@@ -223,6 +238,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "objective": objective.state_dict(),
                 "step": step,
                 "position": position,
                 "skipped": skipped,
@@ -266,7 +282,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         for k in range(cfg.accum_steps):
             part = batch.rows(slice(k * micro, (k + 1) * micro))
             with amp:
-                extra = objective.prepare(part.images, part.tokens)
+                extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
                 out = model(part.images, part.tokens)
                 loss = objective(
                     Features(
@@ -284,11 +300,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             (loss / cfg.accum_steps).backward()
             loss_sum += float(loss.detach()) / cfg.accum_steps
         grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            float(torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
-            else _norm(p.grad for p in model.parameters() if p.grad is not None)
+            else _norm(p.grad for p in trained.parameters() if p.grad is not None)
         )
         opt.step()
+        objective.after_step(model)
         step += 1
         position = batch.next_position
         for reason, n in batch.skipped.items():
@@ -320,6 +337,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             }
             if model.logit_bias is not None:
                 rec["logit_bias"] = float(model.logit_bias.detach())
+            rec.update(objective.metrics())
             log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0

@@ -1,0 +1,70 @@
+"""Frozen CLIP towers that objectives read from: CWCL's reference, a distillation teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.errors import ClipforgeError
+
+
+def load_frozen(path: str | Path, what: str) -> nn.Module:
+    """A frozen, eval-mode :class:`CLIP` from a run folder or any checkpoint clipforge reads.
+
+    A run folder contributes its ``checkpoints/final.pt`` (else ``last.pt``); any other
+    path goes to :func:`clipforge.models.load_checkpoint` (clipforge, OpenAI, OpenCLIP and
+    Hugging Face weights).
+    """
+    from clipforge.models import load_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise ClipforgeError(f"{what} not found: {p}")
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        for name in ("final.pt", "last.pt"):
+            if (p / "checkpoints" / name).is_file():
+                p = p / "checkpoints" / name
+                break
+        else:
+            raise ClipforgeError(f"{what}: no checkpoint in {path} (expected checkpoints/final.pt)")
+    model = load_checkpoint(p)
+    return freeze(model)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module, images: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image and text embeddings of a batch, as fp32, without gradients.
+
+    ``images`` come normalised for the student; a tower with another input size sees them
+    resized (its mean/std are assumed equal: true for every clipforge and OpenAI model).
+    Tokens are padded with zeros or cut to the tower's context; cutting would drop the
+    end token the text tower pools at, so a shorter context is refused instead.
+    """
+    cfg = model.cfg  # type: ignore[attr-defined]
+    size = cfg.vision.image_size
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    ctx = cfg.text.context_length
+    if tokens.shape[1] < ctx:
+        tokens = F.pad(tokens, (0, ctx - tokens.shape[1]))
+    elif tokens.shape[1] > ctx:
+        used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 0
+        if used > ctx:
+            raise ClipforgeError(
+                f"the frozen tower reads {ctx} tokens but the batch needs {used}; "
+                "use a student with a context length no longer than the tower's"
+            )
+        tokens = tokens[:, :ctx]
+    img = model.encode_image(images, normalize=True)  # type: ignore[operator]
+    txt = model.encode_text(tokens, normalize=True)  # type: ignore[operator]
+    return img.float(), txt.float()

@@ -1,0 +1,55 @@
+"""The objective family from the command line and YAML."""
+
+import json
+
+import pytest
+
+from clipforge.cli.main import main
+from clipforge.losses import LOSSES
+from tests.conftest import MICRO_ARGS_CLI
+
+
+def test_losses_lists_names_with_summaries(capsys):
+    assert main(["losses"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in LOSSES:
+        (line,) = [x for x in lines if x.split()[0] == name]
+        assert len(line.split()) > 2, line  # a summary follows the name
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--loss", "clip+0.1*nosuch"], "unknown loss 'nosuch'"),
+        (["--loss", "clip+0.1*"], "cannot read term"),
+        (["--loss", "cwcl"], "needs --reference"),
+        (["--loss", "distill"], "needs --teacher"),
+        (["--loss", "distill", "--teacher", "/no/such/run"], "not found"),
+        (["--loss", "infoloob", "--hopfield-beta", "x"], "'hopfield_beta'"),
+        (["--loss", "symile"], "pass --data"),
+        (["--loss", "symile", "--caption", "all"], "--caption all"),
+        (["--loss", "infoloob", "--hopfield-beta", "8", "--hard-negatives", "count"], "blend"),
+        (["--loss", "clip+cwcl", "--hard-negatives", "count"], "'cwcl' does not support"),
+    ],
+)
+def test_objective_errors_are_one_line(tmp_path, args, needle, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()  # a bad objective option leaves no run folder behind
+
+
+def test_yaml_config_selects_a_loss_expression(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("clipforge.train.plots.plot_curve", lambda *a, **k: None)
+    (tmp_path / "c.yaml").write_text(
+        "loss: infoloob+0.1*uniformity+0.1*alignment\nhopfield_beta: 8\n"
+        "batch_size: 8\nsteps: 2\nwarmup: 1\nlog_every: 1\neval_every: 0\n"
+        "eval_per_class: 1\neval_pairs: 16\nprogress: false\nthreads: 1\n"
+    )
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tmp_path / "c.yaml"), "--model-args", MICRO_ARGS_CLI]
+    assert main([*args, "--out", str(out)]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss/infoloob", "loss/uniformity", "loss/alignment"} <= set(row)
+    assert row["logit_scale"] == pytest.approx(30.0, rel=1e-5)  # CLOOB's fixed temperature
