@@ -53,18 +53,82 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF) on the "
-        "held-out shapes world",
-        description="Zero-shot colour x shape classification and image<->text retrieval on a "
-        "held-out split of the shapes world. Prints a table and writes JSON.",
+        help="evaluate a run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF); "
+        "'clipforge eval compare A.json B.json' compares two results",
+        description="Without --tasks: zero-shot colour x shape classification and image<->text "
+        "retrieval on a held-out split of the shapes world (prints a table, writes JSON). "
+        "With --tasks: the evaluation suite, writing results.json, report.md and plots. "
+        "'clipforge eval compare A.json B.json' prints two results side by side (a run folder "
+        "literally named 'compare' is written ./compare).",
     )
     p.add_argument("model", help="run folder or checkpoint file")
+    p.add_argument(
+        "--tasks",
+        help="comma-separated eval tasks or 'all' (known: " + ", ".join(_task_names()) + ")",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --tasks: a data set (image folder, CSV/TSV/JSONL, Karpathy JSON, "
+        "SugarCrepe/ARO JSON or a folder of them); repeatable; default: the shapes world",
+    )
+    p.add_argument("--image-root", help="with --data: folder the JSON files' images are in")
+    p.add_argument("--cache", help="embedding cache folder (default: OUT/cache)")
+    p.add_argument("--progress", type=_bool, default=True, help="progress bars (default: true)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--per-class", type=int, default=25, help="images per class (default: 25)")
     p.add_argument("--pairs", type=int, default=1000, help="retrieval pairs (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    p.add_argument("--out", help="JSON file (default: RUN_DIR/eval-SPLIT.json or next to the file)")
+    p.add_argument(
+        "--out",
+        help="without --tasks: JSON file (default: RUN_DIR/eval-SPLIT.json or next to the "
+        "file); with --tasks: output folder (default: RUN_DIR/eval or FILE-eval)",
+    )
     p.set_defaults(func=_cmd_eval)
+    c = sub.add_parser(
+        "eval-compare",
+        help="same as 'clipforge eval compare': two results.json side by side with deltas",
+    )
+    c.add_argument("a", help="results.json (or its folder)")
+    c.add_argument("b", help="results.json (or its folder)")
+    c.set_defaults(func=_cmd_eval_compare)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _task_names() -> list[str]:
+    from clipforge.eval.tasks import TASK_MODULES
+
+    return list(TASK_MODULES)
+
+
+def _cmd_eval_compare(args: argparse.Namespace) -> int:
+    from clipforge.eval.report import compare_table, load_results
+
+    a, b = load_results(args.a), load_results(args.b)
+    print(compare_table(a, b, "A", "B"))
+    print(f"A = {args.a} ({a['model']})\nB = {args.b} ({b['model']}); delta = B - A, in points")
+    return 0
+
+
+def _load_any_model(path: Path):
+    from clipforge.train import load_model
+
+    # A run folder or a clipforge checkpoint; anything else may be a peer's weights
+    # (OpenAI, OpenCLIP, Hugging Face), which the converter reads directly.
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        return load_model(path)
+    from clipforge.models import load_checkpoint
+
+    return load_checkpoint(path)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -72,17 +136,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.shapes import evaluate_shapes
-    from clipforge.train import load_model
 
     torch.set_num_threads(args.threads)
     path = Path(args.model)
-    # A run folder or a clipforge checkpoint; anything else may be a peer's weights
-    # (OpenAI, OpenCLIP, Hugging Face), which the converter reads directly.
-    model = load_model(path) if path.is_dir() and (path / "checkpoints").is_dir() else None
-    if model is None:
-        from clipforge.models import load_checkpoint
+    if args.tasks is None and args.data:
+        raise ClipforgeError("--data needs --tasks (e.g. --tasks all)")
+    if args.tasks is not None:
+        from clipforge.eval.suite import resolve_tasks, run_suite
 
-        model = load_checkpoint(path)
+        tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
+        model = _load_any_model(path)
+        out_dir = (
+            Path(args.out)
+            if args.out
+            else (path / "eval" if path.is_dir() else path.with_name(path.stem + "-eval"))
+        )
+        results = run_suite(
+            model,
+            get_tokenizer(model.cfg.text.context_length),
+            out_dir,
+            tasks,
+            args.data,
+            model_name=str(path),
+            cache_dir=Path(args.cache) if args.cache else out_dir / "cache",
+            split=args.split,
+            image_root=args.image_root,
+            progress=args.progress,
+        )
+        for name, t in results["tasks"].items():
+            _print_table({f"{name}/{k}": v for k, v in t["metrics"].items()})
+        for name, why in results["skipped"].items():
+            print(f"{name}: skipped ({why})")
+        print(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.md'}")
+        return 0
+    model = _load_any_model(path)
     tok = get_tokenizer(model.cfg.text.context_length)
     res = evaluate_shapes(model, tok, split=args.split, per_class=args.per_class, pairs=args.pairs)
     out = (
@@ -288,13 +375,15 @@ def _print_names(kind: str) -> int:
 
 
 def _print_table(res: dict) -> None:
+    from clipforge.eval.report import fmt
+
     rows = [(k, v) for k, v in res.items() if isinstance(v, float)]
     if not rows:
         return
     width = max(len(k) for k, _ in rows)
     print(f"{'metric':<{width}}  value")
     for k, v in rows:
-        print(f"{k:<{width}}  {100 * v:6.2f}%")
+        print(f"{k:<{width}}  {fmt(k, v):>7}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "eval compare A B" is its own command; a run folder named "compare" is "./compare".
+    if argv[:2] == ["eval", "compare"]:
+        argv = ["eval-compare", *argv[2:]]
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -35,6 +35,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 SIZES: dict[str, float] = {"small": 0.15, "large": 0.25}  # radius as a fraction of the side
+# Shapes and colours the training scenes never use: out-of-distribution probes for eval.
+OOD_SHAPES: tuple[str, ...] = ("hexagon", "diamond")
+OOD_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (250, 150, 200),
+    "brown": (140, 85, 35),
+    "grey": (140, 140, 140),
+}
+# Radius of the objects of counting scenes: small enough that ten of them fit.
+COUNT_RADIUS = 0.07
 NUMBER_WORDS = (
     "zero",
     "one",
@@ -257,12 +266,16 @@ class ShapesWorld:
 
     # -- scenes -------------------------------------------------------------------------
     def _place(
-        self, rng: random.Random, sizes: list[str], boxes: list[tuple[float, ...]]
+        self,
+        rng: random.Random,
+        sizes: list[str],
+        boxes: list[tuple[float, ...]],
+        radius: float | None = None,
     ) -> list[tuple[float, float, float, float]] | None:
         s = self.image_size
         out: list[tuple[float, float, float, float]] = []
         for size in sizes:
-            r = SIZES[size] * s * rng.uniform(0.9, 1.1)
+            r = (radius if radius is not None else SIZES[size]) * s * rng.uniform(0.9, 1.1)
             for _ in range(50):
                 cx, cy = rng.uniform(r + 1, s - r - 1), rng.uniform(r + 1, s - r - 1)
                 box = (cx - r, cy - r, cx + r, cy + r)
@@ -321,6 +334,19 @@ class ShapesWorld:
         obj = ShapeObject(shape, colour, size, boxes[0])  # type: ignore[arg-type]
         return Scene([obj], "single", bg, image_size=self.image_size)
 
+    def count_scene(self, index: int, n: int, shape: str, colour: str) -> Scene:
+        """``n`` (up to ten) small copies of one object, for counting benchmarks."""
+        if not 1 <= n <= 10:
+            raise ClipforgeError(f"count scenes hold 1 to 10 objects, got {n}")
+        rng = self.rng(index, stream=4)
+        while True:
+            boxes = self._place(rng, ["small"] * n, [], radius=COUNT_RADIUS)
+            if boxes is not None:
+                break
+        bg = (rng.randint(10, 59), rng.randint(10, 59), rng.randint(10, 59))
+        objects = [ShapeObject(shape, colour, "small", b) for b in boxes]
+        return Scene(objects, "group", bg, image_size=self.image_size)
+
     # -- rendering ----------------------------------------------------------------------
     def render(self, scene: Scene, rng: random.Random | None = None) -> Image.Image:
         """Draw a scene as an RGB image of ``image_size`` pixels."""
@@ -329,7 +355,7 @@ class ShapesWorld:
         img = Image.new("RGB", (s, s), scene.background)
         draw = ImageDraw.Draw(img)
         for o in scene.objects:
-            fill = COLOURS[o.colour]
+            fill = COLOURS[o.colour] if o.colour in COLOURS else OOD_COLOURS[o.colour]
             if rng is not None:  # slight colour jitter so colours are bands, not points
                 fill = tuple(min(255, max(0, round(v + rng.gauss(0, 8)))) for v in fill)
             x0, y0, x1, y1 = (v * k for v in o.box)
@@ -357,6 +383,38 @@ class ShapesWorld:
             return caps[-1:]  # the position caption
         # Canonical relation, its short form, the inverse phrasing, the position captions.
         return [caps[0], caps[1], caps[2], *caps[-2:]]
+
+
+def count_caption(n: int, shape: str, colour: str) -> str:
+    """``"seven red circles"``: the caption of a counting scene."""
+    return f"{NUMBER_WORDS[n]} {colour} {shape if n == 1 else plural(shape)}"
+
+
+def _where(o: ShapeObject, image_size: int) -> str:
+    x, y = (v / image_size for v in o.center)
+    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
+    col = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
+    return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
+
+
+def long_caption(scene: Scene, image_size: int) -> str:
+    """A multi-sentence description: object count, each object and where it is, relations.
+
+    Longer than a short text encoder's context on purpose: long-caption retrieval measures
+    what a model keeps of text beyond its first few words.
+    """
+    objs = sorted(scene.objects, key=lambda o: o.center[0])
+    n = len(objs)
+    noun = "object" if n == 1 else "objects"
+    sentences = [f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {noun} in the picture."]
+    for o in objs:
+        phrase = o.phrase(True)
+        sentences.append(f"{phrase[0].upper()}{phrase[1:]} is in the {_where(o, image_size)}.")
+    for a, b in zip(objs, objs[1:], strict=False):
+        sentences.append(
+            f"The {a.colour} {a.shape} is {relation_of(a, b)} the {b.colour} {b.shape}."
+        )
+    return " ".join(sentences)
 
 
 def class_names() -> list[str]:
@@ -396,5 +454,13 @@ def _draw_shape(
         t = r * 0.36
         draw.rectangle((cx - t, y0, cx + t, y1), fill=fill)
         draw.rectangle((x0, cy - t, x1, cy + t), fill=fill)
+    elif shape == "hexagon":
+        pts = [
+            (cx + r * math.cos(math.pi / 3 * i), cy + r * math.sin(math.pi / 3 * i))
+            for i in range(6)
+        ]
+        draw.polygon(pts, fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
     else:  # pragma: no cover - guarded by SHAPES
         raise ValueError(shape)

@@ -50,3 +50,23 @@ def test_template_ensemble_is_normalised_mean(micro_args):
     assert torch.allclose(w[0], expected, atol=1e-6)
     feats = torch.nn.functional.normalize(torch.stack([w[1], w[0]]), dim=-1)
     assert zero_shot(feats, torch.tensor([1, 0]), w)["top1"] == pytest.approx(1.0)
+
+
+def test_confusion_matrix_and_task(tmp_path):
+    from clipforge.eval import zeroshot
+    from clipforge.eval.datasets import ClassificationData, ImageSet
+
+    from .helpers import fixed_context
+
+    cm = zeroshot.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    # Three classes on the axes; image 3 (class 2) lies nearer class 1.
+    feats = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0.8, 0.6]])
+    texts = {"a x": torch.eye(3)[0], "a y": torch.eye(3)[1], "a z": torch.eye(3)[2]}
+    data = ClassificationData(
+        "toy", ImageSet("toy", 4, None), torch.tensor([0, 1, 2, 2]), ["x", "y", "z"], ["a {}"]
+    )
+    res = zeroshot.run(fixed_context(tmp_path, {"toy": feats}, texts), data)
+    assert res.metrics == {"top1": 0.75, "mean_per_class_recall": pytest.approx(5 / 6)}
+    assert (tmp_path / res.plots["confusion matrix"]).stat().st_size > 1000
+    assert res.details["worst_classes"]["z"] == 0.5

@@ -1,0 +1,102 @@
+"""Run a set of evaluation tasks on a model and write results.json, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.data.tokenizer import Tokenizer
+from clipforge.errors import ClipforgeError
+from clipforge.eval.datasets import open_eval_data
+from clipforge.eval.embed import Embedder
+from clipforge.eval.report import SCHEMA, markdown
+from clipforge.eval.tasks import EvalContext, load_tasks, task_names
+from clipforge.models import CLIP
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` or a comma-separated list of task names, checked against the registry."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ClipforgeError("no eval tasks named")
+    if names == ["all"]:
+        return task_names()
+    registry = load_tasks()
+    for n in names:
+        registry.get(n)  # raises a one-line error listing the known tasks
+    return list(dict.fromkeys(names))
+
+
+def run_suite(
+    model: CLIP,
+    tokenizer: Tokenizer,
+    out_dir: str | Path,
+    tasks: str | Sequence[str] = "all",
+    data: Sequence[str] = (),
+    model_name: str = "",
+    cache_dir: str | Path | None = None,
+    split: str = "test",
+    image_root: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``tasks`` and write ``OUT/results.json`` and ``OUT/report.md``.
+
+    Without ``data`` every task runs on its shapes-world set. With ``data`` (paths, see
+    :func:`~clipforge.eval.datasets.open_eval_data`) a task runs on the first data set
+    whose kind it accepts and is skipped, with the reason recorded, when there is none.
+    """
+    names = resolve_tasks(tasks)
+    registry = load_tasks()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    user = [open_eval_data(p, split=split, image_root=image_root) for p in data]
+    embedder = Embedder(model, tokenizer, cache_dir, progress=progress)
+    ctx = EvalContext(model.eval(), tokenizer, embedder, out, seed)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "model": model_name,
+        "model_fingerprint": embedder.fingerprint,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tasks": {},
+        "skipped": {},
+    }
+    start = time.perf_counter()
+    for name in names:
+        task = registry.get(name)
+        if user:
+            match = [(k, d) for k, d in user if k in task.accepts]
+            if not match:
+                results["skipped"][name] = f"needs {' or '.join(task.accepts)} data"
+                continue
+            ds = match[0][1]
+            ds_name = ds.name
+        else:
+            ds = task.shapes(ctx)
+            ds_name = "shapes world"
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            res = task.run(ctx, ds)
+        results["tasks"][name] = {
+            "description": task.description,
+            "dataset": ds_name,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "metrics": res.metrics,
+            "plots": res.plots,
+            "details": res.details,
+        }
+        if progress:
+            head = ", ".join(f"{k} {v:.4f}" for k, v in list(res.metrics.items())[:3])
+            print(f"{name}: {head}", flush=True)
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    results["embedded_images"] = embedder.embedded_images
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(results))
+    return results
