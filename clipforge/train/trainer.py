@@ -13,6 +13,10 @@ Run folder layout::
 Resume (``--resume RUN_DIR``) reloads ``last.pt`` and replays nothing: the data stream
 restarts at the saved sample position and every sample's augmentation is seeded by its
 position, so the resumed run reaches the same weights as an uninterrupted one.
+
+Under ``torchrun`` (``python -m clipforge.train`` with the flags of ``clipforge train``)
+every process runs :func:`train`; rank 0 alone writes the run folder. How the batch and
+the loss are shared is in :mod:`clipforge.train.distributed`.
 """
 
 from __future__ import annotations
@@ -50,8 +54,12 @@ from clipforge.eval.shapes import evaluate_shapes
 from clipforge.losses import Features, get_loss
 from clipforge.models import CLIP, ModelConfig, get_model_config
 from clipforge.train import checkpoint as ckpt
+from clipforge.train import distributed
+from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
+from clipforge.train.distributed import World
 from clipforge.train.optim import build_optimizer, cosine_lr
+from clipforge.train.siglip_ring import siglip_ring_share
 
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
@@ -92,6 +100,12 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
     get_loss(cfg.loss)
+    if cfg.siglip_chunked and cfg.loss != "siglip":
+        raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
+    if cfg.dist_backend not in distributed.BACKENDS:
+        raise ClipforgeError(
+            f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"
+        )
 
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
@@ -137,12 +151,50 @@ def new_run_dir(out: str | None) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def batch_loss(
+    model: torch.nn.Module,
+    objective: torch.nn.Module,
+    part: Batch,
+    world: World,
+    local: bool = False,
+    chunked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's loss to back-propagate, and the loss of the whole (micro-)batch to log.
+
+    ``part`` is this rank's rows. With ``local`` or ``chunked`` the rank computes its share
+    of the loss and back-propagates ``world.size`` times it; the reasons are in
+    :mod:`clipforge.train.distributed`. The logged loss is the same on every rank.
+    """
+    extra = objective.prepare(part.images, part.tokens)
+    out = model(part.images, part.tokens)
+    f = Features(
+        out.image.float(), out.text.float(), out.scale, out.bias, part.owner, part.weights, extra
+    )
+    if chunked:
+        share = siglip_ring_share(f, world)
+    elif local:
+        share = objective(gather_features(f, world, local=True))
+    else:
+        loss = objective(gather_features(f, world))
+        return loss, loss.detach()
+    return share * world.size, distributed.all_sum(share, world)
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     """Train a model as ``cfg`` says and return the run folder.
 
-    With ``resume``, ``cfg`` is ignored except for ``steps`` and ``progress``; the run
-    continues from ``RUN_DIR/checkpoints/last.pt``.
+    With ``resume``, ``cfg`` is ignored except for ``progress`` and ``dist_backend``; the
+    run continues from ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process
+    joins the process group for the run and leaves it afterwards.
     """
+    world = distributed.setup(cfg.dist_backend)
+    try:
+        return _train(cfg, resume, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     state: dict[str, Any] | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -153,19 +205,23 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         last = run_dir / "checkpoints" / "last.pt"
         state = ckpt.load(last) if last.exists() else None
     else:
-        run_dir = new_run_dir(cfg.out)
+        # A default folder name is a timestamp: rank 0's is the one every rank uses.
+        run_dir = Path(distributed.broadcast(str(new_run_dir(cfg.out)), world))
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise ClipforgeError(
                 f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out"
             )
     check_config(cfg)
+    distributed.check_batch(world, cfg.batch_size, cfg.accum_steps)
     torch.set_num_threads(cfg.threads)
     mcfg = get_model_config(cfg.model, cfg.model_args)
     loss_spec = get_loss(cfg.loss)
+    main = world.is_main
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    if state is None:
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if state is None and main:
         cfg = replace(cfg, out=str(run_dir))
         save_yaml(cfg, run_dir / "config.yaml")
         (run_dir / "model.yaml").write_text(yaml.safe_dump(_model_dict(mcfg), sort_keys=False))
@@ -173,6 +229,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     objective = loss_spec.build(cfg)
+    if cfg.local_loss and not cfg.siglip_chunked and not objective.computes_shares:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} cannot compute per-process shares; drop --local-loss"
+        )
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     source = build_source(cfg, mcfg.vision.image_size)
@@ -193,9 +253,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         step, position = int(state["step"]), int(state["position"])
         skipped = dict(state["skipped"])
         ckpt.set_rng_state(state["rng"])
-    log = MetricsLog(run_dir / "metrics.jsonl", step if state is not None else None)
+    # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
+    ddp = distributed.wrap_model(model, world)
+    if main:
+        log = MetricsLog(run_dir / "metrics.jsonl", step if state is not None else None)
 
     def save_checkpoint() -> None:
+        if not main:
+            return
         ckpt.atomic_save(
             {
                 "model": model.state_dict(),
@@ -215,7 +280,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         )
 
     amp = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
+        torch.autocast(world.device.type, dtype=torch.bfloat16)
         if cfg.precision == "bf16"
         else contextlib.nullcontext()
     )
@@ -224,7 +289,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         source, processor, collate, cfg.batch_size, start=position, workers=cfg.workers
     )
     bar = tqdm(
-        total=cfg.steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True
+        total=cfg.steps,
+        initial=step,
+        disable=not (cfg.progress and main),
+        desc="train",
+        dynamic_ncols=True,
     )
     seen = 0
     t_last = time.perf_counter()
@@ -241,25 +310,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         loss_sum = 0.0
         micro = cfg.batch_size // cfg.accum_steps
         for k in range(cfg.accum_steps):
-            part = batch.rows(slice(k * micro, (k + 1) * micro))
-            with amp:
-                extra = objective.prepare(part.images, part.tokens)
-                out = model(part.images, part.tokens)
-                loss = objective(
-                    Features(
-                        out.image.float(),
-                        out.text.float(),
-                        out.scale,
-                        out.bias,
-                        part.owner,
-                        part.weights,
-                        extra,
+            part = _to(batch.rows(distributed.share(world, micro, k)), world.device)
+            # DDP averages gradients once per step, on the last micro-batch's backward.
+            last = k + 1 == cfg.accum_steps
+            with contextlib.nullcontext() if last else distributed.no_sync(ddp):
+                with amp:
+                    loss, logged = batch_loss(
+                        ddp, objective, part, world, cfg.local_loss, cfg.siglip_chunked
                     )
-                )
-            if not torch.isfinite(loss):
-                raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
-            (loss / cfg.accum_steps).backward()
-            loss_sum += float(loss.detach()) / cfg.accum_steps
+                if not torch.isfinite(logged):
+                    raise ClipforgeError(
+                        f"loss became {float(logged)} at step {step + 1}; lower --lr"
+                    )
+                (loss / cfg.accum_steps).backward()
+            loss_sum += float(logged) / cfg.accum_steps
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
@@ -297,14 +361,24 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             }
             if model.logit_bias is not None:
                 rec["logit_bias"] = float(model.logit_bias.detach())
-            log.write(rec)
+            if main:
+                log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and cfg.data is None:
+        if (
+            main
+            and cfg.eval_every
+            and step % cfg.eval_every == 0
+            and step < cfg.steps
+            and cfg.data is None
+        ):
             log.write({"step": step, "split": "val", **run_eval("val")})
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint()
     bar.close()
+    if not main:
+        distributed.barrier(world)  # until rank 0 has written the run folder
+        return run_dir
 
     final: dict[str, Any] = {"step": step, "skipped": skipped}
     if cfg.data is None:
@@ -321,7 +395,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         plot_curve(run_dir / "metrics.jsonl", run_dir / "curve.png")
     except Exception as e:  # a plot must never fail a finished run
         print(f"warning: could not plot the training curve: {e}", file=sys.stderr)
+    distributed.barrier(world)
     return run_dir
+
+
+def _to(part: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return part
+    return replace(
+        part,
+        images=part.images.to(device),
+        tokens=part.tokens.to(device),
+        weights=part.weights.to(device),
+        owner=None if part.owner is None else part.owner.to(device),
+    )
 
 
 def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:
