@@ -228,6 +228,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
+    # On its device before the optimizer exists, so restored optimizer state lands there too.
+    model.to(world.device)
     objective = loss_spec.build(cfg)
     if cfg.local_loss and not cfg.siglip_chunked and not objective.computes_shares:
         raise ClipforgeError(

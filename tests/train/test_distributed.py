@@ -1,7 +1,15 @@
-"""Two gloo processes compute the loss and gradients of one process on the whole batch."""
+"""Two gloo processes compute the loss, gradients and training run of one process.
 
+One spawn of two processes (a module fixture) runs every distributed job; the tests
+compare its results with the same work done here in one process.
+"""
+
+import json
 import os
 import socket
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,10 +20,11 @@ from clipforge.data.pipeline import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import get_loss
 from clipforge.models import CLIP, get_model_config
-from clipforge.train import TrainConfig, distributed
+from clipforge.train import TrainConfig, distributed, train
+from clipforge.train import trainer as trainer_module
 from clipforge.train.distributed import World
 from clipforge.train.trainer import batch_loss
-from tests.conftest import MICRO_ARGS
+from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI
 
 B = 8
 # name -> (loss, hard negatives and weights?, local loss?, chunked?)
@@ -79,18 +88,71 @@ def _step(case: str, world: World) -> tuple[float, dict[str, torch.Tensor]]:
     return float(logged), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+# Several captions per image, hard negatives (texts per rank differ), accumulation and the
+# per-rank loss: the hardest setting for an exact split.
+RUN = TrainConfig(
+    model_args=MICRO_ARGS, batch_size=8, steps=6, warmup=1, accum_steps=2, caption="all",
+    hard_negatives="relation,attribute", local_loss=True, ckpt_every=2, log_every=1,
+    eval_every=0, eval_per_class=1, eval_pairs=20, threads=1, progress=False,
+)  # fmt: skip
+CRASH_AFTER = 5  # batches; the last checkpoint is at step 4
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(n: int) -> None:
+    """Make the trainer's data stream fail after ``n`` batches (a crash mid-run)."""
+    real = trainer_module.iter_batches
+
+    def limited(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == n:
+                raise _Crash
+            yield batch
+
+    trainer_module.iter_batches = limited  # type: ignore[assignment]
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     dist_env(rank, 2, port)
+    out_dir = Path(out)
     world = distributed.setup("gloo")
     try:
-        torch.save({c: _step(c, world) for c in CASES}, Path(out) / f"rank{rank}.pt")
+        torch.save({c: _step(c, world) for c in CASES}, out_dir / f"rank{rank}.pt")
     finally:
         distributed.teardown(world)
+    # train() joins and leaves the process group itself, as under torchrun.
+    train(replace(RUN, out=str(out_dir / "whole")))
+    real = trainer_module.iter_batches
+    _crash_after(CRASH_AFTER)
+    try:
+        train(replace(RUN, out=str(out_dir / "crashed")))
+    except _Crash:
+        pass
+    trainer_module.iter_batches = real  # type: ignore[assignment]
+    train(RUN, resume=out_dir / "crashed")
 
 
-def test_two_processes_equal_one(tmp_path):
-    mp.start_processes(_worker, (free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two")
+    mp.start_processes(_worker, (free_port(), str(out)), nprocs=2, start_method="spawn")
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
+
+
+def test_two_processes_equal_one(two):
+    ranks = [torch.load(two / f"rank{r}.pt") for r in range(2)]
     for case in CASES:
         ref_loss, ref_grads = _step(case, World())
         for got_loss, got_grads in (r[case] for r in ranks):
@@ -102,6 +164,54 @@ def test_two_processes_equal_one(tmp_path):
                 torch.testing.assert_close(got_grads[name], g, atol=tol, rtol=0, msg=case)
     # The cases differ: hard negatives and the sigmoid loss change the numbers.
     assert ranks[0]["clip"][0] != pytest.approx(ranks[0]["clip-hard"][0], abs=1e-3)
+
+
+def test_resume_under_two_processes_is_bit_identical(two):
+    whole, resumed = _weights(two / "whole"), _weights(two / "crashed")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+    assert _metrics(two / "whole") == _metrics(two / "crashed")
+    assert [r["step"] for r in _metrics(two / "whole") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_process_run_equals_one_process_run(two, tmp_path):
+    one = train(replace(RUN, out=str(tmp_path / "one")))
+    a, b = _metrics(one), _metrics(two / "whole")
+    for ra, rb in zip(a, b, strict=True):
+        if "loss" in ra:
+            assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5), ra["step"]
+            assert rb["samples"] == ra["samples"]
+    wa, wb = _weights(one), _weights(two / "whole")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_torchrun_cli_siglip_chunked(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), "-m", "clipforge.train",
+        "--model-args", MICRO_ARGS_CLI, "--loss", "siglip", "--siglip-chunked", "true",
+        "--batch-size", "8", "--steps", "2", "--warmup", "1", "--log-every", "1",
+        "--eval-every", "0", "--eval-per-class", "1", "--eval-pairs", "20",
+        "--threads", "1", "--progress", "false", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run folder:") == 1  # rank 0 reports, rank 1 is quiet
+    rows = _metrics(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert rows[-1]["final"] and (out / "checkpoints" / "final.pt").is_file()
+    assert "logit_bias" in rows[0]
+
+
+def test_bad_distributed_setups_are_one_line_errors(tmp_path):
+    with pytest.raises(ClipforgeError, match="--siglip-chunked needs --loss siglip"):
+        train(replace(RUN, siglip_chunked=True, out=str(tmp_path / "a")))
+    with pytest.raises(ClipforgeError, match="unknown dist backend"):
+        train(replace(RUN, dist_backend="mpi", out=str(tmp_path / "b")))
 
 
 def test_shares_split_each_micro_batch():
