@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     # On its device before the optimizer exists, so restored optimizer state lands there too.
     model.to(world.device)
-    objective = loss_spec.build(cfg)
+    objective = loss_spec.build(cfg).to(world.device)
     if cfg.local_loss and not cfg.siglip_chunked and not objective.computes_shares:
         raise ClipforgeError(
             f"loss {cfg.loss!r} cannot compute per-process shares; drop --local-loss"
@@ -326,6 +326,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
                     )
                 (loss / cfg.accum_steps).backward()
             loss_sum += float(logged) / cfg.accum_steps
+        distributed.average_gradients(objective.parameters(), world)  # DDP holds only the model
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
