@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -78,7 +79,8 @@ def parse_kv(raw: str, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not raw.strip():
         return out
-    for part in raw.split(","):
+    # Commas inside brackets belong to a list value: count_weights=[0.2,0.8],group_prob=0.5
+    for part in re.split(r",(?![^\[]*\])", raw):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise ClipforgeError(f"config field {name!r}: expected key=value pairs, got {part!r}")

@@ -39,3 +39,9 @@ def test_errors_name_the_problem(tmp_path):
         load_yaml(bad)
     with pytest.raises(ClipforgeError, match="config file not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_parse_kv_keeps_bracketed_lists():
+    from clipforge.config import parse_kv
+
+    assert parse_kv("w=[0.2,0.8],g=0.5", "x") == {"w": [0.2, 0.8], "g": 0.5}

@@ -36,6 +36,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipforge.config import resolve
     from clipforge.train import TrainConfig, train
+    from clipforge.train.trainer import skip_summary
 
     overrides = {
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
@@ -47,6 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}")
     _print_table(result)
+    print(skip_summary(result.get("skipped", {}), int(result.get("samples", 0))))
     return 0
 
 
@@ -135,6 +137,96 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "shard",
+        help="pack a CSV/TSV/JSONL manifest or an image folder into webdataset tar shards",
+        description="Write NAME-000000.tar, ... with one {key}.jpg/png/webp, {key}.txt (one "
+        "caption per line) and {key}.json (meta, weight, captions list) per sample. JPEG, "
+        "PNG and WebP bytes are copied as they are; other formats are stored as PNG. Rows "
+        "with a missing image or no caption are left out and counted.",
+    )
+    p.add_argument("input", help="manifest (.csv, .tsv, .jsonl) or image folder with sidecars")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", default="train", help="shard name prefix (default: train)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: 1000)")
+    p.add_argument("--image-key", default="image", help="manifest image column")
+    p.add_argument("--caption-key", default="caption", help="manifest caption column")
+    p.add_argument("--verify", action="store_true", help="decode every image; leave out bad ones")
+    p.set_defaults(func=_cmd_shard)
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from clipforge.data.files import ShardDataset, open_dataset
+    from clipforge.data.writers import shard_dataset
+
+    if args.shard_size < 1:
+        raise ClipforgeError("--shard-size must be >= 1")
+    ds = open_dataset(args.input, image_key=args.image_key, caption_key=args.caption_key)
+    if isinstance(ds, ShardDataset):
+        raise ClipforgeError(f"{args.input} is already tar shards")
+    shards, skipped = shard_dataset(
+        ds, args.out, args.name, args.shard_size, verify=args.verify, progress=True
+    )
+    kept = len(ds) - skipped.total
+    print(f"wrote {kept} samples in {len(shards)} shards to {args.out}")
+    for reason, n in skipped.as_dict().items():
+        print(f"  left out {n}: {reason}")
+    return 0
+
+
+def _curate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="MetaCLIP-style balancing of a data set over metadata entries",
+        description="Match every caption against the entries (substring, case-insensitive), "
+        "count the pairs per entry and keep each pair with probability "
+        "min(1, t / count of its rarest entry), deterministically by --seed. Writes "
+        "curated.jsonl (manifest or folder input) or curated-*.tar (shard input), "
+        "entry_counts.json and entry_histogram.png (before/after).",
+    )
+    p.add_argument("input", help="manifest, image folder, tar shard pattern or folder of shards")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--entries", help="entry file, one per line (default: the shipped shapes-world entries)"
+    )
+    p.add_argument("--t", type=int, default=20_000, help="pairs per entry cap (default: 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-unmatched", action="store_true", help="keep pairs matching no entry")
+    p.add_argument("--case-sensitive", action="store_true")
+    p.add_argument("--image-key", default="image", help="manifest image column")
+    p.add_argument("--caption-key", default="caption", help="manifest caption column")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per curated tar")
+    p.set_defaults(func=_cmd_curate)
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from clipforge.data.curate import curate
+
+    summary = curate(
+        args.input,
+        args.out,
+        entries=args.entries,
+        t=args.t,
+        seed=args.seed,
+        keep_unmatched=args.keep_unmatched,
+        case_sensitive=args.case_sensitive,
+        image_key=args.image_key,
+        caption_key=args.caption_key,
+        shard_size=args.shard_size,
+        progress=True,
+    )
+    print(
+        f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['matched']} matched "
+        f"{summary['entries_matched']} of {summary['entries']} entries); largest entry "
+        f"{summary['max_count_before']} -> {summary['max_count_after']} pairs"
+    )
+    for path in summary["written"]:
+        print(f"wrote {path}")
+    print(f"wrote {Path(args.out) / 'entry_counts.json'} and entry_histogram.png")
+    return 0
+
+
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
@@ -214,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         _train_parser,
         _eval_parser,
         _synth_parser,
+        _shard_parser,
+        _curate_parser,
         _list_parser,
         _convert_parser,
     )

@@ -20,7 +20,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,9 @@ from clipforge.errors import ClipforgeError
 
 __all__ = [
     "MANIFEST_SUFFIXES",
+    "FolderDataset",
     "ManifestDataset",
+    "RawSample",
     "ShardDataset",
     "decode_image",
     "open_dataset",
@@ -135,6 +137,39 @@ def decode_image(source: str | os.PathLike[str] | bytes, label: str) -> Image.Im
         raise SampleError("unreadable_image", f"{label} ({type(exc).__name__}: {exc})") from None
 
 
+def _json_captions(meta: dict[str, Any]) -> list[str] | None:
+    """The captions a JSON record carries (``captions`` list or ``caption`` string), if any."""
+    captions = meta.get(CAPTIONS_COLUMN)
+    if isinstance(captions, list) and all(isinstance(t, str) for t in captions):
+        return list(captions)
+    caption = meta.get("caption")
+    if isinstance(caption, str):
+        return [caption]
+    return None
+
+
+def _is_weight(value: Any) -> bool:
+    """A per-sample loss weight must be a finite number >= 0."""
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        return False
+    return w >= 0.0 and np.isfinite(w)
+
+
+def _check_weight(meta: dict[str, Any], where: str) -> None:
+    """Parse a manifest's ``weight`` field in place (CSV cells are text) or fail on its row."""
+    if "weight" not in meta:
+        return
+    value = meta["weight"]
+    if isinstance(value, str) and not value.strip():
+        del meta["weight"]  # an empty cell means the default weight
+        return
+    if not _is_weight(value):
+        raise ClipforgeError(f"{where}: weight must be a number >= 0, found {value!r}")
+    meta["weight"] = float(value)
+
+
 def _clean_texts(texts: list[str]) -> list[str]:
     """Drop blank captions; a sample whose captions are all blank has none."""
     return [t for t in texts if t.strip()]
@@ -157,7 +192,9 @@ class ManifestDataset:
     """Image-caption pairs listed in a CSV, TSV or JSON Lines manifest.
 
     Each row names an image (relative to the manifest's folder unless absolute) and its
-    caption. In JSON Lines the caption may also be a list of strings. Two optional
+    caption. In JSON Lines the caption may also be a list of strings; ``caption_key`` may
+    name several columns separated by commas (``"caption,caption_2"``), each giving one
+    caption (empty cells are dropped). Two optional
     columns written by :func:`clipforge.data.writers.write_manifest` are understood:
     ``captions`` (a JSON list of every caption; it takes precedence over the caption
     column) and ``meta`` (a JSON object, merged into :attr:`Sample.meta`). Every other
@@ -175,6 +212,10 @@ class ManifestDataset:
         self.root = self.path.parent
         self.image_key = image_key
         self.caption_key = caption_key
+        # Several caption columns ("caption,caption_2,caption_3") give several captions.
+        self.caption_keys = tuple(k.strip() for k in caption_key.split(",") if k.strip())
+        if not self.caption_keys:
+            raise ClipforgeError(f"{self.path}: empty caption column name")
         if not self.path.is_file():
             raise ClipforgeError(f"manifest not found: {self.path}")
         suffix = self.path.suffix.lower()
@@ -200,6 +241,11 @@ class ManifestDataset:
     def image_path(self, i: int) -> Path:
         """The resolved path of row ``i``'s image."""
         return self.root / self._rows[i].image
+
+    def record(self, i: int) -> tuple[list[str], dict[str, Any]]:
+        """Row ``i``'s non-blank captions and meta, without touching the image."""
+        row = self._rows[i]
+        return _clean_texts(row.texts), dict(row.meta)
 
     def load(self, i: int) -> Sample:
         """Load row ``i``: decode its image to RGB and return the :class:`Sample`.
@@ -241,11 +287,11 @@ class ManifestDataset:
             duplicates = sorted({h for h in header if header.count(h) > 1})
             if duplicates:
                 raise ClipforgeError(f"{self.path}:1: duplicate column {duplicates[0]!r}")
-            for column in (self.image_key, self.caption_key):
+            for column in (self.image_key, *self.caption_keys):
                 if column not in header:
                     raise self._missing_column(column, header, str(self.path))
             image_idx = header.index(self.image_key)
-            caption_idx = header.index(self.caption_key)
+            caption_idx = [header.index(k) for k in self.caption_keys]
             special = self._special_columns()
             last_line = reader.line_num
             while True:
@@ -268,10 +314,10 @@ class ManifestDataset:
                 image = fields[image_idx].strip()
                 if not image:
                     raise ClipforgeError(f"{self.path}:{line}: empty image path")
-                texts = [fields[caption_idx]]
+                texts = [fields[i] for i in caption_idx]
                 meta: dict[str, Any] = {}
                 for name, value in zip(header, fields, strict=True):
-                    if name in (self.image_key, self.caption_key):
+                    if name == self.image_key or name in self.caption_keys:
                         continue
                     if name == CAPTIONS_COLUMN and name in special:
                         if value.strip():
@@ -280,13 +326,14 @@ class ManifestDataset:
                         meta.update(self._parse_meta_cell(value))
                     else:
                         meta[name] = value
+                _check_weight(meta, f"{self.path}:{line}")
                 rows.append(_Row(image, texts, meta, line))
         return rows
 
     def _special_columns(self) -> set[str]:
         # A user who names `captions` or `meta` as the image/caption column means it
         # literally, so those columns lose their special meaning then.
-        return {CAPTIONS_COLUMN, META_COLUMN} - {self.image_key, self.caption_key}
+        return {CAPTIONS_COLUMN, META_COLUMN} - {self.image_key, *self.caption_keys}
 
     def _parse_caption_list(self, value: str, line: int) -> list[str]:
         try:
@@ -332,7 +379,7 @@ class ManifestDataset:
                     raise ClipforgeError(
                         f"{where}: expected a JSON object, found {type(obj).__name__}"
                     )
-                for column in (self.image_key, self.caption_key):
+                for column in (self.image_key, *self.caption_keys):
                     if column not in obj:
                         raise self._missing_column(column, list(obj), where)
                 image = obj[self.image_key]
@@ -340,11 +387,11 @@ class ManifestDataset:
                     raise ClipforgeError(f"{where}: image path must be a string")
                 if not image.strip():
                     raise ClipforgeError(f"{where}: empty image path")
-                texts = self._json_texts(obj[self.caption_key], self.caption_key, where)
+                texts = [t for k in self.caption_keys for t in self._json_texts(obj[k], k, where)]
                 meta: dict[str, Any] = {}
                 nested_meta: dict[str, Any] = {}
                 for name, value in obj.items():
-                    if name in (self.image_key, self.caption_key):
+                    if name == self.image_key or name in self.caption_keys:
                         continue
                     if name == CAPTIONS_COLUMN and name in special:
                         captions = self._json_texts(value, name, where)
@@ -355,6 +402,7 @@ class ManifestDataset:
                     else:
                         meta[name] = value
                 meta.update(nested_meta)
+                _check_weight(meta, where)
                 rows.append(_Row(image.strip(), texts, meta, line))
         return rows
 
@@ -391,6 +439,19 @@ def _expand(pattern: str) -> list[str]:
 
 def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
+
+
+def _always(index: int) -> bool:
+    return True
+
+
+@dataclass(slots=True)
+class RawSample:
+    """The members of one tar sample as stored (``data`` is None when they were not read)."""
+
+    shard: str
+    key: str
+    data: dict[str, bytes] | None
 
 
 @dataclass
@@ -436,8 +497,10 @@ class ShardDataset:
 
     Members are grouped into samples the way webdataset does it: consecutive members that
     share the name up to the first dot of the file name. A sample needs an image member
-    (the first of ``image_keys`` present) and a ``caption_key`` member (one caption per
-    non-blank line); a ``.json`` member, when present, becomes ``meta``.
+    (the first of ``image_keys`` present) and captions: a ``caption_key`` member (one
+    caption per non-blank line) or, without one, a ``.json`` member with a ``captions``
+    list or a ``caption`` string. The ``.json`` member, when present, becomes ``meta``
+    (a ``weight`` there is the sample's loss weight and must be a number >= 0).
     """
 
     def __init__(
@@ -494,6 +557,34 @@ class ShardDataset:
                 elif item.data is not None:
                     yield self._build(shard, item.key, item.data)
 
+    def read_shard(
+        self, shard: str, want: Callable[[int], bool] | None = None
+    ) -> Iterator[RawSample | SampleError]:
+        """Yield one undecoded item per sample of one shard, in tar order, never raising.
+
+        Sample ``i`` of the shard has its members read only when ``want(i)`` (default:
+        always); otherwise it comes with ``data=None`` and costs a header seek. Errors are
+        the same ``truncated_shard`` items :meth:`iter_samples` yields, and count as items,
+        so the item count of a shard does not depend on ``want``. :meth:`decode` turns an
+        item into a :class:`Sample`; keeping the two apart lets a shuffle buffer hold
+        compact encoded bytes and decode only what it emits.
+        """
+        for item in self._iter_groups(shard, want=want or _always):
+            if isinstance(item, SampleError):
+                yield item
+            else:
+                yield RawSample(shard, item.key, item.data)
+
+    def count_shard(self, shard: str) -> int:
+        """The number of items :meth:`read_shard` yields for ``shard``, from headers only."""
+        return sum(1 for _ in self._iter_groups(shard, skip=-1))
+
+    def decode(self, raw: RawSample) -> Sample | SampleError:
+        """Decode an item of :meth:`read_shard` read with data; never raises for bad data."""
+        if raw.data is None:
+            raise ValueError(f"{raw.shard}:{raw.key} was read without its data")
+        return self._build(raw.shard, raw.key, raw.data)
+
     def count_samples(self) -> int:
         """The number of items :meth:`iter_samples` yields, from the tar headers alone.
 
@@ -521,11 +612,14 @@ class ShardDataset:
         # Random-access mode seeks over the data of members nobody asked for.
         return stack.enter_context(tarfile.open(shard, mode="r:*", tarinfo=tarinfo))
 
-    def _iter_groups(self, shard: str, skip: int) -> Iterator[_Group | SampleError]:
+    def _iter_groups(
+        self, shard: str, skip: int = 0, want: Callable[[int], bool] | None = None
+    ) -> Iterator[_Group | SampleError]:
         """Yield the sample groups of one shard, then a SampleError if it is damaged.
 
         The first ``skip`` groups come without data (nothing is read for them); a
-        negative ``skip`` skips all. A group is only yielded once the next key starts or
+        negative ``skip`` skips all. ``want``, when given, replaces ``skip``: group ``i``
+        is read only when ``want(i)``. A group is only yielded once the next key starts or
         the archive ends cleanly, because until then more of its members may follow.
         """
         header_errors: list[Exception] = []
@@ -558,7 +652,7 @@ class ShardDataset:
                     if group is not None:
                         yield group
                         index += 1
-                    read = skip >= 0 and index >= skip
+                    read = want(index) if want is not None else 0 <= skip <= index
                     group = _Group(key, data={} if read else None)
                 group.exts.add(ext)
                 if group.data is not None and ext.lower() in wanted:
@@ -586,14 +680,6 @@ class ShardDataset:
         image_ext = next((e for e in self.image_keys if e in data), None)
         if image_ext is None:
             return SampleError("missing_image", label)
-        if self.caption_key not in data:
-            return SampleError("missing_caption", label)
-        try:
-            texts = _clean_texts(data[self.caption_key].decode("utf-8").splitlines())
-        except UnicodeDecodeError:
-            return SampleError("unreadable_caption", f"{label} (not UTF-8)")
-        if not texts:
-            return SampleError("empty_caption", label)
         meta: dict[str, Any] = {}
         if "json" in data:
             try:
@@ -602,14 +688,101 @@ class ShardDataset:
                 meta = None  # type: ignore[assignment]
             if not isinstance(meta, dict):
                 return SampleError("unreadable_meta", f"{label} (.json is not a JSON object)")
-            # write_shards stores the captions there too; texts already holds them.
-            if isinstance(meta.get("captions"), list):
-                del meta["captions"]
+        # Captions come from the caption member (one per line); a shard without one may
+        # keep them in the .json member instead, as a "captions" list or a "caption".
+        json_texts = _json_captions(meta)
+        if self.caption_key in data:
+            try:
+                texts = _clean_texts(data[self.caption_key].decode("utf-8").splitlines())
+            except UnicodeDecodeError:
+                return SampleError("unreadable_caption", f"{label} (not UTF-8)")
+        elif json_texts is not None:
+            texts = _clean_texts(json_texts)
+        else:
+            return SampleError("missing_caption", label)
+        if not texts:
+            return SampleError("empty_caption", label)
+        if json_texts is not None:
+            meta.pop(CAPTIONS_COLUMN, None)
+            meta.pop("caption", None)
+        if "weight" in meta and not _is_weight(meta["weight"]):
+            return SampleError("bad_weight", f"{label} (weight {meta['weight']!r})")
         try:
             image = decode_image(data[image_ext], f"{label}.{image_ext}")
         except SampleError as exc:
             return exc
         return Sample(image=image, texts=texts, meta=meta, key=key)
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class FolderDataset:
+    """Images in a folder tree, each captioned by a sidecar file with the same stem.
+
+    ``cat.jpg`` takes its captions from ``cat.txt`` (one per non-blank line) or, when
+    there is none, from ``cat.json`` (a ``captions`` list or a ``caption`` string; its
+    other fields, such as ``weight``, become :attr:`Sample.meta`). Images are found
+    recursively and sorted by relative path, so indices are stable. An image without a
+    sidecar is a ``missing_caption`` sample error, not a data set error.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ClipforgeError(f"image folder not found: {self.root}")
+        self._images = sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
+        if not self._images:
+            raise ClipforgeError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __repr__(self) -> str:
+        return f"FolderDataset({str(self.root)!r}, {len(self)} images)"
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self._images[i]
+
+    def record(self, i: int) -> tuple[list[str], dict[str, Any]]:
+        """Image ``i``'s captions and meta from its sidecar; raises :class:`SampleError`."""
+        path = self.image_path(i)
+        txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
+        meta: dict[str, Any] = {}
+        try:
+            if js.is_file():
+                meta = json.loads(js.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise SampleError("unreadable_meta", f"{js} (not a JSON object)")
+            if txt.is_file():
+                texts = txt.read_text(encoding="utf-8").splitlines()
+            else:
+                texts = _json_captions(meta) or []
+                if not js.is_file():
+                    raise SampleError("missing_caption", f"{path} (no {txt.name} or {js.name})")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SampleError("unreadable_caption", f"{path} sidecar ({exc})") from None
+        meta.pop(CAPTIONS_COLUMN, None)
+        meta.pop("caption", None)
+        if "weight" in meta and not _is_weight(meta["weight"]):
+            raise SampleError("bad_weight", f"{path} (weight {meta['weight']!r})")
+        return _clean_texts(texts), meta
+
+    def load(self, i: int) -> Sample:
+        """Decode image ``i`` and read its sidecar captions."""
+        texts, meta = self.record(i)
+        if not texts:
+            raise SampleError("empty_caption", str(self.image_path(i)))
+        image = decode_image(self.image_path(i), str(self.image_path(i)))
+        return Sample(image=image, texts=texts, meta=meta, key=self._images[i])
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,13 +800,14 @@ def _has_suffix(path: str, suffixes: tuple[str, ...]) -> bool:
 
 def open_dataset(
     path: str | os.PathLike[str], image_key: str = "image", caption_key: str = "caption"
-) -> ManifestDataset | ShardDataset:
+) -> ManifestDataset | ShardDataset | FolderDataset:
     """Open ``path`` with the reader its form calls for.
 
     * ``*.tar`` (also ``.tar.gz``/``.tgz``) or a brace pattern -> :class:`ShardDataset`;
     * ``*.csv``, ``*.tsv``, ``*.jsonl`` (or ``*.json`` lines) -> :class:`ManifestDataset`;
     * a directory with ``*.tar`` files -> :class:`ShardDataset` over them in sorted order;
-    * a directory with exactly one manifest -> that manifest.
+    * a directory with exactly one manifest -> that manifest;
+    * any other directory with images -> :class:`FolderDataset` (sidecar captions).
 
     ``image_key`` and ``caption_key`` name manifest columns; shards use webdataset's
     member extensions instead. Anything else raises :class:`ClipforgeError`.
@@ -648,15 +822,23 @@ def open_dataset(
         shards = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(".tar"))
         if shards:
             return ShardDataset([str(p) for p in shards])
+        # A .json next to an image of the same name is that image's sidecar, not a manifest.
+        image_stems = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         manifests = sorted(
-            p for p in folder.iterdir() if p.is_file() and _has_suffix(p.name, MANIFEST_SUFFIXES)
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and _has_suffix(p.name, MANIFEST_SUFFIXES)
+            and not (p.suffix.lower() == ".json" and p.stem in image_stems)
         )
         if len(manifests) == 1:
             return ManifestDataset(manifests[0], image_key=image_key, caption_key=caption_key)
         if len(manifests) > 1:
             names = ", ".join(p.name for p in manifests)
             raise ClipforgeError(f"{text}: several manifests ({names}); name the one to use")
-        raise ClipforgeError(f"{text}: directory holds no *.tar shards and no manifest")
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
+            return FolderDataset(folder)
+        raise ClipforgeError(f"{text}: directory holds no *.tar shards, manifest or images")
     if not folder.exists():
         raise ClipforgeError(f"dataset not found: {text} (expected {_ACCEPTED_FORMS})")
     raise ClipforgeError(f"cannot read {text} as a dataset; expected {_ACCEPTED_FORMS}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from clipforge.data.shapes import _INVERSE, SHAPES, Scene, ShapeObject, captions_for
@@ -38,14 +39,20 @@ def scene_from_meta(meta: Mapping[str, Any]) -> Scene:
             ShapeObject(o["shape"], o["colour"], o["size"], tuple(o["box"]))  # type: ignore[arg-type]
             for o in meta["objects"]
         ]
-        return Scene(objects, meta["kind"], (0, 0, 0), meta.get("relation"))
+        return Scene(
+            objects,
+            meta["kind"],
+            (0, 0, 0),
+            meta.get("relation"),
+            image_size=meta.get("image_size"),
+        )
     except (KeyError, TypeError) as e:
         raise ClipforgeError(f"not a shapes-world scene description (missing {e})") from None
 
 
 def positive_caption(meta: Mapping[str, Any], template: int = 0) -> str:
     """Caption number ``template`` of the scene (0 is the canonical, most detailed one)."""
-    caps = captions_for(scene_from_meta(meta))
+    caps = captions_for(scene_from_meta(meta), positions=True)
     return caps[min(template, len(caps) - 1)]
 
 
@@ -73,25 +80,25 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
             _with(objs[i], colour=objs[j].colour),
             _with(objs[j], colour=objs[i].colour),
         )
-        return Scene(new, scene.kind, scene.background, scene.relation)
+        return replace(scene, objects=new)
     if kind == "relation":
         if scene.kind != "pair" or scene.relation is None:
             return None
-        return Scene(list(objs), "pair", scene.background, _INVERSE[scene.relation])
+        return replace(scene, relation=_INVERSE[scene.relation])
     if kind == "count":
         if scene.kind != "group":
             return None
         n = rng.choice([c for c in COUNT_RANGE if c != len(objs)])
-        return Scene([objs[0]] * n, "group", scene.background)
+        return replace(scene, objects=[objs[0]] * n)
     if kind == "shape":
         if scene.kind == "group":
             shape = rng.choice([s for s in SHAPES if s != objs[0].shape])
-            return Scene([_with(o, shape=shape) for o in objs], "group", scene.background)
+            return replace(scene, objects=[_with(o, shape=shape) for o in objs])
         i = rng.randrange(len(objs))
         shape = rng.choice([s for s in SHAPES if s != objs[i].shape])
         new = list(objs)
         new[i] = _with(objs[i], shape=shape)
-        return Scene(new, scene.kind, scene.background, scene.relation)
+        return replace(scene, objects=new)
     raise ClipforgeError(f"unknown perturbation {kind!r} (known: {', '.join(PERTURBATIONS)})")
 
 
@@ -108,9 +115,10 @@ def perturb(
     changed = _perturbed_scene(scene, kind, rng)
     if changed is None:
         return None
-    caps, neg = captions_for(scene), captions_for(changed)
+    # Position captions come after the usual templates, so one list serves both worlds.
+    caps, neg = captions_for(scene, positions=True), captions_for(changed, positions=True)
     t = min(template, len(caps) - 1)
-    return None if neg[t] == caps[t] else neg[t]
+    return None if t >= len(neg) or neg[t] == caps[t] else neg[t]
 
 
 def hard_negatives(

@@ -2,21 +2,41 @@
 
 Data flows one way: source -> decode -> augment -> tokenize -> batch. Every sample
 position of the stream has its own seed (for augmentation and caption choice), so the
-batches depend only on ``(seed, position)``: not on the number of workers and not on
-whether the run was interrupted. The trainer checkpoints the position of the next
-unconsumed sample and restarts the stream there.
+batches depend only on ``(seed, position)`` and, for tar shards, on the number of
+streams (below): not on whether the run was interrupted. The trainer checkpoints the
+position of the next unconsumed sample and restarts the stream there.
+
+Ranks and workers. ``iter_batches(..., workers=W, rank=r, world_size=N)`` gives rank ``r``
+its own stream; positions are counted per rank (a distributed trainer saves one position
+per rank, since ranks skip different numbers of bad samples). Rank ``r``'s position ``p``
+stands for the global sample index ``g = p * N + r``, which also seeds the sample's
+augmentation, so with ``N = 1`` nothing changes. Over any stretch of positions the ranks
+read disjoint samples:
+
+* random-access sources (the shapes world, manifests, image folders) serve index ``g``
+  directly, so the N ranks together read every index once per epoch; worker ``w`` of
+  ``W`` serves the positions ``p`` with ``p - start = w (mod W)`` and the loader takes one
+  item from each worker in turn, so positions arrive in order;
+* tar shards (:class:`ShardStream`) are split at shard level into ``L = max(W, 1)``
+  streams per rank, ``N * L`` in all; position ``p`` of rank ``r`` is item ``p // L`` of
+  stream ``r * L + p % L``. Each epoch deals a fresh permutation of the shards out to the
+  streams round-robin, so every sample is read once per epoch across all ranks and
+  workers (each stream runs through its epochs at its own pace when shards differ in
+  length). Changing ``W`` or ``N`` changes the shard order, so a resumed run must keep
+  both, as the trainer does by reusing the saved config.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipforge.data.files import RawSample, ShardDataset
 from clipforge.data.sample import Sample, SampleError, SkipCounter
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import Tokenizer
@@ -48,6 +68,24 @@ class Source:
     def __len__(self) -> int:
         raise NotImplementedError
 
+    def validate(self, streams: int) -> None:
+        """Raise :class:`ClipforgeError` if the source cannot feed ``streams`` readers.
+
+        Called in the main process before any worker starts, because an error raised
+        inside a worker reaches the user wrapped in a worker traceback.
+        """
+
+    def stream(
+        self, start: int, worker: int, workers: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[int, int, Sample | SampleError]]:
+        """Yield ``(position, global index, item)`` for worker ``worker``'s share of rank
+        ``rank``'s positions from ``start`` on (see the module docstring for the split)."""
+        first = start + worker
+        pos = first
+        for item in self.iter_from(first * world_size + rank, workers * world_size):
+            yield pos, pos * world_size + rank, item
+            pos += workers
+
 
 class ShapesSource(Source):
     """The shapes world as an infinite stream."""
@@ -63,7 +101,7 @@ class ShapesSource(Source):
 
 
 class IndexedSource(Source):
-    """A finite random-access data set (a manifest), reshuffled every epoch."""
+    """A finite random-access data set (a manifest, an image folder), reshuffled every epoch."""
 
     def __init__(self, dataset, seed: int = 0, shuffle: bool = True) -> None:
         self.dataset = dataset
@@ -87,30 +125,189 @@ class IndexedSource(Source):
         return self.dataset.load(self._index(position))
 
 
-class SequentialSource(Source):
-    """Tar shards, read in order; a restart skips the members before ``start`` undecoded."""
+class _ShuffleBuffer:
+    """A seeded shuffle buffer with explicit state, so its output order can be replayed.
+
+    Items fill the buffer until it holds ``size``; then each new item replaces a randomly
+    chosen one, which is emitted; at the end the rest is emitted in random order. The
+    order depends only on the number of items and the generator, so it can be computed on
+    integer stand-ins without reading any data (what resuming does).
+    """
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size = size
+        self.rng = rng
+        self.items: list = []
+
+    def push(self, item: object) -> tuple[bool, object]:
+        """Add ``item``; return ``(True, emitted)`` once the buffer is full, else ``(False, None)``."""
+        if self.size == 0:
+            return True, item
+        if len(self.items) < self.size:
+            self.items.append(item)
+            return False, None
+        j = self.rng.randrange(self.size)
+        out, self.items[j] = self.items[j], item
+        return True, out
+
+    def pop(self) -> object:
+        """Emit one random remaining item (the buffer must not be empty)."""
+        j = self.rng.randrange(len(self.items))
+        self.items[j], self.items[-1] = self.items[-1], self.items[j]
+        return self.items.pop()
+
+
+class ShardStream(Source):
+    """Webdataset tar shards as shuffled streams, split at shard level (module docstring).
+
+    Stream ``s`` of ``S`` reads, in epoch ``e``, the shards ``perm(seed, e)[s::S]`` one
+    after another (with ``resample``, ``ceil(n_shards / S)`` shards drawn with
+    replacement by ``(seed, e, s)`` instead), through a shuffle buffer of ``buffer``
+    samples seeded by ``(seed, e, s, S)`` that is drained at the end of each epoch. The
+    buffer holds encoded members; only emitted samples are decoded.
+
+    Resume is exact at any sample position: the order of an epoch is a function of the
+    shards' sample counts, which are read from the tar headers without the data, so the
+    stream replays the buffer on integer stand-ins up to the position, then reads the
+    members still in the buffer and goes on. The cost is a header walk of the epoch's
+    shards, once per resume.
+    """
 
     random_access = False
 
-    def __init__(self, dataset) -> None:
+    def __init__(
+        self, dataset: ShardDataset, seed: int = 0, buffer: int = 1000, resample: bool = False
+    ) -> None:
+        if buffer < 0:
+            raise ClipforgeError(f"shuffle buffer must be >= 0, got {buffer}")
         self.dataset = dataset
-        self._n: int | None = None
+        self.shards = dataset.shards
+        self.seed = seed
+        self.buffer = buffer
+        self.resample = resample
+        self._counts: dict[str, int] = {}
 
     def __len__(self) -> int:
-        if self._n is None:
-            self._n = self.dataset.count_samples()
-        return self._n
+        """Items in one pass over all shards (header walk, cached)."""
+        return sum(self._count(s) for s in self.shards)
+
+    def _count(self, shard: str) -> int:
+        if shard not in self._counts:
+            self._counts[shard] = self.dataset.count_shard(shard)
+        return self._counts[shard]
+
+    def validate(self, streams: int) -> None:
+        self.epoch_shards(0, 0, streams)
+
+    def epoch_shards(self, epoch: int, stream: int, streams: int) -> list[str]:
+        """The shards stream ``stream`` of ``streams`` reads in ``epoch``, in order."""
+        n = len(self.shards)
+        if self.resample:
+            rng = np.random.default_rng([self.seed, epoch, stream, streams])
+            picks = rng.integers(0, n, -(-n // streams))
+            return [self.shards[int(i)] for i in picks]
+        if n < streams:
+            raise ClipforgeError(
+                f"{n} shards cannot feed {streams} streams (ranks x data workers) with each "
+                "sample once per epoch; write more, smaller shards or use --resample"
+            )
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return [self.shards[int(i)] for i in order[stream::streams]]
+
+    def _rng(self, epoch: int, stream: int, streams: int) -> random.Random:
+        key = np.random.SeedSequence([self.seed, epoch, stream, streams]).generate_state(2)
+        return random.Random(int(key[0]) << 32 | int(key[1]))
+
+    def stream(
+        self, start: int, worker: int, workers: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[int, int, Sample | SampleError]]:
+        # One stream per worker: the worker that serves position start + worker serves
+        # every workers-th position after it, which all belong to the same stream.
+        first = start + worker
+        lane = first % workers
+        pos = first
+        for item in self.iter_stream(rank * workers + lane, world_size * workers, first // workers):
+            yield pos, pos * world_size + rank, item
+            pos += workers
 
     def iter_from(self, start: int, step: int = 1) -> Iterator[Sample | SampleError]:
         if step != 1:
-            raise ValueError("tar shards are read by one process; use workers=0")
-        n = len(self)
-        if n == 0:
-            raise SampleError("empty_dataset", "no samples in the shards")
-        offset = start % n
+            raise ValueError("ShardStream splits by shards; use stream() for several readers")
+        return self.iter_stream(0, 1, start)
+
+    def iter_stream(
+        self, stream: int, streams: int, start: int = 0
+    ) -> Iterator[Sample | SampleError]:
+        """Items of stream ``stream`` of ``streams`` from its ``start``-th item on, forever."""
+        epoch, offset = 0, start
+        if start:
+            # Whole epochs before the start are skipped by their lengths (header counts).
+            while True:
+                n = sum(self._count(s) for s in self.epoch_shards(epoch, stream, streams))
+                if offset < n or n == 0:
+                    break
+                offset -= n
+                epoch += 1
+        empty_epochs = 0
         while True:
-            yield from self.dataset.iter_samples(start=offset)
-            offset = 0
+            produced = 0
+            for item in self._epoch(epoch, stream, streams, offset):
+                produced += 1
+                yield item
+            empty_epochs = 0 if produced or offset else empty_epochs + 1
+            if empty_epochs >= 3:
+                raise ClipforgeError(
+                    f"stream {stream} of {streams} read no samples in 3 epochs; are the shards empty?"
+                )
+            epoch, offset = epoch + 1, 0
+
+    def _epoch(
+        self, epoch: int, stream: int, streams: int, offset: int
+    ) -> Iterator[Sample | SampleError]:
+        shards = self.epoch_shards(epoch, stream, streams)
+        buf = _ShuffleBuffer(self.buffer, self._rng(epoch, stream, streams))
+        # Items are numbered across the epoch's shards; `resume_from` is the first one
+        # not yet pushed into the buffer when the stream restarts at `offset`.
+        held: dict[int, int] = {}  # item number -> slot in buf.items
+        resume_from = 0
+        if offset:
+            total = sum(self._count(s) for s in shards)
+            emitted = 0
+            while emitted < offset and resume_from < total:
+                full, _ = buf.push(resume_from)
+                resume_from += 1
+                emitted += full
+            while emitted < offset and buf.items:
+                buf.pop()
+                emitted += 1
+            held = {int(n): slot for slot, n in enumerate(buf.items)}  # type: ignore[call-overload]
+        number = 0
+        for shard in shards:
+            base = number
+
+            def want(i: int, base: int = base) -> bool:
+                n = base + i
+                return n >= resume_from or n in held
+
+            for raw in self.dataset.read_shard(shard, want=want if offset else None):
+                n, number = number, number + 1
+                if n < resume_from:
+                    if n in held:
+                        buf.items[held[n]] = raw
+                    continue
+                full, out = buf.push(raw)
+                if full:
+                    yield self._decode(out)
+        while buf.items:
+            yield self._decode(buf.pop())
+
+    def _decode(self, item: object) -> Sample | SampleError:
+        if isinstance(item, RawSample):
+            return self.dataset.decode(item)
+        if isinstance(item, SampleError):
+            return item
+        # A held stand-in that the re-read never replaced: the shard changed on disk.
+        return SampleError("shard_changed", f"item {item} not found on re-reading")
 
 
 CAPTION_STRATEGIES = ("random", "first", "all")
@@ -189,6 +386,8 @@ class SampleProcessor:
     :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
     of the same template as its (first) chosen caption. Samples read from files may
     instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
+    ``text_aug`` (e.g. :class:`clipforge.data.textaug.TextAugment`) perturbs each chosen
+    caption with the sample's own generator, after the crop has drawn from it.
     """
 
     def __init__(
@@ -199,6 +398,7 @@ class SampleProcessor:
         max_chars: int = 2000,
         max_captions: int = 4,
         hard_negatives: tuple[str, ...] = (),
+        text_aug: Callable[[str, random.Random], str] | None = None,
     ) -> None:
         if caption not in CAPTION_STRATEGIES:
             raise ValueError(f"unknown caption strategy {caption!r}")
@@ -206,6 +406,7 @@ class SampleProcessor:
         self.seed = seed
         self.caption = caption
         self.max_chars = max_chars
+        self.text_aug = text_aug
         self.max_captions = max_captions
         self.hard_negatives = tuple(hard_negatives)
 
@@ -239,6 +440,9 @@ class SampleProcessor:
         # A pathological caption must not stall the tokenizer; the context cuts it anyway.
         picked = [texts[i][: self.max_chars] for i in chosen]
         image = self.crop(sample.image, rnd)
+        # After the crop, so that turning text augmentation on leaves the crops unchanged.
+        if self.text_aug is not None:
+            picked = [self.text_aug(t, rnd) for t in picked]
         weight = float(sample.meta.get("weight", 1.0))
         # Negatives draw from their own generator so turning them on leaves the crops and
         # caption choices of a run unchanged.
@@ -293,23 +497,92 @@ class Collator:
 
 
 class _ItemStream(IterableDataset):
-    def __init__(self, source: Source, processor: SampleProcessor, start: int) -> None:
+    def __init__(
+        self,
+        source: Source,
+        processor: SampleProcessor,
+        start: int,
+        rank: int = 0,
+        world_size: int = 1,
+        streams: int = 1,
+    ) -> None:
         self.source = source
         self.processor = processor
         self.start = start
+        self.rank = rank
+        self.world_size = world_size
+        self.streams = streams
 
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        wid, nw = (info.id, info.num_workers) if info else (0, self.streams)
         # Worker w serves positions start+w, start+w+nw, ...; the loader takes one item
-        # from each worker in turn, so the main process sees positions in order.
-        pos = self.start + wid
-        for item in self.source.iter_from(pos, nw):
-            try:
-                yield self.processor(pos, item)
-            except Exception as e:  # a sample that breaks decoding/augmentation is skipped
-                yield Item(pos, skip=f"transform_error:{type(e).__name__}")
-            pos += nw
+        # from each worker in turn, so the main process sees positions in order. Without
+        # workers, the `streams` readers a worker pool would have are interleaved here.
+        readers = [
+            self.source.stream(self.start, w, nw, self.rank, self.world_size)
+            for w in ([wid] if info else range(nw))
+        ]
+        while True:
+            for reader in readers:
+                pos, index, sample = next(reader)
+                try:
+                    item = self.processor(index, sample)
+                    item.position = pos
+                except Exception as e:  # a sample that breaks decoding/augmentation is skipped
+                    item = Item(pos, skip=f"transform_error:{type(e).__name__}")
+                yield item
+
+
+class _ChunkStream(IterableDataset):
+    """A worker's items in chunks of ``size``, images as numpy arrays.
+
+    Sending one small tensor per item from a worker costs a shared-memory segment and a
+    file descriptor each, which made two workers slower than none; a chunk of items
+    whose images are plain arrays travels as one pickle through the pipe.
+    """
+
+    def __init__(self, items: _ItemStream, size: int) -> None:
+        self.items = items
+        self.size = size
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        chunk: list[Item] = []
+        for item in self.items:
+            if item.image is not None:
+                item.image = item.image.numpy()  # type: ignore[assignment]
+            chunk.append(item)
+            if len(chunk) == self.size:
+                yield chunk
+                chunk = []
+
+
+def _interleave(chunks: Iterator[list[Item]], workers: int) -> Iterator[Item]:
+    """Chunks arrive one per worker in turn; item j of each, in worker order, is the next
+    run of consecutive positions, so zipping a round of chunks restores the order."""
+    while True:
+        round_ = [next(chunks) for _ in range(workers)]
+        for items in zip(*round_, strict=True):
+            for item in items:
+                if item.image is not None:
+                    item.image = torch.from_numpy(item.image)  # type: ignore[arg-type]
+                yield item
+
+
+def _unwrap_worker_errors(items: Iterator[Item]) -> Iterator[Item]:
+    """Re-raise a worker's ClipforgeError with its own one-line message.
+
+    The DataLoader re-raises a worker's exception with the worker's traceback in the
+    message; for a user error only the last line, the message itself, is useful.
+    """
+    try:
+        yield from items
+    except ClipforgeError as exc:
+        text = str(exc)
+        marker = "ClipforgeError: "
+        if marker in text:
+            raise ClipforgeError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
 
 
 def iter_batches(
@@ -320,15 +593,32 @@ def iter_batches(
     start: int = 0,
     workers: int = 0,
     max_consecutive_skips: int = 10_000,
+    rank: int = 0,
+    world_size: int = 1,
+    streams: int | None = None,
 ) -> Iterator[Batch]:
-    """Batches of ``batch_size`` valid samples from ``start`` on, skipping and counting bad ones."""
-    if workers and not source.random_access:
-        workers = 0
-    stream = _ItemStream(source, processor, start)
+    """Batches of ``batch_size`` valid samples from ``start`` on, skipping and counting bad ones.
+
+    ``rank`` of ``world_size`` gets its disjoint share of the data (module docstring);
+    ``start`` and ``Batch.next_position`` count that rank's positions. ``streams`` (for
+    shards: readers per rank) defaults to ``max(workers, 1)`` and must equal ``workers``
+    when there are workers; with ``workers=0`` the streams are interleaved in-process,
+    which gives exactly the batches of ``workers=streams``.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    streams = streams if streams is not None else max(workers, 1)
+    if workers and streams != workers:
+        raise ValueError(f"streams ({streams}) must equal workers ({workers}) when workers > 0")
+    source.validate(streams * world_size)
+    stream = _ItemStream(source, processor, start, rank, world_size, streams)
     items: Iterator[Item]
     if workers:
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=64)
-        items = iter(loader)
+        chunk = 16
+        loader = DataLoader(
+            _ChunkStream(stream, chunk), batch_size=None, num_workers=workers, prefetch_factor=4
+        )
+        items = _unwrap_worker_errors(_interleave(iter(loader), workers))
     else:
         items = iter(stream)
     skipped = SkipCounter()

@@ -93,9 +93,10 @@ class Scene:
     background: tuple[int, int, int]
     relation: str | None = None  # for pairs: relation of objects[0] to objects[1]
     extra: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None  # side of the rendered image, for absolute positions
 
     def meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "kind": self.kind,
             "count": len(self.objects),
             "relation": self.relation,
@@ -104,6 +105,9 @@ class Scene:
                 for o in self.objects
             ],
         }
+        if self.image_size is not None:
+            meta["image_size"] = self.image_size
+        return meta
 
 
 def relation_of(a: ShapeObject, b: ShapeObject) -> str:
@@ -117,8 +121,49 @@ def relation_of(a: ShapeObject, b: ShapeObject) -> str:
 _INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def captions_for(scene: Scene) -> list[str]:
-    """All captions of a scene. The first is the canonical, most detailed one."""
+# Where a relation puts each of its two objects, in absolute terms.
+_PLACES = {
+    "left of": ("on the left", "on the right"),
+    "right of": ("on the right", "on the left"),
+    "above": ("at the top", "at the bottom"),
+    "below": ("at the bottom", "at the top"),
+}
+
+
+def place_of(o: ShapeObject, image_size: int) -> str:
+    """Where a lone object sits: the side it is nearest to, or the middle."""
+    cx, cy = o.center
+    dx, dy = cx / image_size - 0.5, cy / image_size - 0.5
+    if max(abs(dx), abs(dy)) < 1 / 6:
+        return "in the middle"
+    if abs(dx) >= abs(dy):
+        return "on the left" if dx < 0 else "on the right"
+    return "at the top" if dy < 0 else "at the bottom"
+
+
+def captions_for(scene: Scene, positions: bool = False) -> list[str]:
+    """All captions of a scene. The first is the canonical, most detailed one.
+
+    With ``positions``, single-object and two-object scenes get extra captions that say
+    where the objects are in the image ("a red circle on the left and a blue square on
+    the right"); they come after the usual ones, so template numbers stay the same.
+    """
+    caps = _captions(scene)
+    if not positions:
+        return caps
+    objs = scene.objects
+    if scene.kind == "single" and scene.image_size:
+        o = objs[0]
+        caps.append(f"{o.phrase(False)} {place_of(o, scene.image_size)}")
+    elif scene.kind == "pair":
+        a, b = objs
+        pa, pb = _PLACES[scene.relation or relation_of(a, b)]
+        caps.append(f"{a.phrase(True)} {pa} and {b.phrase(True)} {pb}")
+        caps.append(f"{a.phrase(False)} {pa} and {b.phrase(False)} {pb}")
+    return caps
+
+
+def _captions(scene: Scene) -> list[str]:
     objs = scene.objects
     if scene.kind == "single":
         o = objs[0]
@@ -172,6 +217,7 @@ class ShapesConfig:
     count_weights: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)  # P(1 object), P(2), P(3), P(4)
     group_prob: float = 0.5  # of multi-object scenes, how many are n copies of one object
     supersample: int = 4  # render larger and downsample, for anti-aliased edges
+    position_captions: bool = False  # add captions naming where objects are (see captions_for)
 
 
 class ShapesWorld:
@@ -260,7 +306,7 @@ class ShapesWorld:
             ]
             bg = (rng.randint(10, 59), rng.randint(10, 59), rng.randint(10, 59))
             relation = relation_of(objects[0], objects[1]) if kind == "pair" else None
-            return Scene(objects, kind, bg, relation)  # type: ignore[arg-type]
+            return Scene(objects, kind, bg, relation, image_size=self.image_size)  # type: ignore[arg-type]
 
     def object_scene(self, index: int, shape: str, colour: str, size: str | None = None) -> Scene:
         """A single-object scene with the given attributes (for classification sets)."""
@@ -269,7 +315,8 @@ class ShapesWorld:
         boxes = self._place(rng, [size], [])
         assert boxes is not None  # one object always fits
         bg = (rng.randint(10, 59), rng.randint(10, 59), rng.randint(10, 59))
-        return Scene([ShapeObject(shape, colour, size, boxes[0])], "single", bg)  # type: ignore[arg-type]
+        obj = ShapeObject(shape, colour, size, boxes[0])  # type: ignore[arg-type]
+        return Scene([obj], "single", bg, image_size=self.image_size)
 
     # -- rendering ----------------------------------------------------------------------
     def render(self, scene: Scene, rng: random.Random | None = None) -> Image.Image:
@@ -290,12 +337,14 @@ class ShapesWorld:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
         sc = self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
-        return Sample(img, captions_for(sc), sc.meta(), key=f"{self.split}-{index:09d}")
+        caps = captions_for(sc, self.config.position_captions)
+        return Sample(img, caps, sc.meta(), key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
         sc = self.object_scene(index, shape, colour, size)
         img = self.render(sc, self.rng(index, stream=3))
-        return Sample(img, captions_for(sc), sc.meta(), key=f"{self.split}-obj-{index:09d}")
+        caps = captions_for(sc, self.config.position_captions)
+        return Sample(img, caps, sc.meta(), key=f"{self.split}-obj-{index:09d}")
 
 
 def class_names() -> list[str]:

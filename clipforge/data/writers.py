@@ -14,16 +14,31 @@ import re
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
-from clipforge.data.files import CAPTIONS_COLUMN, META_COLUMN, to_rgb
-from clipforge.data.sample import Sample
+from clipforge.data.files import (
+    CAPTIONS_COLUMN,
+    META_COLUMN,
+    FolderDataset,
+    ManifestDataset,
+    decode_image,
+    to_rgb,
+)
+from clipforge.data.sample import Sample, SampleError, SkipCounter
 from clipforge.errors import ClipforgeError
 
-__all__ = ["write_manifest", "write_shards"]
+__all__ = [
+    "EncodedSample",
+    "shard_dataset",
+    "write_encoded_shards",
+    "write_member_shards",
+    "write_manifest",
+    "write_shards",
+]
 
 # Pillow format name, file extension and the modes that format stores without loss.
 _IMAGE_FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -32,6 +47,8 @@ _IMAGE_FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "jpeg": ("JPEG", "jpg", ("L", "RGB")),
     "webp": ("WEBP", "webp", ("RGB", "RGBA")),
 }
+
+S = TypeVar("S")
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -104,12 +121,14 @@ def _dump_json(value: Any, key: str) -> str:
         raise TypeError(f"sample {key!r}: meta cannot be stored as JSON: {exc}") from None
 
 
-def _iterate(samples: Iterable[Sample], progress: bool, desc: str) -> Iterator[Sample]:
+def _iterate(
+    samples: Iterable[S], progress: bool, desc: str, total: int | None = None
+) -> Iterator[S]:
     if not progress:
         return iter(samples)
     from tqdm import tqdm
 
-    return iter(tqdm(samples, desc=desc, unit="sample"))
+    return iter(tqdm(samples, desc=desc, unit="sample", total=total))
 
 
 def write_manifest(
@@ -179,7 +198,7 @@ def write_manifest(
 class _ShardWriter:
     """One tar shard written under a temporary name and renamed into place on close."""
 
-    def __init__(self, path: Path, mtime: float) -> None:
+    def __init__(self, path: Path, mtime: int) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")  # not *.tar: readers must not see it
         self.mtime = mtime
@@ -201,6 +220,102 @@ class _ShardWriter:
     def abort(self) -> None:
         self._tar.close()
         self.tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class EncodedSample:
+    """A sample as it goes into a shard: image bytes already encoded as ``ext``."""
+
+    key: str
+    image: bytes
+    ext: str
+    texts: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def write_member_shards(
+    samples: Iterable[tuple[str, dict[str, bytes]]],
+    out_dir: str | os.PathLike[str],
+    name: str = "train",
+    shard_size: int = 1000,
+    progress: bool = False,
+    desc: str | None = None,
+    total: int | None = None,
+) -> list[Path]:
+    """Write ``(key, {extension: bytes})`` samples as tar shards ``{name}-{i:06d}.tar``.
+
+    The lowest layer of the shard writers: members are stored as given, under the key
+    made safe and unique. Each shard is written under a temporary name and renamed when
+    complete, so a shard that exists is whole. Returns the shards written.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    make_key = _KeyMaker()
+    # Whole seconds: a fractional mtime makes PAX add an extended header to every member,
+    # which doubles the headers a reader parses.
+    mtime = int(time.time())
+    written: list[Path] = []
+    shard: _ShardWriter | None = None
+    if total is None and hasattr(samples, "__len__"):
+        total = len(samples)  # type: ignore[arg-type]
+    items = _iterate(samples, progress, desc or f"writing {name} shards", total)
+    try:
+        for index, (raw_key, members) in enumerate(items):
+            if shard is None:
+                shard = _ShardWriter(out / f"{name}-{len(written):06d}.tar", mtime)
+            key = make_key(raw_key, index)
+            for ext, data in members.items():
+                shard.add(f"{key}.{ext}", data)
+            shard.count += 1
+            if shard.count == shard_size:
+                written.append(shard.commit())
+                shard = None
+        if shard is not None:
+            written.append(shard.commit())
+            shard = None
+    finally:
+        if shard is not None:
+            shard.abort()
+    return written
+
+
+def write_encoded_shards(
+    samples: Iterable[EncodedSample],
+    out_dir: str | os.PathLike[str],
+    name: str = "train",
+    shard_size: int = 1000,
+    progress: bool = False,
+    desc: str | None = None,
+    total: int | None = None,
+) -> list[Path]:
+    """Write encoded samples as webdataset shards (the layout :func:`write_shards` documents).
+
+    The image bytes are stored as given, so a JPEG from a manifest is not re-encoded.
+    """
+    if total is None and hasattr(samples, "__len__"):
+        total = len(samples)  # type: ignore[arg-type]
+
+    def members() -> Iterator[tuple[str, dict[str, bytes]]]:
+        for index, sample in enumerate(samples):
+            if CAPTIONS_COLUMN in sample.meta:
+                raise ClipforgeError(
+                    f"sample {sample.key or index!r}: meta has a {CAPTIONS_COLUMN!r} entry, "
+                    "which write_shards reserves for the captions"
+                )
+            texts = [" ".join(t.splitlines()) for t in sample.texts]
+            record = {**sample.meta, CAPTIONS_COLUMN: list(sample.texts)}
+            yield (
+                sample.key,
+                {
+                    sample.ext: sample.image,
+                    "txt": "\n".join(texts).encode("utf-8"),
+                    "json": _dump_json(record, sample.key or str(index)).encode("utf-8"),
+                },
+            )
+
+    return write_member_shards(members(), out_dir, name, shard_size, progress, desc, total)
 
 
 def write_shards(
@@ -228,38 +343,63 @@ def write_shards(
     Each shard holds ``shard_size`` samples (the last one fewer) and is written under a
     temporary name, then renamed, so a shard that exists is complete. No samples, no shards.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     _, ext, _ = _image_format(image_format)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    make_key = _KeyMaker()
-    mtime = time.time()
-    written: list[Path] = []
-    shard: _ShardWriter | None = None
-    try:
-        for index, sample in enumerate(_iterate(samples, progress, f"writing {name} shards")):
-            if shard is None:
-                shard = _ShardWriter(out / f"{name}-{len(written):06d}.tar", mtime)
-            key = make_key(sample.key, index)
-            if CAPTIONS_COLUMN in sample.meta:
-                raise ClipforgeError(
-                    f"sample {sample.key or index!r}: meta has a {CAPTIONS_COLUMN!r} entry, "
-                    "which write_shards reserves for the captions"
-                )
-            texts = [" ".join(t.splitlines()) for t in sample.texts]
-            record = {**sample.meta, CAPTIONS_COLUMN: list(sample.texts)}
-            shard.add(f"{key}.{ext}", _encode_image(sample.image, image_format, quality))
-            shard.add(f"{key}.txt", "\n".join(texts).encode("utf-8"))
-            shard.add(f"{key}.json", _dump_json(record, key).encode("utf-8"))
-            shard.count += 1
-            if shard.count == shard_size:
-                written.append(shard.commit())
-                shard = None
-        if shard is not None:
-            written.append(shard.commit())
-            shard = None
-    finally:
-        if shard is not None:
-            shard.abort()
-    return written
+    encoded = (
+        EncodedSample(s.key, _encode_image(s.image, image_format, quality), ext, s.texts, s.meta)
+        for s in samples
+    )
+    total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
+    return write_encoded_shards(
+        encoded, out_dir, name, shard_size, progress, f"writing {name} shards", total
+    )
+
+
+# Image files a shard stores as they are; anything else is re-encoded as PNG.
+_SHARD_IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+def shard_dataset(
+    dataset: ManifestDataset | FolderDataset,
+    out_dir: str | os.PathLike[str],
+    name: str = "train",
+    shard_size: int = 1000,
+    verify: bool = False,
+    progress: bool = False,
+) -> tuple[list[Path], SkipCounter]:
+    """Pack a manifest or an image folder into webdataset shards; return them and the skips.
+
+    Every caption and the meta (weights included) travel along. JPEG, PNG and WebP files
+    are copied byte for byte; other formats are decoded and stored as PNG. Rows whose
+    image file is missing, or whose captions are empty, are left out and counted; with
+    ``verify`` every image is also decoded first and unreadable ones are left out too
+    (otherwise they are copied and the training reader skips them).
+    """
+    skipped = SkipCounter()
+
+    def encoded() -> Iterator[EncodedSample]:
+        for i in range(len(dataset)):
+            path = dataset.image_path(i)
+            try:
+                texts, meta = dataset.record(i)
+                if not texts:
+                    raise SampleError("empty_caption", str(path))
+                ext = _SHARD_IMAGE_EXTS.get(path.suffix.lower().lstrip("."))
+                if verify or ext is None:
+                    image = decode_image(path, str(path))
+                if ext is None:
+                    data, ext = _encode_image(image, "png"), "png"
+                else:
+                    data = path.read_bytes()
+            except FileNotFoundError:
+                skipped.add("missing_image")
+                continue
+            except SampleError as exc:
+                skipped.add(exc.reason)
+                continue
+            meta = {k: v for k, v in meta.items() if k != CAPTIONS_COLUMN}
+            yield EncodedSample(path.stem, data, ext, texts, meta)
+
+    shards = write_encoded_shards(
+        encoded(), out_dir, name, shard_size, progress, total=len(dataset)
+    )
+    return shards, skipped

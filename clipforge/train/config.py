@@ -14,12 +14,20 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str = "clip"
     data: str | None = None
+    shapes_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     image_key: str = "image"
     caption_key: str = "caption"
     caption: str = "random"
     max_captions: int = 4
     hard_negatives: str = ""
     hard_negative_weight: float = 1.0
+    shuffle_buffer: int = 1000
+    resample: bool = False
+    text_word_dropout: float = 0.0
+    text_sentence_shuffle: bool = False
+    text_synonyms: str | None = None
+    text_synonym_prob: float = 0.0
     batch_size: int = 128
     steps: int = 350
     lr: float = 2e-3
@@ -55,13 +63,22 @@ HELP: dict[str, str] = {
     "model_args": "preset overrides, e.g. vision.width=256,text.layers=2",
     "loss": "objective name",
     "data": "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world",
+    "shapes_args": "shapes-world generator overrides, e.g. count_weights=[0.2,0.6,0.1,0.1],"
+    "group_prob=0.3",
+    "init": "start from the weights of this checkpoint or run folder (fine-tuning)",
     "image_key": "manifest column holding the image path",
-    "caption_key": "manifest column holding the caption",
+    "caption_key": "manifest column holding the caption (comma-separated: several captions)",
     "caption": "caption choice when a sample has several: random, first or all (all positives)",
     "max_captions": "with --caption all, at most this many captions per image",
     "hard_negatives": "hard-negative captions per sample, comma list of attribute,relation,"
     "count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
     "hard_negative_weight": "multiply the softmax weight of hard-negative columns (clip loss)",
+    "shuffle_buffer": "samples in each tar-shard stream's shuffle buffer (0 = shard order)",
+    "resample": "draw tar shards with replacement instead of each once per epoch",
+    "text_word_dropout": "probability of dropping each caption word",
+    "text_sentence_shuffle": "shuffle the sentences of multi-sentence captions",
+    "text_synonyms": "synonym file (comma-separated groups, one per line) for synonym swap",
+    "text_synonym_prob": "probability of swapping each listed word for a synonym",
     "batch_size": "samples per optimizer step (global: split evenly over torchrun processes)",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",
@@ -89,7 +106,8 @@ HELP: dict[str, str] = {
     "ckpt_every": "steps between checkpoints",
     "eval_per_class": "images per class in the zero-shot evaluation",
     "eval_pairs": "image-text pairs in the retrieval evaluation",
-    "max_skip_rate": "fail when more than this fraction of samples was skipped",
+    "max_skip_rate": "fail when more than this fraction of samples was skipped (judged from "
+    "1000 samples on, or at the end of a shorter run)",
     "progress": "show a progress bar",
     "out": "run folder (default runs/YYYYmmdd-HHMMSS)",
 }

@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,13 @@ from clipforge.data.pipeline import (
     Collator,
     IndexedSource,
     SampleProcessor,
-    SequentialSource,
     ShapesSource,
+    ShardStream,
     Source,
     iter_batches,
 )
-from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes import ShapesConfig, ShapesWorld
+from clipforge.data.textaug import TextAugment
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.errors import ClipforgeError
@@ -63,18 +64,66 @@ from clipforge.train.siglip_ring import siglip_ring_share
 
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
+    """The sample stream ``cfg`` names: the shapes world, shards or a random-access set."""
     if cfg.data is None:
-        return ShapesSource(ShapesWorld(image_size, split="train", seed=cfg.seed))
-    from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
+        return ShapesSource(
+            ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
+        )
+    from clipforge.data.files import FolderDataset, ManifestDataset, ShardDataset, open_dataset
 
     ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
     if isinstance(ds, ShardDataset):
-        return SequentialSource(ds)
-    if isinstance(ds, ManifestDataset):
+        return ShardStream(ds, seed=cfg.seed, buffer=cfg.shuffle_buffer, resample=cfg.resample)
+    if isinstance(ds, (ManifestDataset, FolderDataset)):
         if len(ds) == 0:
             raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
         return IndexedSource(ds, seed=cfg.seed)
     raise ClipforgeError(f"unsupported data set {cfg.data}")  # pragma: no cover
+
+
+def build_text_aug(cfg: TrainConfig) -> TextAugment | None:
+    """The caption augmentation ``cfg`` asks for, or None when it asks for none."""
+    from clipforge.data.textaug import load_synonyms
+
+    synonyms = load_synonyms(cfg.text_synonyms) if cfg.text_synonyms else {}
+    if cfg.text_synonym_prob > 0 and not synonyms:
+        raise ClipforgeError("--text-synonym-prob needs a --text-synonyms file")
+    aug = TextAugment(
+        word_dropout=cfg.text_word_dropout,
+        sentence_shuffle=cfg.text_sentence_shuffle,
+        synonyms=synonyms,
+        synonym_prob=cfg.text_synonym_prob,
+    )
+    return aug if aug.active else None
+
+
+def skip_summary(skipped: dict[str, int], samples: int) -> str:
+    """One line per skip reason, most frequent first, for the end of a run."""
+    total = sum(skipped.values())
+    if not total:
+        return f"skipped 0 of {samples} samples"
+    lines = [f"skipped {total} of {samples} samples ({100 * total / max(samples, 1):.2f}%):"]
+    width = max(len(r) for r in skipped)
+    for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {reason:<{width}}  {n}")
+    return "\n".join(lines)
+
+
+def shapes_config(cfg: TrainConfig) -> ShapesConfig:
+    """The shapes-world generator of a run: the defaults with ``--shapes-args`` applied."""
+    known = {f.name for f in fields(ShapesConfig)} - {"image_size"}
+    unknown = sorted(set(cfg.shapes_args) - known)
+    if unknown:
+        raise ClipforgeError(
+            f"unknown shapes-args {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    args = dict(cfg.shapes_args)
+    if "count_weights" in args:
+        w = args["count_weights"]
+        if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
+            raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
+        args["count_weights"] = tuple(float(x) for x in w)
+    return ShapesConfig(**args)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -99,6 +148,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError("hard negative weight must be > 0")
     if not 0 < cfg.crop_scale <= 1:
         raise ClipforgeError("crop scale must be in (0, 1]")
+    if cfg.shuffle_buffer < 0:
+        raise ClipforgeError("shuffle buffer must be >= 0")
+    if cfg.workers < 0:
+        raise ClipforgeError("workers must be >= 0")
+    if not 0 <= cfg.max_skip_rate <= 1:
+        raise ClipforgeError("max skip rate must be in [0, 1]")
     get_loss(cfg.loss)
     if cfg.siglip_chunked and cfg.loss != "siglip":
         raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
@@ -106,6 +161,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"
         )
+    if cfg.data is None:
+        shapes_config(cfg)
 
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
@@ -228,6 +285,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
+    if cfg.init and state is None:
+        _init_weights_from(model, cfg.init)
     # On its device before the optimizer exists, so restored optimizer state lands there too.
     model.to(world.device)
     objective = loss_spec.build(cfg).to(world.device)
@@ -244,6 +303,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
         caption=cfg.caption,
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
+        text_aug=build_text_aug(cfg),
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
@@ -340,10 +400,14 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
         seen += cfg.batch_size
         n_since += cfg.batch_size
         n_skip = sum(skipped.values())
-        if n_skip and n_skip > cfg.max_skip_rate * (position or 1):
+        # A few bad samples early on say little about the rate, so the check waits for
+        # 1000 samples (or the end of a shorter run) before judging.
+        judged = position >= min(1000, cfg.steps * cfg.batch_size)
+        if judged and n_skip > cfg.max_skip_rate * position:
             raise ClipforgeError(
                 f"{n_skip} of {position} samples were skipped (> --max-skip-rate "
-                f"{cfg.max_skip_rate}): {skipped}"
+                f"{cfg.max_skip_rate}): "
+                + ", ".join(f"{r} {n}" for r, n in sorted(skipped.items(), key=lambda x: -x[1]))
             )
         bar.update(1)
         if log_now:
@@ -383,7 +447,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
         distributed.barrier(world)  # until rank 0 has written the run folder
         return run_dir
 
-    final: dict[str, Any] = {"step": step, "skipped": skipped}
+    # `samples` is the number of stream positions read, skipped ones included, so the
+    # skip rate is skipped / samples.
+    final: dict[str, Any] = {"step": step, "samples": position, "skipped": skipped}
     if cfg.data is None:
         final.update({"split": "test", **run_eval("test")})
     log.write({"step": step, "final": True, **final})
@@ -412,6 +478,28 @@ def _to(part: Batch, device: torch.device) -> Batch:
         weights=part.weights.to(device),
         owner=None if part.owner is None else part.owner.to(device),
     )
+
+
+def _init_weights_from(model: CLIP, path: str) -> None:
+    """Copy the weights of ``path`` (a run folder or any checkpoint clipforge reads) into ``model``.
+
+    The architecture must match; the logit scale/bias come along, so a fine-tune
+    continues at the temperature the source run ended with.
+    """
+    try:
+        src = load_model(path)
+    except ClipforgeError:
+        from clipforge.models import load_checkpoint  # OpenAI / OpenCLIP / HF weights
+
+        src = load_checkpoint(path)
+    mine, theirs = model.state_dict(), src.state_dict()
+    bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    if bad:
+        raise ClipforgeError(
+            f"--init {path}: its architecture differs from the run's model "
+            f"({len(bad)} tensors, e.g. {bad[0]}); pass the matching --model/--model-args"
+        )
+    model.load_state_dict({k: theirs[k] for k in mine})
 
 
 def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:

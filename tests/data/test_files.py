@@ -110,13 +110,30 @@ def test_csv_captions_and_meta_columns(tmp_path: Path) -> None:
     )
     ds = ManifestDataset(tmp_path / "m.csv")
     assert ds.load(0).texts == ["x", "y"]
-    assert ds.load(0).meta == {"k": [1, 2], "weight": "0.5"}
-    assert ds.load(1).texts == ["only"] and ds.load(1).meta == {"weight": "1"}
-    assert ds.load(2).meta == {"meta": "some notes", "weight": "1"}
+    # A CSV weight cell is parsed into the float the loss weights with.
+    assert ds.load(0).meta == {"k": [1, 2], "weight": 0.5}
+    assert ds.load(1).texts == ["only"] and ds.load(1).meta == {"weight": 1.0}
+    assert ds.load(2).meta == {"meta": "some notes", "weight": 1.0}
     # Named as the caption column, `captions` is plain text again.
     literal = ManifestDataset(tmp_path / "m.csv", caption_key="captions")
     assert literal.load(0).texts == ['["x", "y"]']
     assert literal.load(0).meta["caption"] == "first"
+
+
+def test_several_caption_columns(tmp_path: Path) -> None:
+    _rgb(0).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image,c1,c2,src\na.png,one,two,web\na.png,,only two,web\n")
+    ds = ManifestDataset(tmp_path / "m.csv", caption_key="c1, c2")
+    assert ds.load(0).texts == ["one", "two"] and ds.load(0).meta == {"src": "web"}
+    assert ds.load(1).texts == ["only two"]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "c1": "x", "c2": ["y", "z"]}))
+    assert ManifestDataset(tmp_path / "m.jsonl", caption_key="c1,c2").load(0).texts == [
+        "x",
+        "y",
+        "z",
+    ]
+    with pytest.raises(ClipforgeError, match="no column 'c3'"):
+        ManifestDataset(tmp_path / "m.csv", caption_key="c1,c3")
 
 
 def test_tsv_and_custom_column_names(tmp_path: Path) -> None:
@@ -604,7 +621,7 @@ def test_open_dataset_errors(tmp_path: Path) -> None:
         open_dataset(tmp_path / "nothing.csv")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ClipforgeError, match="no \\*.tar shards and no manifest"):
+    with pytest.raises(ClipforgeError, match=r"no \*\.tar shards, manifest or images"):
         open_dataset(empty)
     (empty / "a.csv").write_text("image,caption\n")
     (empty / "b.jsonl").write_text("")

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from clipforge.data.shapes import ShapesWorld
@@ -134,3 +135,28 @@ def test_all_captions_and_hard_negatives_train(tmp_path, micro_args):
         train(_cfg(tmp_path / "b", micro_args, hard_negatives="colour"))
     with pytest.raises(ClipforgeError, match="caption strategy"):
         train(_cfg(tmp_path / "c", micro_args, caption="some"))
+
+
+def test_init_from_a_run_and_shapes_args(tmp_path, micro_args):
+    src = train(_cfg(tmp_path / "a", micro_args, steps=2, out=str(tmp_path / "a")))
+    run = train(
+        _cfg(
+            tmp_path, micro_args, steps=1, lr=1e-12, warmup=0, init=str(src),
+            shapes_args={"count_weights": [0.0, 1.0], "group_prob": 0.0},
+        )
+    )  # fmt: skip
+    # Parameters only: a training step moves the stem's BatchNorm running statistics.
+    a, b = dict(load_model(src).named_parameters()), dict(load_model(run).named_parameters())
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(ClipforgeError, match="unknown shapes-args"):
+        train(_cfg(tmp_path / "c", micro_args, shapes_args={"colours": 3}))
+    with pytest.raises(ClipforgeError, match="architecture differs"):
+        train(_cfg(tmp_path / "d", {**micro_args, "embed_dim": 16}, init=str(src)))
+
+
+def test_shapes_args_change_the_scene_mix():
+    from clipforge.train.trainer import build_source
+
+    cfg = TrainConfig(shapes_args={"count_weights": [0.0, 1.0], "group_prob": 0.0})
+    src = build_source(cfg, 16)
+    assert {src.get(i).meta["kind"] for i in range(20)} == {"pair"}
