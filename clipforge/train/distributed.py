@@ -7,12 +7,15 @@ group: gloo on CPU, NCCL on ``cuda:LOCAL_RANK`` when CUDA is available. The mode
 wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the
 gradients of the ranks.
 
-The batch. ``--batch-size`` is the global batch: every rank builds the same global batch
-from the same stream position and keeps its own ``1/N`` of the rows (:func:`share`), so a
-run on ``N`` processes sees exactly the batches of the 1-process run, resumes from the
-same single ``position`` and even continues on another number of processes. The price
-is that every rank decodes and augments the whole batch, ``N`` times the data work of a
-disjoint stream; on the shapes world and small manifests that is cheap next to the model.
+The batch. ``--batch-size`` is the global batch: each of the ``N`` ranks reads its own
+``B/N`` samples from the data stream's rank split (``iter_batches(rank=r,
+world_size=N)``: rank ``r``'s position ``p`` is the global sample ``p * N + r``, seeded
+as that sample). Without skipped samples the ranks' batches together hold exactly the
+1-process batch, with each sample augmented the same way, and each micro-batch of a
+step with ``--accum-steps`` is the 1-process micro-batch. Two differences remain: a
+rank drops only the hard-negative captions that repeat its own captions (not another
+rank's), and ranks skip bad samples independently. Each rank's stream position goes into
+the checkpoint, so a run resumes with the number of processes it was started with.
 
 The loss and its gradient. Embeddings are all-gathered with gradient
 (:mod:`clipforge.train.collectives`); the backward of the gather *sums* the gradients
@@ -123,15 +126,30 @@ def check_batch(world: World, batch_size: int, accum_steps: int) -> None:
         )
 
 
-def share(world: World, micro: int, k: int) -> slice:
-    """The rows of global micro-batch ``k`` (``micro`` rows each) that this rank computes.
+def stream_state(
+    next_position: int, skipped: dict[str, int], world: World
+) -> tuple[list[int], dict[str, int]]:
+    """Every rank's stream position and the skip counts of all ranks, summed by reason."""
+    if not world.parallel:
+        return [next_position], dict(skipped)
+    states: list[tuple[int, dict[str, int]]] = [(0, {})] * world.size
+    dist.all_gather_object(states, (next_position, skipped))
+    total: dict[str, int] = {}
+    for _, counts in states:
+        for reason, n in counts.items():
+            total[reason] = total.get(reason, 0) + n
+    return [p for p, _ in states], total
 
-    Rank ``r`` takes the ``r``-th of ``N`` equal consecutive blocks of each micro-batch, so
-    the ranks' micro-batches put together are the 1-process micro-batch.
-    """
-    per = micro // world.size
-    start = k * micro + world.rank * per
-    return slice(start, start + per)
+
+def saved_positions(state: dict, world: World, run_dir: object) -> list[int]:
+    """The per-rank stream positions of a checkpoint, which fix the number of processes."""
+    positions = [int(p) for p in state.get("positions", [state["position"]])]
+    if len(positions) != world.size:
+        raise ClipforgeError(
+            f"{run_dir} was trained by {len(positions)} process(es); resume it with as many "
+            f"(torchrun --nproc_per_node {len(positions)}), not {world.size}"
+        )
+    return positions
 
 
 def all_sum(value: torch.Tensor, world: World) -> torch.Tensor:
@@ -224,8 +242,9 @@ __all__ = [
     "check_batch",
     "launched",
     "no_sync",
+    "saved_positions",
     "setup",
-    "share",
+    "stream_state",
     "teardown",
     "wrap_model",
 ]

@@ -307,14 +307,18 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
-    step, position = 0, 0
+    # `positions[r]` is where rank r's stream continues; `position`, their sum, counts the
+    # samples read by all ranks (skipped ones included).
+    step, positions = 0, [0] * world.size
     skipped: dict[str, int] = {}
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, position = int(state["step"]), int(state["position"])
+        step = int(state["step"])
+        positions = distributed.saved_positions(state, world, run_dir)
         skipped = dict(state["skipped"])
         ckpt.set_rng_state(state["rng"])
+    position = sum(positions)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     ddp = distributed.wrap_model(model, world)
     if main:
@@ -329,6 +333,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
                 "optimizer": opt.state_dict(),
                 "step": step,
                 "position": position,
+                "positions": positions,
                 "skipped": skipped,
                 "rng": ckpt.rng_state(),
                 "model_config": _model_dict(mcfg),
@@ -348,7 +353,14 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     )
     model.train()
     batches = iter_batches(
-        source, processor, collate, cfg.batch_size, start=position, workers=cfg.workers
+        source,
+        processor,
+        collate,
+        cfg.batch_size // world.size,
+        start=positions[world.rank],
+        workers=cfg.workers,
+        rank=world.rank,
+        world_size=world.size,
     )
     bar = tqdm(
         total=cfg.steps,
@@ -370,9 +382,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
 
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        micro = cfg.batch_size // cfg.accum_steps
+        micro = cfg.batch_size // world.size // cfg.accum_steps
         for k in range(cfg.accum_steps):
-            part = _to(batch.rows(distributed.share(world, micro, k)), world.device)
+            part = _to(batch.rows(slice(k * micro, (k + 1) * micro)), world.device)
             # DDP averages gradients once per step, on the last micro-batch's backward.
             last = k + 1 == cfg.accum_steps
             with contextlib.nullcontext() if last else distributed.no_sync(ddp):
@@ -394,8 +406,12 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
         )
         opt.step()
         step += 1
-        position = batch.next_position
-        for reason, n in batch.skipped.items():
+        # Every rank keeps the totals of all ranks, so all take the same decisions below.
+        positions, step_skipped = distributed.stream_state(
+            batch.next_position, batch.skipped, world
+        )
+        position = sum(positions)
+        for reason, n in step_skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
         seen += cfg.batch_size
         n_since += cfg.batch_size

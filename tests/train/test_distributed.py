@@ -84,7 +84,8 @@ def _step(case: str, world: World) -> tuple[float, dict[str, torch.Tensor]]:
     model = CLIP(get_model_config("tiny", MICRO_ARGS), spec.init_logit_scale, spec.init_logit_bias)
     objective = spec.build(TrainConfig(hard_negative_weight=2.0))
     ddp = distributed.wrap_model(model, world)
-    part = _batch(hard).rows(distributed.share(world, B, 0))
+    b = B // world.size
+    part = _batch(hard).rows(slice(world.rank * b, (world.rank + 1) * b))
     loss, logged = batch_loss(ddp, objective, part, world, local, chunked)
     loss.backward()
     return float(logged), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -217,9 +218,11 @@ def test_bad_distributed_setups_are_one_line_errors(tmp_path):
         train(replace(RUN, dist_backend="mpi", out=str(tmp_path / "b")))
 
 
-def test_shares_split_each_micro_batch():
-    w = World(rank=1, size=3)
-    assert distributed.share(w, 12, 0) == slice(4, 8)
-    assert distributed.share(w, 6, 1) == slice(8, 10)
+def test_resume_needs_the_same_number_of_processes():
+    state = {"position": 24, "positions": [12, 12]}
+    assert distributed.saved_positions(state, World(rank=1, size=2), "run") == [12, 12]
+    assert distributed.saved_positions({"position": 7}, World(), "run") == [7]
+    with pytest.raises(ClipforgeError, match="trained by 2 process"):
+        distributed.saved_positions(state, World(), "run")
     with pytest.raises(ClipforgeError, match="divisible"):
         distributed.check_batch(World(rank=0, size=4), 8, 4)
