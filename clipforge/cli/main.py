@@ -43,6 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     }
     cfg = resolve(TrainConfig, args.config, overrides)
     run_dir = train(cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports for all
     result = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}")
     _print_table(result)

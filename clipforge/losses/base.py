@@ -7,7 +7,10 @@ means ``arange(B)``. Several captions of one image (``caption: all``) share an o
 are all positives of that image.
 
 Under data parallelism the trainer all-gathers every field (``owner`` offset to global
-rows) before the objective runs, so objectives are written once, for one process.
+rows) before the objective runs, so objectives are written once, for one process. With
+``--local-loss`` it also sets ``rows``, the global image rows this process owns, and an
+objective that declares ``computes_shares`` returns only the share of the loss made of
+those rows' terms (see :mod:`clipforge.train.distributed` for why shares, not means).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Features:
     owner: torch.Tensor | None = None  # [T] long; -1 = negative-only column
     weights: torch.Tensor | None = None  # [B] per-sample loss weights
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Image rows whose terms this process computes; None = all of them, the plain loss.
+    rows: slice | None = None
 
     @property
     def batch_size(self) -> int:
@@ -78,9 +83,14 @@ class Objective(nn.Module):
     ``state_dict`` (parameters, buffers, teachers) is saved in the checkpoint.
     ``batch_keys`` names ``Sample.meta`` fields the data pipeline must carry into
     ``Features.extra`` (stored teacher embeddings, a third modality), one row per image.
+    ``computes_shares``: the objective honours ``Features.rows``, returning the sum of the
+    terms of those image rows (and of their captions) divided by the normalisers of the
+    whole batch, so that the shares of all processes add up to the plain loss. Only such
+    objectives can run with ``--local-loss``.
     """
 
     batch_keys: tuple[str, ...] = ()
+    computes_shares: bool = False
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}

@@ -49,6 +49,9 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: float = 1.0
     accum_steps: int = 1
+    local_loss: bool = False
+    siglip_chunked: bool = False
+    dist_backend: str = "auto"
     precision: str = "fp32"
     crop_scale: float = 0.8
     flip: bool = False
@@ -97,7 +100,7 @@ HELP: dict[str, str] = {
     "text_sentence_shuffle": "shuffle the sentences of multi-sentence captions",
     "text_synonyms": "synonym file (comma-separated groups, one per line) for synonym swap",
     "text_synonym_prob": "probability of swapping each listed word for a synonym",
-    "batch_size": "samples per optimizer step",
+    "batch_size": "samples per optimizer step (global: split evenly over torchrun processes)",
     "steps": "optimizer steps",
     "lr": "peak learning rate (AdamW)",
     "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
@@ -108,6 +111,11 @@ HELP: dict[str, str] = {
     "eps": "AdamW epsilon",
     "grad_clip": "clip the global gradient norm (0 = off)",
     "accum_steps": "split each batch into this many micro-batches (gradients averaged)",
+    "local_loss": "under torchrun, each process computes only its rows' loss terms against "
+    "the gathered batch (less memory, same gradients)",
+    "siglip_chunked": "under torchrun with --loss siglip, pass text chunks round a ring instead "
+    "of gathering them (implies per-process loss terms)",
+    "dist_backend": "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl",
     "precision": "fp32 or bf16 (autocast)",
     "crop_scale": "smallest area fraction of the random resized crop",
     "flip": "random horizontal flip (corrupts left/right captions)",

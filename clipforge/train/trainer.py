@@ -13,6 +13,10 @@ Run folder layout::
 Resume (``--resume RUN_DIR``) reloads ``last.pt`` and replays nothing: the data stream
 restarts at the saved sample position and every sample's augmentation is seeded by its
 position, so the resumed run reaches the same weights as an uninterrupted one.
+
+Under ``torchrun`` (``python -m clipforge.train`` with the flags of ``clipforge train``)
+every process runs :func:`train`; rank 0 alone writes the run folder. How the batch and
+the loss are shared is in :mod:`clipforge.train.distributed`.
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ from clipforge.eval.shapes import evaluate_shapes
 from clipforge.losses import Features, get_loss
 from clipforge.models import CLIP, ModelConfig, get_model_config
 from clipforge.train import checkpoint as ckpt
+from clipforge.train import distributed
+from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
+from clipforge.train.distributed import World
 from clipforge.train.optim import build_optimizer, cosine_lr
+from clipforge.train.siglip_ring import siglip_ring_share
 
 
 def build_source(cfg: TrainConfig, image_size: int) -> Source:
@@ -147,6 +155,12 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.max_skip_rate <= 1:
         raise ClipforgeError("max skip rate must be in [0, 1]")
     get_loss(cfg.loss)
+    if cfg.siglip_chunked and cfg.loss != "siglip":
+        raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
+    if cfg.dist_backend not in distributed.BACKENDS:
+        raise ClipforgeError(
+            f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"
+        )
     if cfg.data is None:
         shapes_config(cfg)
 
@@ -194,12 +208,50 @@ def new_run_dir(out: str | None) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def batch_loss(
+    model: torch.nn.Module,
+    objective: torch.nn.Module,
+    part: Batch,
+    world: World,
+    local: bool = False,
+    chunked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's loss to back-propagate, and the loss of the whole (micro-)batch to log.
+
+    ``part`` is this rank's rows. With ``local`` or ``chunked`` the rank computes its share
+    of the loss and back-propagates ``world.size`` times it; the reasons are in
+    :mod:`clipforge.train.distributed`. The logged loss is the same on every rank.
+    """
+    extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
+    out = model(part.images, part.tokens)
+    f = Features(
+        out.image.float(), out.text.float(), out.scale, out.bias, part.owner, part.weights, extra
+    )
+    if chunked:
+        share = siglip_ring_share(f, world)
+    elif local:
+        share = objective(gather_features(f, world, local=True))
+    else:
+        loss = objective(gather_features(f, world))
+        return loss, loss.detach()
+    return share * world.size, distributed.all_sum(share, world)
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     """Train a model as ``cfg`` says and return the run folder.
 
-    With ``resume``, ``cfg`` is ignored except for ``steps`` and ``progress``; the run
-    continues from ``RUN_DIR/checkpoints/last.pt``.
+    With ``resume``, ``cfg`` is ignored except for ``progress`` and ``dist_backend``; the
+    run continues from ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process
+    joins the process group for the run and leaves it afterwards.
     """
+    world = distributed.setup(cfg.dist_backend)
+    try:
+        return _train(cfg, resume, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     state: dict[str, Any] | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -210,15 +262,18 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         last = run_dir / "checkpoints" / "last.pt"
         state = ckpt.load(last) if last.exists() else None
     else:
-        run_dir = new_run_dir(cfg.out)
+        # A default folder name is a timestamp: rank 0's is the one every rank uses.
+        run_dir = Path(distributed.broadcast(str(new_run_dir(cfg.out)), world))
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise ClipforgeError(
                 f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out"
             )
     check_config(cfg)
+    distributed.check_batch(world, cfg.batch_size, cfg.accum_steps)
     torch.set_num_threads(cfg.threads)
     mcfg = get_model_config(cfg.model, cfg.model_args)
     loss_spec = get_loss(cfg.loss)
+    main = world.is_main
     # Built before the run folder exists, so a bad objective option leaves nothing behind;
     # seeded on its own so objective parameters do not shift the model's initialisation.
     torch.manual_seed(cfg.seed)
@@ -228,10 +283,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
             "which the built-in shapes world does not have: pass --data"
         )
+    if cfg.local_loss and not cfg.siglip_chunked and not objective.computes_shares:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} cannot compute per-process shares; drop --local-loss"
+        )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    if state is None:
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if state is None and main:
         cfg = replace(cfg, out=str(run_dir))
         save_yaml(cfg, run_dir / "config.yaml")
         (run_dir / "model.yaml").write_text(yaml.safe_dump(_model_dict(mcfg), sort_keys=False))
@@ -240,6 +300,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     if cfg.init and state is None:
         _init_weights_from(model, cfg.init)
+    # On its device before the optimizer exists, so restored optimizer state lands there too.
+    model.to(world.device)
+    objective.to(world.device)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     # An objective may own parameters (a third-modality encoder): they train with the model.
     # Objectives without any leave the parameter groups, so old checkpoints, unchanged.
@@ -253,24 +316,33 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         caption=cfg.caption,
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
-        extra_keys=objective.batch_keys,
         text_aug=build_text_aug(cfg),
+        extra_keys=objective.batch_keys,
     )
     collate = Collator(tokenizer, mcfg.mean, mcfg.std)
 
-    step, position = 0, 0
+    # `positions[r]` is where rank r's stream continues; `position`, their sum, counts the
+    # samples read by all ranks (skipped ones included).
+    step, positions = 0, [0] * world.size
     skipped: dict[str, int] = {}
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if "objective" in state:
             objective.load_state_dict(state["objective"])
-        step, position = int(state["step"]), int(state["position"])
+        step = int(state["step"])
+        positions = distributed.saved_positions(state, world, run_dir)
         skipped = dict(state["skipped"])
         ckpt.set_rng_state(state["rng"])
-    log = MetricsLog(run_dir / "metrics.jsonl", step if state is not None else None)
+    position = sum(positions)
+    # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
+    ddp = distributed.wrap_model(model, world)
+    if main:
+        log = MetricsLog(run_dir / "metrics.jsonl", step if state is not None else None)
 
     def save_checkpoint() -> None:
+        if not main:
+            return
         ckpt.atomic_save(
             {
                 "model": model.state_dict(),
@@ -278,6 +350,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 "objective": objective.state_dict(),
                 "step": step,
                 "position": position,
+                "positions": positions,
                 "skipped": skipped,
                 "rng": ckpt.rng_state(),
                 "model_config": _model_dict(mcfg),
@@ -291,16 +364,27 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         )
 
     amp = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
+        torch.autocast(world.device.type, dtype=torch.bfloat16)
         if cfg.precision == "bf16"
         else contextlib.nullcontext()
     )
     model.train()
     batches = iter_batches(
-        source, processor, collate, cfg.batch_size, start=position, workers=cfg.workers
+        source,
+        processor,
+        collate,
+        cfg.batch_size // world.size,
+        start=positions[world.rank],
+        workers=cfg.workers,
+        rank=world.rank,
+        world_size=world.size,
     )
     bar = tqdm(
-        total=cfg.steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True
+        total=cfg.steps,
+        initial=step,
+        disable=not (cfg.progress and main),
+        desc="train",
+        dynamic_ncols=True,
     )
     seen = 0
     t_last = time.perf_counter()
@@ -315,27 +399,23 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        micro = cfg.batch_size // cfg.accum_steps
+        micro = cfg.batch_size // world.size // cfg.accum_steps
         for k in range(cfg.accum_steps):
-            part = batch.rows(slice(k * micro, (k + 1) * micro))
-            with amp:
-                extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
-                out = model(part.images, part.tokens)
-                loss = objective(
-                    Features(
-                        out.image.float(),
-                        out.text.float(),
-                        out.scale,
-                        out.bias,
-                        part.owner,
-                        part.weights,
-                        extra,
+            part = _to(batch.rows(slice(k * micro, (k + 1) * micro)), world.device)
+            # DDP averages gradients once per step, on the last micro-batch's backward.
+            last = k + 1 == cfg.accum_steps
+            with contextlib.nullcontext() if last else distributed.no_sync(ddp):
+                with amp:
+                    loss, logged = batch_loss(
+                        ddp, objective, part, world, cfg.local_loss, cfg.siglip_chunked
                     )
-                )
-            if not torch.isfinite(loss):
-                raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
-            (loss / cfg.accum_steps).backward()
-            loss_sum += float(loss.detach()) / cfg.accum_steps
+                if not torch.isfinite(logged):
+                    raise ClipforgeError(
+                        f"loss became {float(logged)} at step {step + 1}; lower --lr"
+                    )
+                (loss / cfg.accum_steps).backward()
+            loss_sum += float(logged) / cfg.accum_steps
+        distributed.average_gradients(objective.parameters(), world)  # DDP holds only the model
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0
@@ -344,8 +424,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         opt.step()
         objective.after_step(model)
         step += 1
-        position = batch.next_position
-        for reason, n in batch.skipped.items():
+        # Every rank keeps the totals of all ranks, so all take the same decisions below.
+        positions, step_skipped = distributed.stream_state(
+            batch.next_position, batch.skipped, world
+        )
+        position = sum(positions)
+        for reason, n in step_skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
         seen += cfg.batch_size
         n_since += cfg.batch_size
@@ -379,14 +463,24 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             if model.logit_bias is not None:
                 rec["logit_bias"] = float(model.logit_bias.detach())
             rec.update(objective.metrics())
-            log.write(rec)
+            if main:
+                log.write(rec)
             bar.set_postfix(loss=f"{loss_sum:.3f}", skipped=n_skip)
             t_last, n_since = now, 0
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and cfg.data is None:
+        if (
+            main
+            and cfg.eval_every
+            and step % cfg.eval_every == 0
+            and step < cfg.steps
+            and cfg.data is None
+        ):
             log.write({"step": step, "split": "val", **run_eval("val")})
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint()
     bar.close()
+    if not main:
+        distributed.barrier(world)  # until rank 0 has written the run folder
+        return run_dir
 
     # `samples` is the number of stream positions read, skipped ones included, so the
     # skip rate is skipped / samples.
@@ -405,7 +499,21 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         plot_curve(run_dir / "metrics.jsonl", run_dir / "curve.png")
     except Exception as e:  # a plot must never fail a finished run
         print(f"warning: could not plot the training curve: {e}", file=sys.stderr)
+    distributed.barrier(world)
     return run_dir
+
+
+def _to(part: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return part
+    return replace(
+        part,
+        images=part.images.to(device),
+        tokens=part.tokens.to(device),
+        weights=part.weights.to(device),
+        owner=None if part.owner is None else part.owner.to(device),
+        extra={k: v.to(device) for k, v in part.extra.items()},
+    )
 
 
 def _init_weights_from(model: CLIP, path: str) -> None:

@@ -1,0 +1,231 @@
+"""Several gloo processes compute the loss, gradients and training run of one process.
+
+One spawn of three processes (a module fixture) runs every distributed job; the tests
+compare its results with the same work done here in one process. Three, not two: with
+two, "the next rank" and "the previous rank" of the SigLIP ring are the same process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from clipforge.data.pipeline import Batch
+from clipforge.errors import ClipforgeError
+from clipforge.losses import get_loss
+from clipforge.models import CLIP, get_model_config
+from clipforge.train import TrainConfig, distributed, train
+from clipforge.train import trainer as trainer_module
+from clipforge.train.distributed import World
+from clipforge.train.trainer import batch_loss
+from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI
+
+WORLD = 3
+B = 12
+# name -> (loss, hard negatives and weights?, local loss?, chunked?)
+CASES = {
+    "clip": ("clip", False, False, False),
+    "clip-local": ("clip", False, True, False),
+    "clip-hard": ("clip", True, False, False),
+    "clip-hard-local": ("clip", True, True, False),
+    "siglip": ("siglip", False, False, False),
+    "siglip-local": ("siglip", False, True, False),
+    "siglip-chunked": ("siglip", False, False, True),
+    "siglip-hard": ("siglip", True, False, False),
+    "siglip-hard-local": ("siglip", True, True, False),
+    "siglip-hard-chunked": ("siglip", True, False, True),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_env(rank: int, size: int, port: int) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    torch.set_num_threads(1)
+
+
+def _batch(hard: bool) -> Batch:
+    """A global batch; with ``hard``: two captions for rows 1 and 6, hard negatives from
+    rows 0, 3, 5 and 9 (the ranks hold 7, 6 and 5 texts) and sample weights."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(B, 3, 16, 16, generator=g)
+    if not hard:
+        tokens = torch.randint(1, 400, (B, 24), generator=g)
+        return Batch(images, tokens, torch.ones(B), [""] * B, B)
+    owner = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1]
+    text_row = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 0, 3, 5, 9]
+    tokens = torch.randint(1, 400, (len(owner), 24), generator=g)
+    weights = torch.rand(B, generator=g) + 0.5
+    return Batch(
+        images, tokens, weights, [""] * len(owner), B, {},
+        torch.tensor(owner), torch.tensor(text_row),
+    )  # fmt: skip
+
+
+def _step(case: str, world: World, plain: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one step; ``plain``: the whole loss, no shares, no ring."""
+    loss_name, hard, local, chunked = CASES[case]
+    if plain:
+        local = chunked = False
+    spec = get_loss(loss_name)
+    torch.manual_seed(0)
+    model = CLIP(get_model_config("tiny", MICRO_ARGS), spec.init_logit_scale, spec.init_logit_bias)
+    objective = spec.build(TrainConfig(hard_negative_weight=2.0))
+    ddp = distributed.wrap_model(model, world)
+    b = B // world.size
+    part = _batch(hard).rows(slice(world.rank * b, (world.rank + 1) * b))
+    loss, logged = batch_loss(ddp, objective, part, world, local, chunked)
+    loss.backward()
+    return float(logged), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+# Several captions per image, hard negatives (texts per rank differ), accumulation and the
+# per-rank loss: the hardest setting for an exact split.
+RUN = TrainConfig(
+    model_args=MICRO_ARGS, batch_size=12, steps=4, warmup=1, accum_steps=2, caption="all",
+    hard_negatives="relation,attribute", local_loss=True, ckpt_every=2, log_every=1,
+    eval_every=0, eval_per_class=1, eval_pairs=20, threads=1, progress=False,
+)  # fmt: skip
+CRASH_AFTER = 3  # batches; the last checkpoint is at step 2
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(n: int) -> None:
+    """Make the trainer's data stream fail after ``n`` batches (a crash mid-run)."""
+    real = trainer_module.iter_batches
+
+    def limited(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == n:
+                raise _Crash
+            yield batch
+
+    trainer_module.iter_batches = limited  # type: ignore[assignment]
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    dist_env(rank, WORLD, port)
+    out_dir = Path(out)
+    # One process group for all jobs: train() uses a group it finds and leaves it open
+    # (under torchrun it creates and destroys its own).
+    world = distributed.setup("gloo")
+    try:
+        torch.save({c: _step(c, world) for c in CASES}, out_dir / f"rank{rank}.pt")
+        train(replace(RUN, out=str(out_dir / "whole")))
+        real = trainer_module.iter_batches
+        _crash_after(CRASH_AFTER)
+        try:
+            train(replace(RUN, out=str(out_dir / "crashed")))
+        except _Crash:
+            pass
+        trainer_module.iter_batches = real  # type: ignore[assignment]
+        train(RUN, resume=out_dir / "crashed")
+    finally:
+        distributed.teardown(world)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("many")
+    mp.start_processes(_worker, (free_port(), str(out)), nprocs=WORLD, start_method="spawn")
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
+
+
+def test_processes_equal_one(many):
+    ranks = [torch.load(many / f"rank{r}.pt") for r in range(WORLD)]
+    for case in CASES:
+        ref_loss, ref_grads = _step(case, World(), plain=True)
+        for got_loss, got_grads in (r[case] for r in ranks):
+            assert got_loss == pytest.approx(ref_loss, rel=1e-6, abs=1e-6), case
+            for name, g in ref_grads.items():
+                # 1e-6 of the gradient's scale: the sums run in another order (gather,
+                # DDP's average), and the largest entries here are ~10 (a few float32 ulps).
+                tol = 1e-6 * (1 + float(g.abs().max()))
+                torch.testing.assert_close(got_grads[name], g, atol=tol, rtol=0, msg=case)
+    # The cases differ: hard negatives and the sigmoid loss change the numbers.
+    assert ranks[0]["clip"][0] != pytest.approx(ranks[0]["clip-hard"][0], abs=1e-3)
+
+
+def test_resume_in_parallel_is_bit_identical(many):
+    whole, resumed = _weights(many / "whole"), _weights(many / "crashed")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+    assert _metrics(many / "whole") == _metrics(many / "crashed")
+    assert [r["step"] for r in _metrics(many / "whole") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_parallel_run_equals_one_process_run(many, tmp_path):
+    one = train(replace(RUN, out=str(tmp_path / "one")))
+    a, b = _metrics(one), _metrics(many / "whole")
+    for ra, rb in zip(a, b, strict=True):
+        if "loss" in ra:
+            assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5), ra["step"]
+            assert rb["samples"] == ra["samples"]
+    wa, wb = _weights(one), _weights(many / "whole")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_torchrun_cli_siglip_chunked(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), "-m", "clipforge.train",
+        "--model-args", MICRO_ARGS_CLI, "--loss", "siglip", "--siglip-chunked", "true",
+        "--batch-size", "8", "--steps", "2", "--warmup", "1", "--log-every", "1",
+        "--eval-every", "0", "--eval-per-class", "1", "--eval-pairs", "20",
+        "--threads", "1", "--progress", "false", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run folder:") == 1  # rank 0 reports, rank 1 is quiet
+    rows = _metrics(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert rows[-1]["final"] and (out / "checkpoints" / "final.pt").is_file()
+    assert "logit_bias" in rows[0]
+
+
+def test_bad_distributed_setups_are_one_line_errors(tmp_path):
+    with pytest.raises(ClipforgeError, match="--siglip-chunked needs --loss siglip"):
+        train(replace(RUN, siglip_chunked=True, out=str(tmp_path / "a")))
+    with pytest.raises(ClipforgeError, match="unknown dist backend"):
+        train(replace(RUN, dist_backend="mpi", out=str(tmp_path / "b")))
+
+
+def test_resume_needs_the_same_number_of_processes():
+    state = {"position": 24, "positions": [12, 12]}
+    assert distributed.saved_positions(state, World(rank=1, size=2), "run") == [12, 12]
+    assert distributed.saved_positions({"position": 7}, World(), "run") == [7]
+    with pytest.raises(ClipforgeError, match="trained by 2 process"):
+        distributed.saved_positions(state, World(), "run")
+    with pytest.raises(ClipforgeError, match="divisible"):
+        distributed.check_batch(World(rank=0, size=4), 8, 4)
