@@ -19,17 +19,9 @@ def load_frozen(path: str | Path, what: str) -> nn.Module:
     Hugging Face weights).
     """
     from clipforge.models import load_checkpoint
+    from clipforge.train.checkpoint import run_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise ClipforgeError(f"{what} not found: {p}")
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        for name in ("final.pt", "last.pt"):
-            if (p / "checkpoints" / name).is_file():
-                p = p / "checkpoints" / name
-                break
-        else:
-            raise ClipforgeError(f"{what}: no checkpoint in {path} (expected checkpoints/final.pt)")
+    p = run_checkpoint(path, what)
     model = load_checkpoint(p)
     return freeze(model)
 

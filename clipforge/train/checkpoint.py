@@ -27,6 +27,24 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def run_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
+    """The checkpoint a path names: a run folder's ``final.pt`` (else ``last.pt``), or the path.
+
+    Errors name ``what`` the path was given for (``--teacher``, ``--init``, ...).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ClipforgeError(f"{what} not found: {p}")
+    if not p.is_dir():
+        return p
+    for name in ("final.pt", "last.pt"):
+        if (p / "checkpoints" / name).is_file():
+            return p / "checkpoints" / name
+    if (p / "checkpoints").is_dir() or (p / "config.yaml").is_file():
+        raise ClipforgeError(f"{what}: no checkpoint in {p} (expected checkpoints/final.pt)")
+    return p  # a folder of peer weights (OpenCLIP, Hugging Face)
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Load a clipforge checkpoint with ``weights_only=True`` (no code runs)."""
     path = Path(path)

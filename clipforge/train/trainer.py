@@ -545,14 +545,7 @@ def _model_dict(mcfg: ModelConfig) -> dict[str, Any]:
 
 def load_model(path: str | Path) -> CLIP:
     """A trained model from a run folder (its final or last checkpoint) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("final.pt", "last.pt"):
-            if (p / "checkpoints" / name).exists():
-                p = p / "checkpoints" / name
-                break
-        else:
-            raise ClipforgeError(f"no checkpoint in {path} (expected checkpoints/final.pt)")
+    p = ckpt.run_checkpoint(path)
     state = ckpt.load(p)
     if "model" not in state or "model_config" not in state:
         raise ClipforgeError(f"{p} is not a clipforge checkpoint (no model/model_config)")

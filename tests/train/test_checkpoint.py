@@ -42,3 +42,19 @@ def test_load_refuses_missing_and_garbage(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ClipforgeError, match="cannot load checkpoint .*bad.pt"):
         ckpt.load(bad)
+
+
+def test_run_checkpoint_resolves_run_folders(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ClipforgeError, match="--teacher: no checkpoint in"):
+        ckpt.run_checkpoint(run, "--teacher")
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert ckpt.run_checkpoint(run) == run / "checkpoints" / "last.pt"
+    (run / "checkpoints" / "final.pt").write_bytes(b"x")
+    assert ckpt.run_checkpoint(run) == run / "checkpoints" / "final.pt"
+    peer = tmp_path / "hf"
+    peer.mkdir()
+    assert ckpt.run_checkpoint(peer) == peer  # a peer's weights folder passes through
+    with pytest.raises(ClipforgeError, match="--init not found"):
+        ckpt.run_checkpoint(tmp_path / "nope", "--init")
