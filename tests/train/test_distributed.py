@@ -158,8 +158,25 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
 
 
+def _pair_worker(rank: int, port: int, out: str) -> None:
+    dist_env(rank, 2, port)
+    world = distributed.setup("gloo")
+    try:
+        torch.save({c: _step(c, world) for c in CASES}, Path(out) / f"rank{rank}.pt")
+    finally:
+        distributed.teardown(world)
+
+
+def test_two_processes_equal_one(tmp_path):
+    mp.start_processes(_pair_worker, (free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    _assert_equal_to_one_process([torch.load(tmp_path / f"rank{r}.pt") for r in range(2)])
+
+
 def test_processes_equal_one(many):
-    ranks = [torch.load(many / f"rank{r}.pt") for r in range(WORLD)]
+    _assert_equal_to_one_process([torch.load(many / f"rank{r}.pt") for r in range(WORLD)])
+
+
+def _assert_equal_to_one_process(ranks: list[dict]) -> None:
     for case in CASES:
         ref_loss, ref_grads = _step(case, World(), plain=True)
         for got_loss, got_grads in (r[case] for r in ranks):
