@@ -59,11 +59,6 @@ def positive_caption(meta: Mapping[str, Any], template: int = 0) -> str:
     return caps[min(template, len(caps) - 1)]
 
 
-def _with(o: ShapeObject, **changes: str) -> ShapeObject:
-    d = {"shape": o.shape, "colour": o.colour, "size": o.size, "box": o.box, **changes}
-    return ShapeObject(**d)  # type: ignore[arg-type]
-
-
 def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
     objs = scene.objects
     if kind == "attribute":
@@ -80,8 +75,8 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
         i, j = rng.choice(pairs)
         new = list(objs)
         new[i], new[j] = (
-            _with(objs[i], colour=objs[j].colour),
-            _with(objs[j], colour=objs[i].colour),
+            replace(objs[i], colour=objs[j].colour),
+            replace(objs[j], colour=objs[i].colour),
         )
         return replace(scene, objects=new)
     if kind == "relation":
@@ -96,11 +91,11 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
     if kind == "shape":
         if scene.kind == "group":
             shape = rng.choice([s for s in SHAPES if s != objs[0].shape])
-            return replace(scene, objects=[_with(o, shape=shape) for o in objs])
+            return replace(scene, objects=[replace(o, shape=shape) for o in objs])
         i = rng.randrange(len(objs))
         shape = rng.choice([s for s in SHAPES if s != objs[i].shape])
         new = list(objs)
-        new[i] = _with(objs[i], shape=shape)
+        new[i] = replace(objs[i], shape=shape)
         return replace(scene, objects=new)
     if kind == "position":
         if scene.kind != "single" or not scene.image_size:
@@ -108,7 +103,7 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
         # Reflecting the object through the image centre flips left/right and top/bottom.
         n = scene.image_size
         x0, y0, x1, y1 = objs[0].box
-        return replace(scene, objects=[_with(objs[0], box=(n - x1, n - y1, n - x0, n - y0))])
+        return replace(scene, objects=[replace(objs[0], box=(n - x1, n - y1, n - x0, n - y0))])
     raise ClipforgeError(
         f"unknown perturbation {kind!r} (known: {', '.join(TRAINING_PERTURBATIONS)})"
     )

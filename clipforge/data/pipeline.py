@@ -357,29 +357,24 @@ class Batch:
 
     def rows(self, sl: slice) -> Batch:
         """The sub-batch of image rows ``sl`` with their texts (rows renumbered from 0)."""
+        per_image = {
+            "images": self.images[sl],
+            "weights": self.weights[sl],
+            "extra": {k: v[sl] for k, v in self.extra.items()},
+        }
         if self.owner is None or self.text_row is None:
-            texts = self.texts[sl]
-            return replace(
-                self,
-                images=self.images[sl],
-                tokens=self.tokens[sl],
-                weights=self.weights[sl],
-                texts=texts,
-                extra={k: v[sl] for k, v in self.extra.items()},
-            )
+            return replace(self, tokens=self.tokens[sl], texts=self.texts[sl], **per_image)
         start = sl.start or 0
         keep = (self.text_row >= start) & (self.text_row < sl.stop)
         idx = keep.nonzero().flatten()
         owner = self.owner[idx]
         return replace(
             self,
-            images=self.images[sl],
             tokens=self.tokens[idx],
-            weights=self.weights[sl],
             texts=[self.texts[i] for i in idx.tolist()],
             owner=torch.where(owner >= 0, owner - start, owner),
             text_row=self.text_row[idx] - start,
-            extra={k: v[sl] for k, v in self.extra.items()},
+            **per_image,
         )
 
 

@@ -522,12 +522,9 @@ def _init_weights_from(model: CLIP, path: str) -> None:
     The architecture must match; the logit scale/bias come along, so a fine-tune
     continues at the temperature the source run ended with.
     """
-    try:
-        src = load_model(path)
-    except ClipforgeError:
-        from clipforge.models import load_checkpoint  # OpenAI / OpenCLIP / HF weights
+    from clipforge.losses.towers import load_frozen
 
-        src = load_checkpoint(path)
+    src = load_frozen(path, "--init")
     mine, theirs = model.state_dict(), src.state_dict()
     bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
     if bad:
