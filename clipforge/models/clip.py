@@ -67,7 +67,9 @@ class CLIP(nn.Module):
                     nn.init.normal_(p, std=0.02)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self.visual(images)
+        # Pixels come as float32; a model held in another dtype (float64 checks, bf16
+        # weights) takes them in its own.
+        x = self.visual(images.to(self.logit_scale.dtype))
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:

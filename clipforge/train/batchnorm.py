@@ -32,8 +32,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         ones = [1] * self.world.size
         dims = (0, 2, 3)
-        xf = x.float()
-        count = torch.tensor([[x.numel() / x.shape[1]]], device=x.device)
+        # Statistics in float32 under bf16 autocast; float64 stays float64.
+        xf = x if x.dtype == torch.float64 else x.float()
+        count = torch.tensor([[x.numel() / x.shape[1]]], dtype=xf.dtype, device=x.device)
         local = torch.cat([xf.sum(dims)[None], count], dim=1)
         total = gather_rows(local, ones, self.world).sum(0)
         n = total[-1].detach()

@@ -116,7 +116,7 @@ HELP: dict[str, str] = {
     "siglip_chunked": "under torchrun with --loss siglip, pass text chunks round a ring instead "
     "of gathering them (implies per-process loss terms)",
     "dist_backend": "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl",
-    "precision": "fp32 or bf16 (autocast)",
+    "precision": "fp32, bf16 (autocast) or fp64 (rounding-free checks of parallel and resumed runs)",
     "crop_scale": "smallest area fraction of the random resized crop",
     "flip": "random horizontal flip (corrupts left/right captions)",
     "seed": "random seed (model init, data order, augmentation)",

@@ -135,8 +135,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"batch size {cfg.batch_size} is not divisible by accum steps {cfg.accum_steps}"
         )
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ClipforgeError(f"unknown precision {cfg.precision!r} (known: fp32, bf16)")
+    if cfg.precision not in ("fp32", "bf16", "fp64"):
+        raise ClipforgeError(f"unknown precision {cfg.precision!r} (known: fp32, bf16, fp64)")
     if cfg.caption not in CAPTION_STRATEGIES:
         raise ClipforgeError(
             f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
@@ -224,9 +224,10 @@ def batch_loss(
     """
     extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
     out = model(part.images, part.tokens)
-    f = Features(
-        out.image.float(), out.text.float(), out.scale, out.bias, part.owner, part.weights, extra
-    )
+    # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
+    # keeps float64.
+    image, text = (x if x.dtype == torch.float64 else x.float() for x in (out.image, out.text))
+    f = Features(image, text, out.scale, out.bias, part.owner, part.weights, extra)
     if chunked:
         share = siglip_ring_share(f, world)
     elif local:
@@ -300,8 +301,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> Path:
     model = CLIP(mcfg, loss_spec.init_logit_scale, loss_spec.init_logit_bias)
     if cfg.init and state is None:
         _init_weights_from(model, cfg.init)
-    # On its device before the optimizer exists, so restored optimizer state lands there too.
-    model.to(world.device)
+    # On its device (and in its dtype) before the optimizer exists, so restored optimizer
+    # state lands there too.
+    model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
     objective.to(world.device)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     # An objective may own parameters (a third-modality encoder): they train with the model.

@@ -25,7 +25,8 @@ from clipforge.train import TrainConfig, distributed, train
 from clipforge.train import trainer as trainer_module
 from clipforge.train.distributed import World
 from clipforge.train.trainer import batch_loss
-from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI
+from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI, TEST_THREADS
+from tests.tolerance import reorder_bound
 
 WORLD = 3
 B = 12
@@ -54,9 +55,9 @@ def dist_env(rank: int, size: int, port: int) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-        OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1",
+        OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(TEST_THREADS),
     )  # fmt: skip
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
 
 
 def _batch(hard: bool) -> Batch:
@@ -77,19 +78,29 @@ def _batch(hard: bool) -> Batch:
     )  # fmt: skip
 
 
-def _step(case: str, world: World, plain: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss and gradients of one step; ``plain``: the whole loss, no shares, no ring."""
+def _step(
+    case: str, world: World, plain: bool = False, sabotage: str = ""
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one step, in float64; ``plain``: the whole loss, no shares, no
+    ring. ``sabotage`` plants a bug the comparison must catch: ``"drop-rank"`` leaves the
+    last rank's gradient out of DDP's average."""
     loss_name, hard, local, chunked = CASES[case]
     if plain:
         local = chunked = False
     spec = get_loss(loss_name)
     torch.manual_seed(0)
     model = CLIP(get_model_config("tiny", MICRO_ARGS), spec.init_logit_scale, spec.init_logit_bias)
+    # float64: the split is exact algebra, so the only differences left are rounding, and in
+    # float64 those are ~1e9 times smaller than any bug's (see _assert_equal_to_one_process).
+    model = model.double()
     objective = spec.build(TrainConfig(hard_negative_weight=2.0))
     ddp = distributed.wrap_model(model, world)
     b = B // world.size
     part = _batch(hard).rows(slice(world.rank * b, (world.rank + 1) * b))
+    part = replace(part, images=part.images.double(), weights=part.weights.double())
     loss, logged = batch_loss(ddp, objective, part, world, local, chunked)
+    if sabotage == "drop-rank" and world.rank == world.size - 1:
+        loss = loss * 0  # DDP still all-reduces, but this rank's share is gone
     loss.backward()
     return float(logged), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -100,6 +111,7 @@ RUN = TrainConfig(
     model_args=MICRO_ARGS, batch_size=12, steps=4, warmup=1, accum_steps=2, caption="all",
     hard_negatives="relation,attribute", local_loss=True, ckpt_every=2, log_every=1,
     eval_every=0, eval_per_class=1, eval_pairs=20, threads=1, progress=False,
+    precision="fp64",  # the split is exact algebra: rounding ~1e9 times below any bug
 )  # fmt: skip
 CRASH_AFTER = 3  # batches; the last checkpoint is at step 2
 
@@ -158,11 +170,12 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
 
 
-def _pair_worker(rank: int, port: int, out: str) -> None:
+def _pair_worker(rank: int, port: int, out: str, sabotage: str = "") -> None:
     dist_env(rank, 2, port)
     world = distributed.setup("gloo")
     try:
-        torch.save({c: _step(c, world) for c in CASES}, Path(out) / f"rank{rank}.pt")
+        cases = {c: _step(c, world, sabotage=sabotage) for c in CASES}
+        torch.save(cases, Path(out) / f"rank{rank}.pt")
     finally:
         distributed.teardown(world)
 
@@ -176,16 +189,46 @@ def test_processes_equal_one(many):
     _assert_equal_to_one_process([torch.load(many / f"rank{r}.pt") for r in range(WORLD)])
 
 
+def test_a_dropped_rank_fails_the_comparison(tmp_path):
+    """The tolerance is strict enough to catch a real bug: one rank's gradient missing from
+    the average changes the gradients by about half of themselves, not by rounding."""
+    mp.start_processes(
+        _pair_worker, (free_port(), str(tmp_path), "drop-rank"), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for case in CASES:
+        assert _worst_error(case, ranks) > 1e6, case
+
+
+# Terms behind one entry of the loss or a gradient, summed along the chain (tests/tolerance.py):
+# a batch of B samples x 24 tokens, widths up to 4 x 32 in the MLP, the B x 2B logits of the
+# loss; rounded up to 10^4 (the tiny model has one block per tower).
+TERMS = 10_000
+# sum|terms| next to the result: the contrastive gradient is a difference of two softmax
+# expectations, so terms can cancel; allow them to be 10^3 times the result's scale.
+CANCEL = 1_000
+
+
+def _worst_error(case: str, ranks: list[dict]) -> float:
+    """The largest difference from the one-process loss and gradients, in tolerances.
+
+    In float64 the bound is 1e4 * 2.2e-16 * 1e3 = 2.2e-9 of the scale: far above any
+    machine's rounding (~1e-15), and 10^8 below what a missing rank takes away.
+    """
+    ref_loss, ref_grads = _step(case, World(), plain=True)
+    worst = 0.0
+    for got_loss, got_grads in (r[case] for r in ranks):
+        tol = reorder_bound(TERMS, CANCEL * (1 + abs(ref_loss)), torch.float64)
+        worst = max(worst, abs(got_loss - ref_loss) / tol)
+        for name, g in ref_grads.items():
+            tol = reorder_bound(TERMS, CANCEL * (1 + float(g.abs().max())), torch.float64)
+            worst = max(worst, float((got_grads[name] - g).abs().max()) / tol)
+    return worst
+
+
 def _assert_equal_to_one_process(ranks: list[dict]) -> None:
     for case in CASES:
-        ref_loss, ref_grads = _step(case, World(), plain=True)
-        for got_loss, got_grads in (r[case] for r in ranks):
-            assert got_loss == pytest.approx(ref_loss, rel=1e-6, abs=1e-6), case
-            for name, g in ref_grads.items():
-                # 1e-6 of the gradient's scale: the sums run in another order (gather,
-                # DDP's average), and the largest entries here are ~10 (a few float32 ulps).
-                tol = 1e-6 * (1 + float(g.abs().max()))
-                torch.testing.assert_close(got_grads[name], g, atol=tol, rtol=0, msg=case)
+        assert _worst_error(case, ranks) <= 1.0, case
     # The cases differ: hard negatives and the sigmoid loss change the numbers.
     assert ranks[0]["clip"][0] != pytest.approx(ranks[0]["clip-hard"][0], abs=1e-3)
 
@@ -202,13 +245,20 @@ def test_resume_in_parallel_is_bit_identical(many):
 def test_parallel_run_equals_one_process_run(many, tmp_path):
     one = train(replace(RUN, out=str(tmp_path / "one")))
     a, b = _metrics(one), _metrics(many / "whole")
+    weight_tol = 0.0
     for ra, rb in zip(a, b, strict=True):
         if "loss" in ra:
-            assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5), ra["step"]
+            # The loss is a forward pass: the same rounding bound as one step's loss.
+            tol = reorder_bound(TERMS, CANCEL * (1 + ra["loss"]), torch.float64)
+            assert rb["loss"] == pytest.approx(ra["loss"], rel=0, abs=tol), ra["step"]
             assert rb["samples"] == ra["samples"]
+            # AdamW turns a gradient difference dg into an update difference of at most
+            # lr * dg / eps (the eps of its denominator), and max|g| <= the gradient's norm.
+            dg = reorder_bound(TERMS, CANCEL * (1 + ra["grad_norm"]), torch.float64)
+            weight_tol += ra["lr"] * dg / RUN.eps
     wa, wb = _weights(one), _weights(many / "whole")
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-5, msg=k)
+        torch.testing.assert_close(wb[k], wa[k], atol=weight_tol, rtol=0, msg=k)
 
 
 def test_torchrun_cli_siglip_chunked(tmp_path):
