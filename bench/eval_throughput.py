@@ -92,9 +92,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if Path(args.model).is_dir():
-        from clipforge.train import load_model
+        from clipforge.models import load
 
-        model, name = load_model(args.model), args.model
+        model, name = load(args.model), args.model
     else:
         model, name = create_model("tiny").eval(), "random tiny"
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.eval.suite import run_suite
-from clipforge.train import TrainConfig, load_model, train
+from clipforge.models import load
+from clipforge.train import TrainConfig, train
 
 # (label, TrainConfig overrides). Objectives that need something the shapes world does
 # not carry (cwcl: a reference model; symile: a third modality) are covered elsewhere.
@@ -72,7 +73,7 @@ def main() -> int:
                 threads=a.threads, progress=False, out=str(folder), **over,
             )  # fmt: skip
             train(cfg)
-        model = load_model(folder)
+        model = load(folder)
         res = run_suite(
             model, get_tokenizer(model.cfg.text.context_length), folder / "eval",
             tasks=TASKS, progress=False,

@@ -24,9 +24,9 @@ import torch
 
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
-from clipforge.eval.shapes import _to_tensor
 from clipforge.losses import alignment_loss, uniformity_loss
-from clipforge.train import TrainConfig, load_model, train
+from clipforge.models import image_transform, load
+from clipforge.train import TrainConfig, train
 
 MICRO = {
     "embed_dim": 32,
@@ -55,9 +55,9 @@ LOSSES = [
 
 @torch.no_grad()
 def geometry(run: Path, n: int = 500) -> dict[str, float]:
-    model = load_model(run)
+    model = load(run)
     world = ShapesWorld(model.cfg.vision.image_size, split="test", seed=0)
-    tf = _to_tensor(model.cfg.mean, model.cfg.std)
+    tf = image_transform(model.cfg)
     samples = [world.sample(i) for i in range(n)]
     images = torch.stack([tf(s.image) for s in samples])
     tokens = get_tokenizer(model.cfg.text.context_length)([s.texts[0] for s in samples])

@@ -22,7 +22,7 @@ from clipforge.data.hardneg import perturb
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.models.preprocess import image_transform
-from clipforge.train.trainer import load_model
+from clipforge.models import load
 
 
 def pair_scenes(seed: int, n: int, image_size: int):
@@ -38,7 +38,7 @@ def pair_scenes(seed: int, n: int, image_size: int):
 
 @torch.no_grad()
 def probe(run: str, seed: int, n: int) -> dict[str, float]:
-    model = load_model(run)
+    model = load(run)
     size = model.cfg.vision.image_size
     tok = get_tokenizer(model.cfg.text.context_length)
     tf = image_transform(model.cfg)

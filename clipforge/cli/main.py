@@ -42,13 +42,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
     }
     cfg = resolve(TrainConfig, args.config, overrides)
-    run_dir = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
-    result = json.loads((run_dir / "eval.json").read_text())
-    print(f"run folder: {run_dir}")
-    _print_table(result)
-    print(skip_summary(result.get("skipped", {}), int(result.get("samples", 0))))
+    print(f"run folder: {result.run_dir}")
+    _print_table(result.metrics)
+    print(skip_summary(result.skipped, result.samples))
     return 0
 
 
@@ -81,7 +80,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", type=_bool, default=True, help="progress bars (default: true)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--per-class", type=int, default=25, help="images per class (default: 25)")
-    p.add_argument("--pairs", type=int, default=1000, help="retrieval pairs (default: 1000)")
+    p.add_argument("--pairs", type=int, default=1000, help="retrieval scenes (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument(
         "--out",
@@ -121,23 +120,12 @@ def _cmd_eval_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_any_model(path: Path):
-    from clipforge.train import load_model
-
-    # A run folder or a clipforge checkpoint; anything else may be a peer's weights
-    # (OpenAI, OpenCLIP, Hugging Face), which the converter reads directly.
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        return load_model(path)
-    from clipforge.models import load_checkpoint
-
-    return load_checkpoint(path)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from clipforge.data.tokenizer import get_tokenizer
-    from clipforge.eval.shapes import evaluate_shapes
+    from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics
+    from clipforge.models import load
 
     torch.set_num_threads(args.threads)
     path = Path(args.model)
@@ -147,7 +135,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from clipforge.eval.suite import resolve_tasks, run_suite
 
         tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
-        model = _load_any_model(path)
+        model = load(path)
         out_dir = (
             Path(args.out)
             if args.out
@@ -171,9 +159,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name}: skipped ({why})")
         print(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.md'}")
         return 0
-    model = _load_any_model(path)
+    model = load(path)
     tok = get_tokenizer(model.cfg.text.context_length)
-    res = evaluate_shapes(model, tok, split=args.split, per_class=args.per_class, pairs=args.pairs)
+    res = flat_metrics(
+        evaluate(
+            model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
+            scenes=args.pairs, progress=args.progress,
+        )
+    )  # fmt: skip
     out = (
         Path(args.out)
         if args.out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import ClassificationData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
@@ -44,7 +45,10 @@ def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
     correct = (pred == data.labels).float()
     ece = expected_calibration_error(confidence, correct)
     conf, acc, counts = reliability_bins(confidence, correct)
-    plot = plots.reliability(conf, acc, counts, ece, ctx.out_dir / "calibration-reliability.png")
+    drawn = ctx.plot(
+        lambda f: plots.reliability(conf, acc, counts, ece, f), "calibration-reliability.png",
+        "reliability diagram",
+    )  # fmt: skip
     nll = float(torch.nn.functional.cross_entropy(logits, data.labels))
     metrics = {
         "ece": ece,
@@ -52,12 +56,10 @@ def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
         "mean_confidence": float(confidence.mean()),
         "nll": nll,
     }
-    return TaskResult(metrics, {"reliability diagram": plot.name}, {"logit scale": ctx.logit_scale})
+    return TaskResult(metrics, drawn, {"logit scale": ctx.logit_scale})
 
 
 def _shapes(ctx: EvalContext) -> ClassificationData:
-    from clipforge.eval import shapes_data
-
     return shapes_data.classification(ctx.image_size, ctx.seed)
 
 

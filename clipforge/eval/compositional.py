@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from clipforge.data.hardneg import PERTURBATIONS, perturb, positive_caption
+from clipforge.eval import shapes_data
 from clipforge.eval.choice import choice_accuracy, choice_scores
 from clipforge.eval.datasets import ChoiceData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
@@ -20,8 +21,6 @@ from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
 def shapes_hardneg(size: int, seed: int = 0, n: int | None = None) -> ChoiceData:
     """One row per (test scene, applicable perturbation), on the retrieval scenes."""
-    from clipforge.eval import shapes_data
-
     world, images = shapes_data.scenes(size, seed, n or shapes_data.SCENES)
     rows, options, groups = [], [], []
     for i in range(len(images)):

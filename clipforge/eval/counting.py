@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from clipforge.eval import shapes_data
 from clipforge.eval.choice import choice_accuracy, choice_scores
 from clipforge.eval.datasets import ChoiceData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
@@ -26,8 +27,6 @@ def run(ctx: EvalContext, data: ChoiceData) -> TaskResult:
 
 
 def _shapes(ctx: EvalContext) -> ChoiceData:
-    from clipforge.eval import shapes_data
-
     return shapes_data.counting(ctx.image_size, ctx.seed)
 
 

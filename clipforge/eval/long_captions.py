@@ -9,6 +9,7 @@ of captions longer than the context (the tokenizer cuts them).
 from __future__ import annotations
 
 from clipforge.eval import retrieval as retrieval_task
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import RetrievalData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
@@ -23,8 +24,6 @@ def run(ctx: EvalContext, data: RetrievalData) -> TaskResult:
 
 
 def _shapes(ctx: EvalContext) -> RetrievalData:
-    from clipforge.eval import shapes_data
-
     return shapes_data.long_captions(ctx.image_size, ctx.seed)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import RetrievalData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
@@ -62,13 +63,14 @@ def run(ctx: EvalContext, data: RetrievalData) -> TaskResult:
         "paired_cosine": float((img * txt).sum(dim=1).mean()),
     }
     p_img, p_txt = pca_2d(img, txt)
-    plot = plots.modality_pca(p_img, p_txt, gap, ctx.out_dir / "modality-gap-pca.png")
-    return TaskResult(metrics, {"modality gap PCA": plot.name}, {"pairs": len(img)})
+    drawn = ctx.plot(
+        lambda f: plots.modality_pca(p_img, p_txt, gap, f), "modality-gap-pca.png",
+        "modality gap PCA",
+    )  # fmt: skip
+    return TaskResult(metrics, drawn, {"pairs": len(img)})
 
 
 def _shapes(ctx: EvalContext) -> RetrievalData:
-    from clipforge.eval import shapes_data
-
     return shapes_data.retrieval(ctx.image_size, ctx.seed)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import ClassificationData, ImageSet
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
@@ -78,8 +79,6 @@ def run(ctx: EvalContext, data: OODData) -> TaskResult:
 
 
 def _shapes(ctx: EvalContext) -> OODData:
-    from clipforge.eval import shapes_data
-
     return OODData(
         shapes_data.classification(ctx.image_size, ctx.seed),
         shapes_data.ood(ctx.image_size, ctx.seed),

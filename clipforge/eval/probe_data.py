@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from clipforge.errors import ClipforgeError
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import ClassificationData
 from clipforge.eval.tasks import EvalContext
 
@@ -63,8 +64,6 @@ def split_features(
 
 
 def shapes_splits(ctx: EvalContext) -> ProbeSplits:
-    from clipforge.eval import shapes_data
-
     s, seed = ctx.image_size, ctx.seed
     return ProbeSplits(
         shapes_data.classification(s, seed, "train"),

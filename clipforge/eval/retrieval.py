@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import RetrievalData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
 
@@ -62,9 +63,7 @@ def run(ctx: EvalContext, data: RetrievalData) -> TaskResult:
 
 
 def _shapes(ctx: EvalContext) -> RetrievalData:
-    from clipforge.eval import shapes_data
-
-    return shapes_data.retrieval(ctx.image_size, ctx.seed)
+    return shapes_data.retrieval(ctx.image_size, ctx.seed, ctx.scenes, ctx.split)
 
 
 TASKS.add(

@@ -8,6 +8,8 @@ retrieval, compositional and long-caption retrieval use the same scenes.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -24,7 +26,20 @@ from clipforge.data.shapes import (
     long_caption,
 )
 from clipforge.eval.datasets import ChoiceData, ClassificationData, ImageSet, RetrievalData
-from clipforge.eval.shapes import TEMPLATES
+
+
+def _a(text: str) -> str:
+    return re.sub(r"\ba ([aeiou])", r"an \1", text)
+
+
+# Zero-shot prompt templates: the class name is "<colour> <shape>".
+TEMPLATES: list[Callable[[str], str]] = [
+    lambda c: _a(f"a {c}"),
+    lambda c: _a(f"a photo of a {c}"),
+    lambda c: f"one {c}",
+    lambda c: _a(f"there is a {c}"),
+    lambda c: _a(f"a picture of a {c}"),
+]
 
 # Default sizes: large enough for stable numbers, small enough that ``--tasks all`` on the
 # tiny preset stays well under three minutes on two CPU cores.
@@ -49,11 +64,7 @@ def classes() -> list[tuple[str, str]]:
 def classification(
     size: int, seed: int = 0, split: str = "test", per_class: int | None = None
 ) -> ClassificationData:
-    """``per_class`` single-object images of every colour x shape class of ``split``.
-
-    Image ``ci * per_class + j`` is the same object as in :func:`clipforge.eval.shapes.
-    classification_set`, so the suite's zero-shot numbers equal ``evaluate_shapes``'s.
-    """
+    """``per_class`` single-object images of every colour x shape class of ``split``."""
     per = per_class or PER_CLASS[split]
     cls = classes()
     world = ShapesWorld(size, split=split, seed=seed)
@@ -82,14 +93,16 @@ def scenes(
     )
 
 
-def retrieval(size: int, seed: int = 0, n: int | None = None) -> RetrievalData:
-    """``n`` test scenes with all their captions (4-6 each).
+def retrieval(
+    size: int, seed: int = 0, n: int | None = None, split: str = "test"
+) -> RetrievalData:
+    """``n`` scenes of ``split`` with all their captions (4-6 each).
 
     A caption counts as right for every image that has the same caption text: the shapes
     world repeats short captions ("a red circle"), and two images both described by it are
     equally right answers.
     """
-    world, images = scenes(size, seed, n)
+    world, images = scenes(size, seed, n, split)
     n = len(images)
     captions = [captions_for(world.scene(i)) for i in range(n)]
     texts = [t for c in captions for t in c]
@@ -100,7 +113,7 @@ def retrieval(size: int, seed: int = 0, n: int | None = None) -> RetrievalData:
     for i, c in enumerate(captions):
         for t in c:
             pos[i, by_text[t]] = True
-    return RetrievalData("shapes-test", images, captions, pos)
+    return RetrievalData(f"shapes-{split}", images, captions, pos)
 
 
 def long_captions(size: int, seed: int = 0, n: int | None = None) -> RetrievalData:

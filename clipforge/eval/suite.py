@@ -34,6 +34,91 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+DEFAULT_TASKS = ("zeroshot", "retrieval")
+"""What a training run and a plain ``clipforge eval`` measure."""
+
+
+def evaluate(
+    model: CLIP,
+    tokenizer: Tokenizer,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    data: Sequence[str] = (),
+    *,
+    out_dir: str | Path | None = None,
+    embedder: Embedder | None = None,
+    cache_dir: str | Path | None = None,
+    split: str = "test",
+    per_class: int | None = None,
+    scenes: int | None = None,
+    image_root: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``tasks`` in memory and return the results dict.
+
+    Without ``data`` every task runs on its shapes-world set of ``split`` (``per_class``
+    and ``scenes`` size the classification and scene sets). With ``data`` (paths, see
+    :func:`~clipforge.eval.datasets.open_eval_data`) a task runs on the first data set
+    whose kind it accepts and is skipped, with the reason recorded, when there is none.
+    Plots are drawn only into an ``out_dir``. The model's train/eval mode is restored.
+    """
+    names = resolve_tasks(tasks)
+    registry = load_tasks()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    user = [open_eval_data(p, split=split, image_root=image_root) for p in data]
+    was_training = model.training
+    embedder = embedder or Embedder(model, tokenizer, cache_dir, progress=progress)
+    ctx = EvalContext(model.eval(), tokenizer, embedder, out, seed, split, per_class, scenes)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "model": "",
+        "model_fingerprint": embedder.fingerprint,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tasks": {},
+        "skipped": {},
+    }
+    start = time.perf_counter()
+    try:
+        for name in names:
+            task = registry.get(name)
+            if user:
+                match = [(k, d) for k, d in user if k in task.accepts]
+                if not match:
+                    results["skipped"][name] = f"needs {' or '.join(task.accepts)} data"
+                    continue
+                ds = match[0][1]
+                ds_name = ds.name
+            else:
+                ds = task.shapes(ctx)
+                ds_name = "shapes world"
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                res = task.run(ctx, ds)
+            results["tasks"][name] = {
+                "description": task.description,
+                "dataset": ds_name,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "metrics": res.metrics,
+                "plots": res.plots,
+                "details": res.details,
+            }
+            if progress:
+                head = ", ".join(f"{k} {v:.4f}" for k, v in list(res.metrics.items())[:3])
+                print(f"{name}: {head}", flush=True)
+    finally:
+        model.train(was_training)
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    results["embedded_images"] = embedder.embedded_images
+    return results
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``{"task/metric": value}`` of a results dict, in task order."""
+    return {f"{t}/{k}": v for t, r in results["tasks"].items() for k, v in r["metrics"].items()}
+
+
 def run_suite(
     model: CLIP,
     tokenizer: Tokenizer,
@@ -47,56 +132,13 @@ def run_suite(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``tasks`` and write ``OUT/results.json`` and ``OUT/report.md``.
-
-    Without ``data`` every task runs on its shapes-world set. With ``data`` (paths, see
-    :func:`~clipforge.eval.datasets.open_eval_data`) a task runs on the first data set
-    whose kind it accepts and is skipped, with the reason recorded, when there is none.
-    """
-    names = resolve_tasks(tasks)
-    registry = load_tasks()
+    """:func:`evaluate`, then write ``OUT/results.json``, ``OUT/report.md`` and the plots."""
+    results = evaluate(
+        model, tokenizer, tasks, data, out_dir=out_dir, cache_dir=cache_dir, split=split,
+        image_root=image_root, seed=seed, progress=progress,
+    )  # fmt: skip
+    results["model"] = model_name
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    user = [open_eval_data(p, split=split, image_root=image_root) for p in data]
-    embedder = Embedder(model, tokenizer, cache_dir, progress=progress)
-    ctx = EvalContext(model.eval(), tokenizer, embedder, out, seed)
-    results: dict[str, Any] = {
-        "schema": SCHEMA,
-        "model": model_name,
-        "model_fingerprint": embedder.fingerprint,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tasks": {},
-        "skipped": {},
-    }
-    start = time.perf_counter()
-    for name in names:
-        task = registry.get(name)
-        if user:
-            match = [(k, d) for k, d in user if k in task.accepts]
-            if not match:
-                results["skipped"][name] = f"needs {' or '.join(task.accepts)} data"
-                continue
-            ds = match[0][1]
-            ds_name = ds.name
-        else:
-            ds = task.shapes(ctx)
-            ds_name = "shapes world"
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            res = task.run(ctx, ds)
-        results["tasks"][name] = {
-            "description": task.description,
-            "dataset": ds_name,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "metrics": res.metrics,
-            "plots": res.plots,
-            "details": res.details,
-        }
-        if progress:
-            head = ", ".join(f"{k} {v:.4f}" for k, v in list(res.metrics.items())[:3])
-            print(f"{name}: {head}", flush=True)
-    results["seconds"] = round(time.perf_counter() - start, 2)
-    results["embedded_images"] = embedder.embedded_images
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(markdown(results))
     return results

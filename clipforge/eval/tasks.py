@@ -38,13 +38,21 @@ TASK_MODULES: tuple[str, ...] = (
 
 @dataclass
 class EvalContext:
-    """Everything a task needs besides its data: the model, cached embeddings, a folder."""
+    """Everything a task needs besides its data: the model, cached embeddings, a folder.
+
+    ``out_dir`` is None when the results stay in memory (evaluations during training):
+    tasks then draw no plots. ``split``, ``per_class`` and ``scenes`` choose the
+    shapes-world sets (None: each set's default size).
+    """
 
     model: CLIP
     tokenizer: Tokenizer
     embedder: Embedder
-    out_dir: Path
+    out_dir: Path | None
     seed: int = 0
+    split: str = "test"
+    per_class: int | None = None
+    scenes: int | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -55,6 +63,12 @@ class EvalContext:
     @property
     def image_size(self) -> int:
         return int(self.model.cfg.vision.image_size)
+
+    def plot(self, draw: Callable[[Path], Path], name: str, label: str) -> dict[str, str]:
+        """``{label: file}`` after ``draw(OUT/name)``, or nothing when there is no folder."""
+        if self.out_dir is None:
+            return {}
+        return {label: draw(self.out_dir / name).name}
 
 
 @dataclass

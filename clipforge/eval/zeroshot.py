@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
-import torch.nn.functional as F
 
-from clipforge.data.tokenizer import Tokenizer
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import ClassificationData
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
-from clipforge.models import CLIP
-
-
-@torch.no_grad()
-def classifier_weights(
-    model: CLIP,
-    tokenizer: Tokenizer,
-    classnames: Sequence[str],
-    templates: Sequence[str | Callable[[str], str]],
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """``[C, D]`` class embeddings: mean of the normalised template embeddings, renormalised.
-
-    A template is a format string with ``{}`` for the class name, or a function of it.
-    """
-    device = next(model.parameters()).device
-    weights = []
-    for name in classnames:
-        texts = [t(name) if callable(t) else t.format(name) for t in templates]
-        emb = []
-        for i in range(0, len(texts), batch_size):
-            tok = tokenizer(texts[i : i + batch_size]).to(device)
-            emb.append(model.encode_text(tok, normalize=True).float())
-        weights.append(F.normalize(torch.cat(emb).mean(dim=0), dim=-1))
-    return torch.stack(weights)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -78,9 +50,7 @@ def zero_shot(
 
 
 def _shapes(ctx: EvalContext) -> ClassificationData:
-    from clipforge.eval import shapes_data
-
-    return shapes_data.classification(ctx.image_size, ctx.seed)
+    return shapes_data.classification(ctx.image_size, ctx.seed, ctx.split, ctx.per_class)
 
 
 def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
@@ -92,7 +62,10 @@ def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
     logits = feats @ weights.T
     metrics = classification_metrics(logits, data.labels)
     cm = confusion_matrix(logits.argmax(dim=1), data.labels, len(data.classnames))
-    plot = plots.confusion(cm, data.classnames, ctx.out_dir / "zeroshot-confusion.png")
+    drawn = ctx.plot(
+        lambda f: plots.confusion(cm, data.classnames, f), "zeroshot-confusion.png",
+        "confusion matrix",
+    )  # fmt: skip
     recall = cm.diag().float() / cm.sum(dim=1).clamp(min=1)
     worst = recall.argsort()[:5].tolist()
     details = {
@@ -101,7 +74,7 @@ def run(ctx: EvalContext, data: ClassificationData) -> TaskResult:
         "images": len(data.labels),
         "worst_classes": {data.classnames[i]: round(float(recall[i]), 4) for i in worst},
     }
-    return TaskResult(metrics, {"confusion matrix": plot.name}, details)
+    return TaskResult(metrics, drawn, details)
 
 
 TASKS.add(

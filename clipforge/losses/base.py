@@ -86,11 +86,13 @@ class Objective(nn.Module):
     ``computes_shares``: the objective honours ``Features.rows``, returning the sum of the
     terms of those image rows (and of their captions) divided by the normalisers of the
     whole batch, so that the shares of all processes add up to the plain loss. Only such
-    objectives can run with ``--local-loss``.
+    objectives can run with ``--local-loss``. ``ring_chunkable``: the objective is the
+    plain sigmoid loss, which ``--siglip-chunked`` computes by passing texts round a ring.
     """
 
     batch_keys: tuple[str, ...] = ()
     computes_shares: bool = False
+    ring_chunkable: bool = False
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}

@@ -9,7 +9,8 @@ import torch
 
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
-from clipforge.losses.towers import embed, load_frozen
+from clipforge.losses.towers import embed, freeze
+from clipforge.models import load
 
 
 def soft_targets(reference: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class CWCLObjective(Objective):
                 "loss 'cwcl' needs --reference RUN_DIR_OR_CHECKPOINT (the frozen tower whose "
                 "within-modality similarities become the soft targets)"
             )
-        self.reference = load_frozen(reference, "cwcl reference")
+        self.reference = freeze(load(reference, what="cwcl reference"))
 
     def train(self, mode: bool = True) -> CWCLObjective:
         super().train(mode)

@@ -18,7 +18,8 @@ from torch import nn
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, weighted_mean
 from clipforge.losses.clip import clip_loss
-from clipforge.losses.towers import embed, freeze, load_frozen
+from clipforge.losses.towers import embed, freeze
+from clipforge.models import load
 
 # Stored embeddings carry no temperature; 0.01 is what CLIP models learn (scale 100).
 STORED_TEACHER_TEMPERATURE = 0.01
@@ -119,7 +120,7 @@ class DistillObjective(Objective):
         self.hard_weight = hard_weight
         self.teacher: nn.Module | None = None
         if self.mode == "frozen":
-            self.teacher = load_frozen(teacher, "distillation teacher")
+            self.teacher = freeze(load(teacher, what="distillation teacher"))
         elif self.mode == "data":
             self.batch_keys = ("teacher_image", "teacher_text")
         self._last: dict[str, float] = {}

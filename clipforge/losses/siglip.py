@@ -63,6 +63,7 @@ class SiglipObjective(Objective):
     """:func:`siglip_loss` as an objective."""
 
     computes_shares = True
+    ring_chunkable = True
 
     def forward(self, f: Features) -> torch.Tensor:
         return siglip_loss(f.image, f.text, f.scale, f.bias, f.weights, f.owner, f.rows)

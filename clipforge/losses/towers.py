@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,22 +9,9 @@ from torch import nn
 from clipforge.errors import ClipforgeError
 
 
-def load_frozen(path: str | Path, what: str) -> nn.Module:
-    """A frozen, eval-mode :class:`CLIP` from a run folder or any checkpoint clipforge reads.
-
-    A run folder contributes its ``checkpoints/final.pt`` (else ``last.pt``); any other
-    path goes to :func:`clipforge.models.load_checkpoint` (clipforge, OpenAI, OpenCLIP and
-    Hugging Face weights).
-    """
-    from clipforge.models import load_checkpoint
-    from clipforge.train.checkpoint import run_checkpoint
-
-    p = run_checkpoint(path, what)
-    model = load_checkpoint(p)
-    return freeze(model)
-
-
 def freeze(model: nn.Module) -> nn.Module:
+    """``model`` with no trainable parameters, in eval mode (a reference or teacher tower,
+    loaded with :func:`clipforge.models.load`)."""
     model.requires_grad_(False)
     return model.eval()
 

@@ -13,7 +13,8 @@ from clipforge.models.config import (
     VisionConfig,
     get_model_config,
 )
-from clipforge.models.convert import load_checkpoint, save_checkpoint
+from clipforge.models.convert import save_checkpoint
+from clipforge.models.loading import load
 from clipforge.models.preprocess import image_transform
 
 
@@ -41,6 +42,6 @@ __all__ = [
     "get_model_config",
     "image_transform",
     "list_models",
-    "load_checkpoint",
+    "load",
     "save_checkpoint",
 ]

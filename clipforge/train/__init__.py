@@ -1,6 +1,6 @@
-"""The training application: config, optimizer, checkpoints, loop."""
+"""The training application: config, builders, run folder, step, loop."""
 
 from clipforge.train.config import TrainConfig
-from clipforge.train.trainer import load_model, train
+from clipforge.train.trainer import TrainResult, train
 
-__all__ = ["TrainConfig", "load_model", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]

@@ -1,64 +1,46 @@
-"""Checkpoints: written atomically, loaded without unpickling arbitrary objects."""
+"""Training state beside the model in ``last.pt``: optimizer, RNG states, stream positions.
+
+The file format itself (atomic writes, safe loading, run folders, the model part) is
+:mod:`clipforge.checkpoint`.
+"""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from clipforge.errors import ClipforgeError
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A kill at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from clipforge.checkpoint import model_payload
 
 
-def run_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
-    """The checkpoint a path names: a run folder's ``final.pt`` (else ``last.pt``), or the path.
-
-    Errors name ``what`` the path was given for (``--teacher``, ``--init``, ...).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ClipforgeError(f"{what} not found: {p}")
-    if not p.is_dir():
-        return p
-    for name in ("final.pt", "last.pt"):
-        if (p / "checkpoints" / name).is_file():
-            return p / "checkpoints" / name
-    if (p / "checkpoints").is_dir() or (p / "config.yaml").is_file():
-        raise ClipforgeError(f"{what}: no checkpoint in {p} (expected checkpoints/final.pt)")
-    return p  # a folder of peer weights (OpenCLIP, Hugging Face)
-
-
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a clipforge checkpoint with ``weights_only=True`` (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClipforgeError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors carry no file name; add it
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClipforgeError(f"cannot load checkpoint {path}: {first}") from None
+def training_state(
+    model: nn.Module,
+    model_config: Any,
+    optimizer: torch.optim.Optimizer,
+    objective: nn.Module,
+    step: int,
+    positions: list[int],
+    skipped: dict[str, int],
+) -> dict[str, Any]:
+    """What ``last.pt`` holds: the model, and everything a resumed run needs to continue
+    bit for bit (``position`` is the sum of the ranks' stream ``positions``)."""
+    return {
+        **model_payload(model.state_dict(), model_config),
+        "optimizer": optimizer.state_dict(),
+        "objective": objective.state_dict(),
+        "step": step,
+        "position": sum(positions),
+        "positions": list(positions),
+        "skipped": dict(skipped),
+        "rng": rng_state(),
+    }
 
 
 def rng_state() -> dict[str, Any]:
-    # Stored as plain tensors/lists so weights_only loading accepts them.
+    """Every RNG a training step draws from, as plain tensors and lists."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),

@@ -60,6 +60,7 @@ class TrainConfig:
     workers: int = 0
     log_every: int = 10
     eval_every: int = 175
+    evals: str = "zeroshot,retrieval"
     ckpt_every: int = 100
     eval_per_class: int = 25
     eval_pairs: int = 1000
@@ -124,6 +125,8 @@ HELP: dict[str, str] = {
     "workers": "data-loading worker processes (0 = in the training process)",
     "log_every": "steps between metric lines",
     "eval_every": "steps between held-out evaluations (0 = only at the end)",
+    "evals": "eval tasks run on the shapes world during and after training, comma-separated "
+    "(see `clipforge eval --tasks all`; none = no evaluation)",
     "ckpt_every": "steps between checkpoints",
     "eval_per_class": "images per class in the zero-shot evaluation",
     "eval_pairs": "image-text pairs in the retrieval evaluation",

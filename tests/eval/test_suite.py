@@ -129,16 +129,17 @@ def test_compare_rejects_other_json(tmp_path, capsys):
     assert "not a clipforge eval result" in capsys.readouterr().err
 
 
-def test_suite_zeroshot_equals_trainer_eval(tmp_path, micro_args, small_sets):
-    """The suite's shapes zero-shot set is the one the trainer's eval.json uses."""
+def test_trainer_eval_is_the_suite_in_memory(tmp_path, micro_args, small_sets):
+    """The trainer's evaluation is the suite's default tasks, with no files written."""
     from clipforge.data.tokenizer import get_tokenizer
-    from clipforge.eval.shapes import evaluate_shapes
-    from clipforge.eval.suite import run_suite
+    from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics, run_suite
     from clipforge.models import create_model
 
-    model = create_model("tiny", micro_args).eval()
+    model = create_model("tiny", micro_args).train()
     tok = get_tokenizer(24)
-    res = run_suite(model, tok, tmp_path, "zeroshot", progress=False)["tasks"]["zeroshot"]
-    ref = evaluate_shapes(model, tok, per_class=3, pairs=10)
-    for k in ("top1", "top5", "mean_per_class_recall"):
-        assert res["metrics"][k] == pytest.approx(ref[f"zeroshot/{k}"], abs=1e-6)
+    res = run_suite(model, tok, tmp_path / "suite", ",".join(DEFAULT_TASKS), progress=False)
+    memory = evaluate(model, tok)
+    assert model.training  # evaluate puts the model back in training mode
+    assert flat_metrics(memory) == flat_metrics(res)
+    assert set(memory["tasks"]) == {"zeroshot", "retrieval"}
+    assert memory["tasks"]["zeroshot"]["plots"] == {}  # no folder, no plots

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from clipforge.data.tokenizer import get_tokenizer
-from clipforge.eval.zeroshot import classification_metrics, classifier_weights, zero_shot
+from clipforge.eval.embed import Embedder
+from clipforge.eval.zeroshot import classification_metrics, zero_shot
 from clipforge.models import create_model
 
 
@@ -43,7 +44,7 @@ def test_template_ensemble_is_normalised_mean(micro_args):
     model = create_model("tiny", micro_args).eval()
     tok = get_tokenizer(24)
     templates = ["a {}", lambda c: f"a photo of a {c}"]
-    w = classifier_weights(model, tok, ["red circle", "blue square"], templates)
+    w = Embedder(model, tok, progress=False).classifier(["red circle", "blue square"], templates)
     assert w.shape == (2, 32)
     e = model.encode_text(tok(["a red circle", "a photo of a red circle"]), normalize=True)
     expected = torch.nn.functional.normalize(e.mean(0), dim=-1)

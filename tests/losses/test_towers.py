@@ -5,11 +5,12 @@ import torch
 
 from clipforge.errors import ClipforgeError
 from clipforge.losses.distill import feature_cosine_loss
-from clipforge.losses.towers import embed, load_frozen
+from clipforge.losses.towers import embed, freeze
+from clipforge.models import load
 
 
 def test_embed_resizes_images_and_pads_or_refuses_tokens(micro_checkpoint):
-    tower = load_frozen(micro_checkpoint, "test tower")  # 16 px, 24-token context
+    tower = freeze(load(micro_checkpoint, what="test tower"))  # 16 px, 24-token context
     tokens = torch.zeros(2, 30, dtype=torch.long)
     tokens[:, 0], tokens[:, 1] = 7, 49407
     img, txt = embed(tower, torch.randn(2, 3, 32, 32), tokens)  # bigger images, longer rows

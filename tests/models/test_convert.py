@@ -16,12 +16,8 @@ import pytest
 import torch
 
 from clipforge.errors import ClipforgeError
-from clipforge.models import CLIP, ModelConfig, TextConfig, VisionConfig
-from clipforge.models.convert import (
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from clipforge.models import CLIP, ModelConfig, TextConfig, VisionConfig, load
+from clipforge.models.convert import read_checkpoint, save_checkpoint
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
@@ -214,7 +210,7 @@ def test_openclip_state_dict_parity(tmp_path: Path, container: str) -> None:
         1,
     )
     x, t = inputs()
-    assert_parity(ours(load_checkpoint(path), x, t), openclip_outputs(peer, x, t))
+    assert_parity(ours(load(path), x, t), openclip_outputs(peer, x, t))
 
 
 def test_openclip_folder_with_config_parity(tmp_path: Path) -> None:
@@ -235,7 +231,7 @@ def test_openclip_folder_with_config_parity(tmp_path: Path) -> None:
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess})
     )
-    model = load_checkpoint(folder)
+    model = load(folder)
     cfg = model.cfg
     assert (cfg.act, cfg.vision.heads, cfg.text.heads) == ("gelu", 2, 2)
     assert (cfg.mean, cfg.std, cfg.resize_mode) == ((0.5,) * 3, (0.25,) * 3, "squash")
@@ -271,7 +267,7 @@ def test_openclip_custom_text_variants_parity(tmp_path: Path) -> None:
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": {**model_cfg, "custom_text": True}})
     )
-    model = load_checkpoint(folder)
+    model = load(folder)
     cfg = model.cfg
     assert (cfg.act, cfg.text.causal, cfg.text.pool, cfg.text.proj_bias) == (
         "gelu_tanh",
@@ -310,7 +306,7 @@ def test_openai_torchscript_parity(tmp_path: Path) -> None:
     ckpt = read_checkpoint(path)
     assert ckpt.format == "openai" and ckpt.config.act == "quick_gelu"
     assert all(v.dtype == torch.float32 for v in ckpt.state_dict.values())
-    model = load_checkpoint(path)
+    model = load(path)
     x, t = inputs()
     assert_parity(ours(model, x, t), openclip_outputs(peer, x, t))
     # OpenCLIP's OpenAI loader (which runs the archive through torch.jit) agrees.
@@ -326,7 +322,7 @@ def test_openai_state_dict_parity(tmp_path: Path) -> None:
     torch.save(peer.state_dict(), path)
     peer.float()
     x, t = inputs()
-    assert_parity(ours(load_checkpoint(path), x, t), openclip_outputs(peer, x, t))
+    assert_parity(ours(load(path), x, t), openclip_outputs(peer, x, t))
 
 
 # --- Hugging Face -> clipforge -------------------------------------------------------------
@@ -344,7 +340,7 @@ def test_hf_clip_parity(tmp_path: Path, weights: str) -> None:
     assert (ckpt.config.vision.heads, ckpt.config.text.heads) == (2, 2)
     assert int(ckpt.config.vision.width * ckpt.config.vision.mlp_ratio) == 3 * WIDTH
     x, t = inputs()
-    assert_parity(ours(load_checkpoint(tmp_path), x, t), hf_outputs(peer, x, t))
+    assert_parity(ours(load(tmp_path), x, t), hf_outputs(peer, x, t))
 
 
 def test_hf_clip_legacy_eos_parity(tmp_path: Path) -> None:
@@ -352,7 +348,7 @@ def test_hf_clip_legacy_eos_parity(tmp_path: Path) -> None:
     peer = hf_clip_model(eos_token_id=2)
     peer.save_pretrained(tmp_path)
     x, t = inputs()
-    assert_parity(ours(load_checkpoint(tmp_path), x, t), hf_outputs(peer, x, t))
+    assert_parity(ours(load(tmp_path), x, t), hf_outputs(peer, x, t))
 
 
 def test_hf_siglip_parity(tmp_path: Path) -> None:
@@ -370,7 +366,7 @@ def test_hf_siglip_parity(tmp_path: Path) -> None:
     assert (cfg.act, cfg.vision.norm_eps, cfg.logit_scale_max) == ("gelu_tanh", 1e-6, None)
     x, t = inputs()
     t[:, -1] = torch.arange(1, 5)  # SigLIP pools the last position, whatever it holds
-    assert_parity(ours(load_checkpoint(tmp_path), x, t), hf_outputs(peer, x, t))
+    assert_parity(ours(load(tmp_path), x, t), hf_outputs(peer, x, t))
 
 
 def test_siglip_text_sees_padding_and_ignores_nothing() -> None:
@@ -400,7 +396,7 @@ def test_export_openclip_folder_round_trip(tmp_path: Path, name: str) -> None:
     peer = open_clip.create_model(f"local-dir:{tmp_path / 'oc'}").eval()
     x, t = inputs()
     assert_parity(ours(model, x, t), openclip_outputs(peer, x, t))
-    back = load_checkpoint(tmp_path / "oc")
+    back = load(tmp_path / "oc")
     assert back.cfg == model.cfg
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
@@ -427,18 +423,18 @@ def test_export_hf_round_trip(tmp_path: Path, name: str) -> None:
     peer = cls.from_pretrained(tmp_path / "hf").eval()
     x, t = inputs()
     assert_parity(ours(model, x, t), hf_outputs(peer, x, t))
-    back = load_checkpoint(tmp_path / "hf")
+    back = load(tmp_path / "hf")
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     assert (back.cfg.mean, back.cfg.resize_mode) == (model.cfg.mean, model.cfg.resize_mode)
 
 
 def test_export_clipforge_is_read_by_the_trainer(tmp_path: Path) -> None:
-    from clipforge.train import load_model
+    from clipforge.models import load
 
     model = perturb(CLIP(siglip_config(), init_logit_bias=-10.0))
     save_checkpoint(model, tmp_path / "m.pt", "clipforge")
-    back = load_model(tmp_path / "m.pt")
+    back = load(tmp_path / "m.pt")
     assert back.cfg == model.cfg
     x, t = inputs()
     assert_parity(ours(back, x, t), ours(model, x, t))

@@ -11,7 +11,7 @@ import torch
 from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError
 from clipforge.models import CLIP
-from clipforge.models.convert import load_checkpoint
+from clipforge.models import load
 from tests.models.test_convert import (
     assert_parity,
     clip_config,
@@ -42,21 +42,21 @@ def test_convert_all_directions(tmp_path: Path, capsys: pytest.CaptureFixture) -
         (tmp_path / "hf_dir", tmp_path / "back.pt", "clipforge", "hf-clip"),
         (tmp_path / "hf_dir", tmp_path / "oc.safetensors", "openclip", "hf-clip"),
     ]
-    first = load_checkpoint(src)
+    first = load(src)
     for a, b, to, fmt in steps:
         assert main(["convert", str(a), str(b), "--to", to]) == 0
         out = capsys.readouterr().out
         assert f"({fmt}):" in out and f"wrote {b}" in out
-        _same_weights(first, load_checkpoint(b))
+        _same_weights(first, load(b))
 
 
 def test_convert_siglip_to_clipforge_and_back(tmp_path: Path) -> None:
     hf_siglip_model().save_pretrained(tmp_path / "hf")
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "s.pt"), "--to", "clipforge"]) == 0
     assert main(["convert", str(tmp_path / "s.pt"), str(tmp_path / "hf2"), "--to", "hf"]) == 0
-    _same_weights(load_checkpoint(tmp_path / "hf"), load_checkpoint(tmp_path / "hf2"))
-    cfg = load_checkpoint(tmp_path / "s.pt").cfg
-    assert cfg == load_checkpoint(tmp_path / "hf2").cfg
+    _same_weights(load(tmp_path / "hf"), load(tmp_path / "hf2"))
+    cfg = load(tmp_path / "s.pt").cfg
+    assert cfg == load(tmp_path / "hf2").cfg
     assert (cfg.vision.pool, cfg.text.causal, cfg.act) == ("map", False, "gelu_tanh")
 
 
@@ -66,7 +66,7 @@ def test_convert_model_args_override(tmp_path: Path) -> None:
     torch.save(peer.state_dict(), tmp_path / "gelu.pt")
     args = ["convert", str(tmp_path / "gelu.pt"), str(tmp_path / "cf.pt"), "--to", "clipforge"]
     assert main([*args, "--model-args", "act=gelu"]) == 0
-    model = load_checkpoint(tmp_path / "cf.pt")
+    model = load(tmp_path / "cf.pt")
     assert model.cfg.act == "gelu"
     x, t = inputs()
     assert_parity(ours(model, x, t), openclip_outputs(peer, x, t))
@@ -102,7 +102,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path: Path) -> None:
     path = tmp_path / "broken.pt"
     torch.save(sd, path)
     with pytest.raises(ClipforgeError) as e:
-        load_checkpoint(path)
+        load(path)
     assert str(e.value) == (
         f"{path}: openclip checkpoint does not fit the architecture (image 32px/8 width 64 x2, "
         "text width 64 x2, embed 32): missing tensors: visual.ln_post.weight, "
@@ -114,12 +114,12 @@ def test_wrong_arch_is_a_shape_error(tmp_path: Path) -> None:
     path = tmp_path / "oc.pt"
     torch.save(openclip_model().state_dict(), path)
     with pytest.raises(ClipforgeError, match=r"tensor shapes do not fit .*visual.conv1.weight"):
-        load_checkpoint(path, arch=clip_config().with_overrides({"vision.width": 128}))
+        load(path, arch=clip_config().with_overrides({"vision.width": 128}))
 
 
 def test_bare_clipforge_state_dict_needs_arch(tmp_path: Path) -> None:
     model = perturb(CLIP(clip_config()))
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     with pytest.raises(ClipforgeError, match="without model_config; pass arch"):
-        load_checkpoint(tmp_path / "sd.pt")
-    _same_weights(model, load_checkpoint(tmp_path / "sd.pt", arch=clip_config()))
+        load(tmp_path / "sd.pt")
+    _same_weights(model, load(tmp_path / "sd.pt", arch=clip_config()))

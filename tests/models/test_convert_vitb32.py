@@ -9,7 +9,8 @@ import torch
 
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.models import get_model_config
-from clipforge.models.convert import load_checkpoint, read_checkpoint, save_checkpoint
+from clipforge.models import load
+from clipforge.models.convert import read_checkpoint, save_checkpoint
 from tests.models.test_convert import assert_parity, hf_outputs, openclip_outputs, ours, perturb
 
 open_clip = pytest.importorskip("open_clip")
@@ -28,7 +29,7 @@ def test_vit_b32_openai_layout_and_hf_export(tmp_path: Path) -> None:
     ckpt = read_checkpoint(path)
     # Everything about the architecture is recovered from the tensors alone.
     assert ckpt.config == get_model_config("ViT-B-32")
-    model = load_checkpoint(path)
+    model = load(path)
 
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     tokens = get_tokenizer(77)(["a photo of a cat", "a diagram of a transformer on a laptop"])

@@ -99,11 +99,11 @@ def test_rgba_and_grey_images_become_rgb() -> None:
 
 def test_loaded_checkpoints_preprocess_as_their_source(tmp_path: Path) -> None:
     # A SigLIP folder says "squash, mean 0.5": the loaded model carries that recipe.
-    from clipforge.models.convert import load_checkpoint
+    from clipforge.models import load
     from tests.models.test_convert import hf_siglip_model
 
     hf_siglip_model().save_pretrained(tmp_path)
-    cfg = load_checkpoint(tmp_path).cfg
+    cfg = load(tmp_path).cfg
     assert (cfg.resize_mode, cfg.mean, cfg.std) == ("squash", (0.5,) * 3, (0.5,) * 3)
     ramp = np.arange(0, 256, 4, dtype=np.uint8)  # dark on the left, bright on the right
     wide = Image.fromarray(np.tile(ramp[None, :, None], (16, 1, 3)))  # 64 x 16

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clipforge.errors import ClipforgeError
-from clipforge.models.convert import load_checkpoint
+from clipforge.models import load
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -48,7 +48,7 @@ def test_pickled_state_dict_with_payload_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save(sd, path)
     with pytest.raises(ClipforgeError) as e:
-        load_checkpoint(path)
+        load(path)
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(f"refusing to load {path}: its pickle imports ")
@@ -61,7 +61,7 @@ def test_hf_folder_with_payload_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "clip"}')
     torch.save({"logit_scale": Payload(marker)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ClipforgeError, match=r"refusing to load .*pytorch_model\.bin"):
-        load_checkpoint(tmp_path)
+        load(tmp_path)
     assert not marker.exists()
 
 
@@ -92,7 +92,7 @@ def test_torchscript_with_payload_is_refused(tmp_path: Path, torchscript_archive
     evil = tmp_path / "evil.pt"
     _rewrite_zip(torchscript_archive, evil, {data_pkl: pickle.dumps(Payload(marker), protocol=2)})
     with pytest.raises(ClipforgeError) as e:
-        load_checkpoint(evil)
+        load(evil)
     msg = str(e.value)
     assert msg.startswith(f"refusing to load {evil}: its pickle imports ")
     assert "system" in msg and "\n" not in msg
@@ -107,7 +107,7 @@ def test_torchscript_code_is_not_needed(tmp_path: Path, torchscript_archive: Pat
     assert code
     stripped = tmp_path / "no_code.pt"
     _rewrite_zip(torchscript_archive, stripped, code)
-    a = load_checkpoint(torchscript_archive).state_dict()
-    b = load_checkpoint(stripped).state_dict()
+    a = load(torchscript_archive).state_dict()
+    b = load(stripped).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

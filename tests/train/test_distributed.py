@@ -24,7 +24,7 @@ from clipforge.models import CLIP, get_model_config
 from clipforge.train import TrainConfig, distributed, train
 from clipforge.train import trainer as trainer_module
 from clipforge.train.distributed import World
-from clipforge.train.trainer import batch_loss
+from clipforge.train.step import batch_loss
 from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI, TEST_THREADS
 from tests.tolerance import reorder_bound
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import clipforge.train.checkpoint as ckpt
+import clipforge.checkpoint as ckpt
 from clipforge.cli.main import main
 from clipforge.data.files import ShardDataset
 from clipforge.data.pipeline import ShardStream

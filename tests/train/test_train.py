@@ -7,7 +7,8 @@ from PIL import Image
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.writers import write_manifest, write_shards
 from clipforge.errors import ClipforgeError
-from clipforge.train import TrainConfig, load_model, train
+from clipforge.models import load
+from clipforge.train import TrainConfig, train
 
 
 def _cfg(tmp_path, micro_args, **kw) -> TrainConfig:
@@ -31,7 +32,7 @@ def test_run_folder_contents(tmp_path, micro_args):
     assert any(r.get("split") == "val" for r in rows)
     final = json.loads((run / "eval.json").read_text())
     assert 0 <= final["zeroshot/top1"] <= 1 and "retrieval/i2t_R@1" in final
-    model = load_model(run)
+    model = load(run)
     assert model.cfg.vision.image_size == 16
 
 
@@ -39,7 +40,7 @@ def test_siglip_bf16_and_accumulation(tmp_path, micro_args):
     run = train(_cfg(tmp_path, micro_args, loss="siglip", precision="bf16", accum_steps=2))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "logit_bias" in rows[0]
-    assert load_model(run).logit_bias is not None
+    assert load(run).logit_bias is not None
 
 
 def test_loss_decreases_on_shapes(tmp_path, micro_args):
@@ -146,7 +147,7 @@ def test_init_from_a_run_and_shapes_args(tmp_path, micro_args):
         )
     )  # fmt: skip
     # Parameters only: a training step moves the stem's BatchNorm running statistics.
-    a, b = dict(load_model(src).named_parameters()), dict(load_model(run).named_parameters())
+    a, b = dict(load(src).named_parameters()), dict(load(run).named_parameters())
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(ClipforgeError, match="unknown shapes-args"):
         train(_cfg(tmp_path / "c", micro_args, shapes_args={"colours": 3}))
@@ -155,7 +156,7 @@ def test_init_from_a_run_and_shapes_args(tmp_path, micro_args):
 
 
 def test_shapes_args_change_the_scene_mix():
-    from clipforge.train.trainer import build_source
+    from clipforge.train.builders import build_source
 
     cfg = TrainConfig(shapes_args={"count_weights": [0.0, 1.0], "group_prob": 0.0})
     src = build_source(cfg, 16)

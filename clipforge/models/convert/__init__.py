@@ -21,7 +21,6 @@ No code from a checkpoint is run (see :mod:`clipforge.models.convert.files`).
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from clipforge.checkpoint import atomic_save, model_payload
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig, get_model_config
@@ -38,7 +38,7 @@ from clipforge.models.convert import tables as _tables
 from clipforge.models.convert.files import RawCheckpoint, read_raw, write_json, write_state_dict
 
 FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip")
-"""Formats :func:`load_checkpoint` reads."""
+"""Formats :func:`read_checkpoint` reads."""
 
 TARGETS = ("clipforge", "openclip", "hf")
 """Formats :func:`save_checkpoint` writes (``hf`` picks CLIPModel or SiglipModel)."""
@@ -204,7 +204,12 @@ def read_checkpoint(
     arch: str | ModelConfig | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    """Read any supported checkpoint into clipforge names (see :func:`load_checkpoint`)."""
+    """Read any supported checkpoint file or weights folder into clipforge names.
+
+    ``arch`` (a preset name or a :class:`ModelConfig`) replaces the architecture inferred
+    from the file; ``overrides`` (dotted keys) adjust either. Models come from
+    :func:`clipforge.models.load`, which also resolves run folders.
+    """
     raw = read_raw(path)
     fmt = detect_format(raw)
     cfg = _resolve_arch(arch) or infer_config(raw, fmt)
@@ -212,22 +217,6 @@ def read_checkpoint(
         cfg = cfg.with_overrides(overrides)
     cfg.validate()
     return Checkpoint(Path(path), fmt, cfg, import_tensors(raw.tensors, fmt, cfg, raw.path))
-
-
-def load_checkpoint(
-    path: str | Path,
-    arch: str | ModelConfig | None = None,
-    *,
-    overrides: dict[str, Any] | None = None,
-) -> CLIP:
-    """A :class:`CLIP` (fp32, eval mode) with the weights of an OpenAI, OpenCLIP, Hugging
-    Face (CLIP or SigLIP) or clipforge checkpoint.
-
-    ``arch`` (a preset name or a :class:`ModelConfig`) replaces the architecture inferred
-    from the file; ``overrides`` (dotted keys, e.g. ``{"act": "gelu"}``) adjust either.
-    """
-    ckpt = read_checkpoint(path, arch, overrides)
-    return model_from_state_dict(ckpt.config, ckpt.state_dict)
 
 
 def model_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> CLIP:
@@ -252,12 +241,8 @@ def save_checkpoint(model: CLIP, out: str | Path, to: str) -> list[Path]:
     cfg = model.cfg
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     if to == "clipforge":
-        from clipforge.config import to_dict
-        from clipforge.train.checkpoint import atomic_save
-
         out.parent.mkdir(parents=True, exist_ok=True)
-        model_config = json.loads(json.dumps(to_dict(cfg)))  # tuples -> lists, plain types
-        atomic_save({"model": sd, "model_config": model_config, "step": 0}, out)
+        atomic_save({**model_payload(sd, cfg), "step": 0}, out)
         return [out]
     if to == "openclip":
         oc = _arch.openclip_config(cfg, where=str(out))
@@ -313,7 +298,6 @@ __all__ = [
     "export_tensors",
     "import_tensors",
     "infer_config",
-    "load_checkpoint",
     "model_from_state_dict",
     "read_checkpoint",
     "save_checkpoint",

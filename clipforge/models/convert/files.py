@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from clipforge.checkpoint import atomic_save
 from clipforge.errors import ClipforgeError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -362,8 +363,6 @@ def _flatten(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
 
 def write_state_dict(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None):
     """Write ``tensors`` as safetensors (by suffix) or a pickled state dict, atomically."""
-    from clipforge.train.checkpoint import atomic_save
-
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fresh contiguous copies: safetensors refuses shared or strided storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}

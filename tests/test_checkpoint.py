@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from clipforge.errors import ClipforgeError
-from clipforge.train import checkpoint as ckpt
+from clipforge import checkpoint as ckpt
+from clipforge.train.checkpoint import rng_state, set_rng_state
 
 
 def test_atomic_save_keeps_old_file_when_write_dies(tmp_path, monkeypatch):
@@ -27,9 +28,9 @@ def test_rng_round_trip_through_weights_only_load(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    ckpt.atomic_save({"rng": ckpt.rng_state()}, tmp_path / "c.pt")
+    ckpt.atomic_save({"rng": rng_state()}, tmp_path / "c.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt.set_rng_state(ckpt.load(tmp_path / "c.pt")["rng"])
+    set_rng_state(ckpt.load(tmp_path / "c.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
@@ -44,17 +45,17 @@ def test_load_refuses_missing_and_garbage(tmp_path):
         ckpt.load(bad)
 
 
-def test_run_checkpoint_resolves_run_folders(tmp_path):
+def test_resolve_finds_a_run_folders_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ClipforgeError, match="--teacher: no checkpoint in"):
-        ckpt.run_checkpoint(run, "--teacher")
+        ckpt.resolve(run, "--teacher")
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert ckpt.run_checkpoint(run) == run / "checkpoints" / "last.pt"
+    assert ckpt.resolve(run) == run / "checkpoints" / "last.pt"
     (run / "checkpoints" / "final.pt").write_bytes(b"x")
-    assert ckpt.run_checkpoint(run) == run / "checkpoints" / "final.pt"
+    assert ckpt.resolve(run) == run / "checkpoints" / "final.pt"
     peer = tmp_path / "hf"
     peer.mkdir()
-    assert ckpt.run_checkpoint(peer) == peer  # a peer's weights folder passes through
+    assert ckpt.resolve(peer) == peer  # a peer's weights folder passes through
     with pytest.raises(ClipforgeError, match="--init not found"):
-        ckpt.run_checkpoint(tmp_path / "nope", "--init")
+        ckpt.resolve(tmp_path / "nope", "--init")

@@ -1,0 +1,186 @@
+"""From a :class:`TrainConfig` to the parts of a run, every option checked once.
+
+:func:`build` runs before the run folder exists, so a bad option, data path or
+objective setting leaves nothing behind. A new training option is checked and built
+here, not in the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from clipforge.data.pipeline import (
+    CAPTION_STRATEGIES,
+    Collator,
+    IndexedSource,
+    SampleProcessor,
+    ShapesSource,
+    ShardStream,
+    Source,
+)
+from clipforge.data.shapes import ShapesConfig, ShapesWorld
+from clipforge.data.textaug import TextAugment
+from clipforge.data.tokenizer import Tokenizer, get_tokenizer
+from clipforge.data.transforms import SeededCrop
+from clipforge.errors import ClipforgeError
+from clipforge.eval.suite import resolve_tasks
+from clipforge.losses import LossSpec, get_loss
+from clipforge.losses.base import Objective
+from clipforge.models import ModelConfig, get_model_config
+from clipforge.train import distributed
+from clipforge.train.config import TrainConfig
+from clipforge.train.distributed import World
+
+PRECISIONS = ("fp32", "bf16", "fp64")
+
+
+@dataclass
+class RunParts:
+    """What a run is made of, before the model exists."""
+
+    model_config: ModelConfig
+    loss: LossSpec
+    objective: Objective
+    tokenizer: Tokenizer
+    source: Source
+    processor: SampleProcessor
+    collate: Collator
+    evals: list[str]  # eval tasks on the shapes world; empty with --data or evals=none
+
+
+def build(cfg: TrainConfig, world: World) -> RunParts:
+    """Check ``cfg`` and build everything but the model, for this process of ``world``."""
+    check_config(cfg)
+    distributed.check_batch(world, cfg.batch_size, cfg.accum_steps)
+    mcfg = get_model_config(cfg.model, cfg.model_args)
+    spec = get_loss(cfg.loss)
+    # Seeded on its own so objective parameters do not shift the model's initialisation.
+    torch.manual_seed(cfg.seed)
+    objective = spec.build(cfg)
+    if objective.batch_keys and cfg.data is None:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} reads {', '.join(objective.batch_keys)} from each sample's meta, "
+            "which the built-in shapes world does not have: pass --data"
+        )
+    if cfg.local_loss and not cfg.siglip_chunked and not objective.computes_shares:
+        raise ClipforgeError(
+            f"loss {cfg.loss!r} cannot compute per-process shares; drop --local-loss"
+        )
+    if cfg.siglip_chunked and not objective.ring_chunkable:
+        raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
+    size = mcfg.vision.image_size
+    processor = SampleProcessor(
+        SeededCrop(size, (cfg.crop_scale, 1.0), flip=cfg.flip),
+        seed=cfg.seed,
+        caption=cfg.caption,
+        max_captions=cfg.max_captions,
+        hard_negatives=hard_negative_kinds(cfg),
+        text_aug=build_text_aug(cfg),
+        extra_keys=objective.batch_keys,
+    )
+    evals = [] if cfg.data is not None or cfg.evals in ("", "none") else resolve_tasks(cfg.evals)
+    tokenizer = get_tokenizer(mcfg.text.context_length)
+    return RunParts(
+        mcfg, spec, objective, tokenizer, build_source(cfg, size), processor,
+        Collator(tokenizer, mcfg.mean, mcfg.std), evals,
+    )  # fmt: skip
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """The checks of single fields and of fields against each other."""
+    if cfg.batch_size < 2:
+        raise ClipforgeError("batch size must be >= 2 for a contrastive loss")
+    if cfg.steps < 1:
+        raise ClipforgeError("steps must be >= 1")
+    if cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:
+        raise ClipforgeError(
+            f"batch size {cfg.batch_size} is not divisible by accum steps {cfg.accum_steps}"
+        )
+    if cfg.precision not in PRECISIONS:
+        raise ClipforgeError(
+            f"unknown precision {cfg.precision!r} (known: {', '.join(PRECISIONS)})"
+        )
+    if cfg.caption not in CAPTION_STRATEGIES:
+        raise ClipforgeError(
+            f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
+        )
+    if cfg.max_captions < 1:
+        raise ClipforgeError("max captions must be >= 1")
+    if cfg.hard_negative_weight <= 0:
+        raise ClipforgeError("hard negative weight must be > 0")
+    if not 0 < cfg.crop_scale <= 1:
+        raise ClipforgeError("crop scale must be in (0, 1]")
+    if cfg.shuffle_buffer < 0:
+        raise ClipforgeError("shuffle buffer must be >= 0")
+    if cfg.workers < 0:
+        raise ClipforgeError("workers must be >= 0")
+    if not 0 <= cfg.max_skip_rate <= 1:
+        raise ClipforgeError("max skip rate must be in [0, 1]")
+    if cfg.dist_backend not in distributed.BACKENDS:
+        raise ClipforgeError(
+            f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"
+        )
+
+
+def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
+    """The perturbation kinds named by ``--hard-negatives`` ('given' = the data's own)."""
+    from clipforge.data.hardneg import TRAINING_PERTURBATIONS as KINDS
+
+    kinds = tuple(k.strip() for k in cfg.hard_negatives.split(",") if k.strip())
+    for k in kinds:
+        if k not in (*KINDS, "given"):
+            raise ClipforgeError(
+                f"unknown hard-negative kind {k!r} (known: {', '.join(KINDS)}, given)"
+            )
+    return tuple(k for k in kinds if k != "given")
+
+
+def shapes_config(cfg: TrainConfig) -> ShapesConfig:
+    """The shapes-world generator of a run: the defaults with ``--shapes-args`` applied."""
+    known = {f.name for f in fields(ShapesConfig)} - {"image_size"}
+    unknown = sorted(set(cfg.shapes_args) - known)
+    if unknown:
+        raise ClipforgeError(
+            f"unknown shapes-args {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    args = dict(cfg.shapes_args)
+    if "count_weights" in args:
+        w = args["count_weights"]
+        if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
+            raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
+        args["count_weights"] = tuple(float(x) for x in w)
+    return ShapesConfig(**args)
+
+
+def build_source(cfg: TrainConfig, image_size: int) -> Source:
+    """The sample stream ``cfg`` names: the shapes world, shards or a random-access set."""
+    if cfg.data is None:
+        return ShapesSource(
+            ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
+        )
+    from clipforge.data.files import ShardDataset, open_dataset
+
+    ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
+    if isinstance(ds, ShardDataset):
+        return ShardStream(ds, seed=cfg.seed, buffer=cfg.shuffle_buffer, resample=cfg.resample)
+    if len(ds) == 0:
+        raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
+    return IndexedSource(ds, seed=cfg.seed)
+
+
+def build_text_aug(cfg: TrainConfig) -> TextAugment | None:
+    """The caption augmentation ``cfg`` asks for, or None when it asks for none."""
+    from clipforge.data.textaug import load_synonyms
+
+    synonyms = load_synonyms(cfg.text_synonyms) if cfg.text_synonyms else {}
+    if cfg.text_synonym_prob > 0 and not synonyms:
+        raise ClipforgeError("--text-synonym-prob needs a --text-synonyms file")
+    aug = TextAugment(
+        word_dropout=cfg.text_word_dropout,
+        sentence_shuffle=cfg.text_sentence_shuffle,
+        synonyms=synonyms,
+        synonym_prob=cfg.text_synonym_prob,
+    )
+    return aug if aug.active else None

@@ -1,0 +1,132 @@
+"""The run folder: where a run's config, metrics, checkpoints and plots live.
+
+Layout::
+
+    RUN_DIR/config.yaml          resolved TrainConfig
+    RUN_DIR/model.yaml           resolved model architecture
+    RUN_DIR/metrics.jsonl        one JSON object per logged step and per evaluation
+    RUN_DIR/checkpoints/last.pt  model, optimizer, step, data position, RNG states
+    RUN_DIR/checkpoints/final.pt the trained model (weights + architecture)
+    RUN_DIR/eval.json            final held-out evaluation
+    RUN_DIR/curve.png            training curve
+
+Only the main process writes; the others read the config on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipforge import checkpoint as ckpt
+from clipforge.config import from_dict, load_yaml, save_yaml
+from clipforge.errors import ClipforgeError
+from clipforge.models import ModelConfig
+from clipforge.train import distributed
+from clipforge.train.config import TrainConfig
+from clipforge.train.distributed import World
+
+
+class MetricsLog:
+    """Append-only JSONL, truncated back to the checkpoint on resume."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in keep))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def new_run_dir(out: str | None) -> Path:
+    """``--out``, or a timestamped folder under ``runs/``."""
+    if out:
+        return Path(out)
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+class RunFolder:
+    """Paths and files of one run folder."""
+
+    def __init__(self, path: Path, world: World) -> None:
+        self.path = path
+        self.main = world.is_main
+        self.config = path / "config.yaml"
+        self.model_yaml = path / "model.yaml"
+        self.metrics = path / "metrics.jsonl"
+        self.last = path / "checkpoints" / "last.pt"
+        self.final = path / "checkpoints" / "final.pt"
+        self.eval_json = path / "eval.json"
+        self.curve = path / "curve.png"
+
+    @classmethod
+    def new(cls, cfg: TrainConfig, world: World) -> RunFolder:
+        """The folder a new run will write (nothing is created yet)."""
+        # A default folder name is a timestamp: rank 0's is the one every rank uses.
+        folder = cls(Path(distributed.broadcast(str(new_run_dir(cfg.out)), world)), world)
+        if folder.last.exists():
+            raise ClipforgeError(
+                f"run folder {folder.path} already holds a run; use --resume {folder.path} "
+                "or another --out"
+            )
+        return folder
+
+    @classmethod
+    def resume(
+        cls, path: str | Path, cfg: TrainConfig, world: World
+    ) -> tuple[RunFolder, TrainConfig, dict[str, Any] | None]:
+        """The folder, its saved config (with this invocation's ``progress``) and its last
+        training state (None when it stopped before the first checkpoint)."""
+        folder = cls(Path(path), world)
+        if not folder.config.is_file():
+            raise ClipforgeError(f"not a clipforge run folder (no config.yaml): {folder.path}")
+        saved = from_dict(TrainConfig, load_yaml(folder.config), str(folder.path))
+        state = ckpt.load(folder.last) if folder.last.exists() else None
+        return folder, replace(saved, progress=cfg.progress), state
+
+    def create(self, cfg: TrainConfig, model_config: ModelConfig, fresh: bool) -> TrainConfig:
+        """Make the folder; a ``fresh`` run records its config and architecture."""
+        if not self.main:
+            return cfg
+        self.last.parent.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            cfg = replace(cfg, out=str(self.path))
+            save_yaml(cfg, self.config)
+            plain = ckpt.plain_config(model_config)
+            self.model_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
+        return cfg
+
+    def log(self, resume_step: int | None) -> MetricsLog | None:
+        return MetricsLog(self.metrics, resume_step) if self.main else None
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        if self.main:
+            ckpt.atomic_save(state, self.last)
+
+    def finish(self, final: dict[str, Any], model_state: dict[str, Any]) -> None:
+        """Write ``eval.json``, ``final.pt`` and the training curve."""
+        if not self.main:
+            return
+        self.eval_json.write_text(json.dumps(final, indent=2) + "\n")
+        ckpt.atomic_save(model_state, self.final)
+        try:
+            from clipforge.train.plots import plot_curve
+
+            plot_curve(self.metrics, self.curve)
+        except Exception as e:  # a plot must never fail a finished run
+            print(f"warning: could not plot the training curve: {e}", file=sys.stderr)

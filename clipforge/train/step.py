@@ -1,0 +1,129 @@
+"""One optimizer step: the loss of each micro-batch, accumulation, the gradient norm.
+
+How the batch and the loss are shared between processes is in
+:mod:`clipforge.train.distributed`; this module only calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from clipforge.data.pipeline import Batch
+from clipforge.errors import ClipforgeError
+from clipforge.losses import Features
+from clipforge.losses.base import Objective
+from clipforge.train import distributed
+from clipforge.train.collectives import gather_features
+from clipforge.train.config import TrainConfig
+from clipforge.train.distributed import World
+from clipforge.train.siglip_ring import siglip_ring_share
+
+
+def batch_loss(
+    model: nn.Module,
+    objective: nn.Module,
+    part: Batch,
+    world: World,
+    local: bool = False,
+    chunked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's loss to back-propagate, and the loss of the whole (micro-)batch to log.
+
+    ``part`` is this rank's rows. With ``local`` or ``chunked`` the rank computes its share
+    of the loss and back-propagates ``world.size`` times it; the reasons are in
+    :mod:`clipforge.train.distributed`. The logged loss is the same on every rank.
+    """
+    extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
+    out = model(part.images, part.tokens)
+    # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
+    # keeps float64.
+    image, text = (x if x.dtype == torch.float64 else x.float() for x in (out.image, out.text))
+    f = Features(image, text, out.scale, out.bias, part.owner, part.weights, extra)
+    if chunked:
+        share = siglip_ring_share(f, world)
+    elif local:
+        share = objective(gather_features(f, world, local=True))
+    else:
+        loss = objective(gather_features(f, world))
+        return loss, loss.detach()
+    return share * world.size, distributed.all_sum(share, world)
+
+
+def norm(tensors: Iterator[torch.Tensor]) -> float:
+    """The L2 norm of several tensors together."""
+    return float(torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors)))
+
+
+@dataclass
+class StepResult:
+    loss: float  # the whole batch's loss, the same on every rank
+    grad_norm: float  # before clipping
+
+
+class Stepper:
+    """Runs optimizer steps of ``model`` (wrapped as ``ddp``) and the objective's parameters."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        world: World,
+        model: nn.Module,
+        ddp: nn.Module,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        self.cfg, self.world = cfg, world
+        self.model, self.ddp, self.objective, self.optimizer = model, ddp, objective, optimizer
+        self.trained = nn.ModuleList([model, objective])
+        self.micro = cfg.batch_size // world.size // cfg.accum_steps
+        self.amp = cfg.precision == "bf16"
+
+    def __call__(self, batch: Batch, step: int) -> StepResult:
+        """One step on this rank's rows ``batch``; ``step`` (0-based) names it in errors."""
+        cfg, world = self.cfg, self.world
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for k in range(cfg.accum_steps):
+            part = _to(batch.rows(slice(k * self.micro, (k + 1) * self.micro)), world.device)
+            # DDP averages gradients once per step, on the last micro-batch's backward.
+            last = k + 1 == cfg.accum_steps
+            with contextlib.nullcontext() if last else distributed.no_sync(self.ddp):
+                with torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
+                    loss, logged = batch_loss(
+                        self.ddp, self.objective, part, world, cfg.local_loss, cfg.siglip_chunked
+                    )
+                if not torch.isfinite(logged):
+                    raise ClipforgeError(
+                        f"loss became {float(logged)} at step {step + 1}; lower --lr"
+                    )
+                (loss / cfg.accum_steps).backward()
+            loss_sum += float(logged) / cfg.accum_steps
+        # DDP holds only the model; an objective's own parameters are averaged here.
+        distributed.average_gradients(self.objective.parameters(), world)
+        params = self.trained.parameters()
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            if cfg.grad_clip > 0
+            else norm(p.grad for p in params if p.grad is not None)
+        )
+        self.optimizer.step()
+        self.objective.after_step(self.model)
+        return StepResult(loss_sum, grad_norm)
+
+
+def _to(part: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return part
+    return replace(
+        part,
+        images=part.images.to(device),
+        tokens=part.tokens.to(device),
+        weights=part.weights.to(device),
+        owner=None if part.owner is None else part.owner.to(device),
+        extra={k: v.to(device) for k, v in part.extra.items()},
+    )
