@@ -2,7 +2,11 @@
 
 Every field of a config dataclass becomes a ``--field-name`` flag, so ``clipforge train
 --help`` lists everything a run can change, and the resolved config is written into the
-run folder as YAML.
+run folder as YAML. A field declares its help beside it (:func:`option`). A field whose
+type is itself a config dataclass is a section: in YAML a nested mapping, on the command
+line ``--PREFIX.NAME`` (``--loss.distill_weight 0.3``), with the plain ``--name`` flag
+and a top-level YAML key kept as aliases. :func:`parse_value` is the one converter from
+text or YAML values to field types, for every config.
 """
 
 from __future__ import annotations
@@ -22,8 +26,34 @@ from clipforge.errors import ClipforgeError
 C = TypeVar("C")
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
+           prefix: str | None = None) -> Any:  # fmt: skip
+    """A dataclass field with its help text (and, for a section, its flag ``prefix``)."""
+    meta = {"help": help, **({"prefix": prefix} if prefix else {})}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _sections(cls: type) -> dict[str, tuple[type, str]]:
+    """Fields of ``cls`` that are config sections: name -> (section class, flag prefix)."""
+    types_ = _field_types(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = (tp, f.metadata.get("prefix", f.name))
+    return out
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text a field of ``cls`` declares."""
+    f = next(x for x in dataclasses.fields(cls) if x.name == name)
+    return str(f.metadata.get("help", ""))
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -38,6 +68,12 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 def parse_value(tp: Any, raw: Any, name: str) -> Any:
     """Convert ``raw`` (a string from the command line or a YAML value) to the field type."""
     base, optional = _base_type(tp)
+    if dataclasses.is_dataclass(base) and isinstance(base, type):
+        if isinstance(raw, base):
+            return raw
+        if isinstance(raw, dict):
+            return from_dict(base, raw, name)
+        raise ClipforgeError(f"config section {name!r} must be a mapping, got {raw!r}")
     if raw is None or (optional and isinstance(raw, str) and raw.lower() in ("none", "null")):
         if optional:
             return None
@@ -89,8 +125,22 @@ def parse_kv(raw: str, name: str) -> dict[str, Any]:
 
 
 def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name.
+
+    A section's fields may also come as top-level keys (``distill_weight``) or dotted
+    keys (``loss.distill_weight``); they update the section's mapping.
+    """
     types_ = _field_types(cls)
+    data = dict(data)
+    for name, (sub, prefix) in _sections(cls).items():
+        section = dict(data.pop(name, None) or {})
+        if not isinstance(section, dict):
+            raise ClipforgeError(f"{source}: config section {name!r} must be a mapping")
+        for key in _field_types(sub):
+            for alias in (key, f"{prefix}.{key}"):
+                if alias in data and alias not in types_:
+                    section[key] = data.pop(alias)
+        data[name] = section
     unknown = sorted(set(data) - set(types_))
     if unknown:
         raise ClipforgeError(
@@ -119,6 +169,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain mappings and lists (sections nested), as YAML writes it."""
     d = dataclasses.asdict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
@@ -127,25 +178,33 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str]) -> None:
-    """One ``--field-name`` flag per dataclass field; defaults stay unset to detect overrides."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One ``--field-name`` flag per dataclass field, help from its metadata; defaults stay
+    unset to detect overrides. A section's fields get ``--PREFIX.NAME`` and ``--name``."""
     types_ = _field_types(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name, tp in types_.items():
-        flag = "--" + name.replace("_", "-")
-        f = next(x for x in dataclasses.fields(cls) if x.name == name)
-        default = defaults[name]
+    sections = _sections(cls)
+    for f in dataclasses.fields(cls):
+        name = f.name
+        if name in sections:
+            sub, sub_prefix = sections[name]
+            group = parser.add_argument_group(f"{sub_prefix} options", help_of(cls, name))
+            add_arguments(group, sub, sub_prefix)  # type: ignore[arg-type]
+            continue
+        default = f.default
         if default is dataclasses.MISSING:
             factory = f.default_factory
             default = factory() if factory is not dataclasses.MISSING else "(required)"
-        base, _ = _base_type(tp)
+        base, _ = _base_type(types_[name])
         metavar = getattr(base, "__name__", "VALUE").upper()
+        flags = ["--" + name.replace("_", "-")]
+        if prefix:
+            flags.insert(0, f"--{prefix}.{name}")
         parser.add_argument(
-            flag,
-            dest=name,
+            *flags,
+            dest=f"{prefix}.{name}" if prefix else name,
             default=argparse.SUPPRESS,
             metavar=metavar,
-            help=f"{help_texts.get(name, '')} (default: {default})",
+            help=f"{f.metadata.get('help', '')} (default: {default})",
         )
 
 

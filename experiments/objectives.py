@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from clipforge.config import from_dict
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.eval.suite import run_suite
 from clipforge.models import load
@@ -67,11 +68,11 @@ def main() -> int:
         folder = out / label.replace(" ", "_").replace("*", "x").replace("+", "_")
         t0 = time.perf_counter()
         if not (folder / "checkpoints" / "final.pt").exists():
-            cfg = TrainConfig(
+            cfg = from_dict(TrainConfig, dict(
                 steps=a.steps, batch_size=a.batch_size, warmup=min(50, a.steps // 5),
                 eval_every=0, ckpt_every=a.steps, eval_per_class=5, eval_pairs=200,
                 threads=a.threads, progress=False, out=str(folder), **over,
-            )  # fmt: skip
+            ))  # fmt: skip
             train(cfg)
         model = load(folder)
         res = run_suite(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from clipforge.config import from_dict
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.losses import alignment_loss, uniformity_loss
@@ -82,12 +83,12 @@ def main() -> None:
     for loss, opts in LOSSES:
         label = loss + "".join(f" {k}={v}" for k, v in opts.items())
         t0 = time.perf_counter()
-        cfg = TrainConfig(
+        cfg = from_dict(TrainConfig, dict(
             model_args=dict(MICRO), loss=loss, batch_size=args.batch_size, steps=args.steps,
             warmup=20, lr=2e-3, eval_every=0, ckpt_every=args.steps, log_every=50,
             eval_per_class=10, eval_pairs=500, progress=False, threads=args.threads,
             out=str(out / label.replace(" ", "_").replace("*", "x").replace("+", "_")), **opts,
-        )  # fmt: skip
+        ))  # fmt: skip
         run = train(cfg)
         final = json.loads((run / "eval.json").read_text())
         row = {

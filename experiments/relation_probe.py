@@ -21,8 +21,8 @@ import torch
 from clipforge.data.hardneg import perturb
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer
-from clipforge.models.preprocess import image_transform
 from clipforge.models import load
+from clipforge.models.preprocess import image_transform
 
 
 def pair_scenes(seed: int, n: int, image_size: int):

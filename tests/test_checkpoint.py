@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipforge.errors import ClipforgeError
 from clipforge import checkpoint as ckpt
+from clipforge.errors import ClipforgeError
 from clipforge.train.checkpoint import rng_state, set_rng_state
 
 

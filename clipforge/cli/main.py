@@ -19,7 +19,7 @@ from clipforge.errors import ClipforgeError  # noqa: E402
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_arguments
-    from clipforge.train.config import HELP, TrainConfig
+    from clipforge.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -29,7 +29,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML file of config fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    add_arguments(p, TrainConfig, HELP)
+    add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
 
@@ -98,11 +98,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    from clipforge.config import parse_value
+
+    try:
+        return parse_value(bool, text, "flag")
+    except ClipforgeError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
 def _task_names() -> list[str]:

@@ -93,9 +93,7 @@ def scenes(
     )
 
 
-def retrieval(
-    size: int, seed: int = 0, n: int | None = None, split: str = "test"
-) -> RetrievalData:
+def retrieval(size: int, seed: int = 0, n: int | None = None, split: str = "test") -> RetrievalData:
     """``n`` scenes of ``split`` with all their captions (4-6 each).
 
     A caption counts as right for every image that has the same caption text: the shapes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from clipforge.losses.base import Features, Objective
+from clipforge.losses.registry import LossSpec, register
 
 
 def alignment_loss(
@@ -29,3 +30,13 @@ class AlignmentObjective(Objective):
 
     def forward(self, f: Features) -> torch.Tensor:
         return alignment_loss(f.image, f.text, f.owner)
+
+
+register(
+    "alignment",
+    LossSpec(
+        lambda _, run: AlignmentObjective(),
+        summary="mean squared distance of positive pairs (add to a loss: clip+0.1*alignment)",
+        contrastive=False,
+    ),
+)

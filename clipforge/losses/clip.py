@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.losses.base import Features, Objective, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 
 
 def clip_loss(
@@ -136,3 +137,12 @@ class ClipObjective(Objective):
             hard_weight=self.hard_weight,
             rows=f.rows,
         )
+
+
+register(
+    "clip",
+    LossSpec(
+        lambda _, run: ClipObjective(getattr(run, "hard_negative_weight", 1.0)),
+        summary="symmetric InfoNCE (CLIP)",
+    ),
+)

@@ -3,12 +3,16 @@ Transfer with Continuously Weighted Contrastive Loss")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from clipforge.config import option
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 from clipforge.losses.towers import embed, freeze
 from clipforge.models import load
 
@@ -89,3 +93,25 @@ class CWCLObjective(Objective):
         return cwcl_loss(
             f.image, f.text, f.scale, f.extra["ref_image"], f.extra["text_ref"], f.weights, f.owner
         )
+
+
+@dataclass
+class CWCLOptions:
+    reference: str | None = option(
+        None, "cwcl: frozen reference model (run folder or checkpoint) for the soft targets"
+    )
+
+
+def _build(o: CWCLOptions, run: Any) -> Objective:
+    reject_hard_negatives(run, "cwcl", NO_HARD_NEGATIVES)
+    return CWCLObjective(o.reference)
+
+
+register(
+    "cwcl",
+    LossSpec(
+        _build,
+        summary="soft targets from a frozen --reference tower's within-modality similarities",
+        options=CWCLOptions,
+    ),
+)

@@ -9,15 +9,19 @@ data (MobileCLIP's reinforced data set: ``Sample.meta["teacher_image"]`` and
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.config import option
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, weighted_mean
 from clipforge.losses.clip import clip_loss
+from clipforge.losses.registry import LossSpec, register
 from clipforge.losses.towers import embed, freeze
 from clipforge.models import load
 
@@ -188,3 +192,41 @@ class DistillObjective(Objective):
 
     def metrics(self) -> dict[str, float]:
         return dict(self._last)
+
+
+@dataclass
+class DistillOptions:
+    teacher: str | None = option(
+        None, "distill: 'ema' (average of the student), 'data' (meta teacher_image/"
+        "teacher_text) or a run folder / checkpoint (frozen)",
+    )  # fmt: skip
+    teacher_ema_decay: float = option(
+        0.999, "distill with --teacher ema: decay of the moving average per step"
+    )
+    distill_weight: float = option(
+        0.5, "distill: loss = (1 - w) contrastive + w KL(teacher || student)"
+    )
+    distill_temperature: float | None = option(
+        None, "distill: teacher softmax temperature (none = the teacher's own, 0.01 for "
+        "stored embeddings)",
+    )  # fmt: skip
+    distill_feature_weight: float = option(
+        0.0, "distill: weight of the 1 - cos(student, teacher) feature term"
+    )
+
+
+def _build(o: DistillOptions, run: Any) -> Objective:
+    return DistillObjective(
+        o.teacher, o.distill_weight, o.distill_temperature, o.distill_feature_weight,
+        o.teacher_ema_decay, getattr(run, "hard_negative_weight", 1.0),
+    )  # fmt: skip
+
+
+register(
+    "distill",
+    LossSpec(
+        _build,
+        summary="CLIP + KL to a --teacher's similarity distributions (frozen, ema or data)",
+        options=DistillOptions,
+    ),
+)

@@ -3,10 +3,16 @@ Outperform CLIP")."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from clipforge.config import option
 from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 
 
 def infoloob_loss(
@@ -120,3 +126,31 @@ class InfoLOOBObjective(Objective):
             return infoloob_loss(f.image, f.text, scale, f.weights, f.owner)
         reject_hard_negatives(f, "infoloob", NO_HARD_NEGATIVES)
         return cloob_loss(f.image, f.text, scale, self.hopfield_beta, f.weights, f.owner)
+
+
+@dataclass
+class InfoLOOBOptions:
+    hopfield_beta: float | None = option(
+        None, "infoloob: inverse temperature of CLOOB's Hopfield retrieval (none/0 = off)"
+    )
+
+
+# Objectives that cannot use hard-negative captions refuse them when built, before a run
+# starts; their forward passes check again (data may bring its own negatives).
+def _build(o: InfoLOOBOptions, run: Any) -> Objective:
+    obj = InfoLOOBObjective(o.hopfield_beta)
+    if obj.hopfield_beta is not None:
+        reject_hard_negatives(run, "infoloob", NO_HARD_NEGATIVES)
+    return obj
+
+
+# CLOOB keeps the inverse temperature fixed at 30 (the objective cuts its gradient).
+register(
+    "infoloob",
+    LossSpec(
+        _build,
+        math.log(30.0),
+        summary="InfoNCE without the positive in the denominator (+ --hopfield-beta: CLOOB)",
+        options=InfoLOOBOptions,
+    ),
+)

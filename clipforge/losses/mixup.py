@@ -3,12 +3,16 @@ Fine-Tuning")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipforge.config import option
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, StepSeeded, first_positive, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
@@ -77,3 +81,20 @@ class MixupObjective(StepSeeded):
 
     def forward(self, f: Features) -> torch.Tensor:
         return mixup_loss(f.image, f.text, f.scale, self.ratio(), f.weights, f.owner)
+
+
+@dataclass
+class MixupOptions:
+    mixup_alpha: float = option(
+        0.5, "mixup: the mixing ratio is drawn from Beta(alpha, alpha) each step"
+    )
+
+
+register(
+    "mixup",
+    LossSpec(
+        lambda o, run: MixupObjective(getattr(run, "seed", 0), o.mixup_alpha),
+        summary="InfoNCE with geodesic image-text mixes as hard negatives (m2-mix)",
+        options=MixupOptions,
+    ),
+)

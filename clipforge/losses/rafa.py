@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.losses.base import Features, StepSeeded
+from clipforge.losses.registry import LossSpec, register
 
 
 def random_references(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,3 +54,13 @@ class RaFAObjective(StepSeeded):
     def forward(self, f: Features) -> torch.Tensor:
         refs = random_references(f.batch_size, f.image.shape[1], self.generator())
         return rafa_loss(f.image, f.text, refs.to(f.image), f.owner)
+
+
+register(
+    "rafa",
+    LossSpec(
+        lambda _, run: RaFAObjective(getattr(run, "seed", 0)),
+        summary="pull both modalities to shared random references (add to a loss: clip+rafa)",
+        contrastive=False,
+    ),
+)

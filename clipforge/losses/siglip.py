@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from clipforge.losses.base import Features, Objective, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 
 
 def siglip_terms(
@@ -67,3 +70,10 @@ class SiglipObjective(Objective):
 
     def forward(self, f: Features) -> torch.Tensor:
         return siglip_loss(f.image, f.text, f.scale, f.bias, f.weights, f.owner, f.rows)
+
+
+# SigLIP starts at t' = log 10 and b = -10 so the many negatives do not dominate early.
+register(
+    "siglip",
+    LossSpec(lambda _, run: SiglipObjective(), math.log(10.0), -10.0, "pairwise sigmoid (SigLIP)"),
+)

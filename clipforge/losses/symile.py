@@ -3,11 +3,16 @@ Representation Learning for Unlimited Modalities")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from clipforge.config import option
 from clipforge.errors import ClipforgeError
-from clipforge.losses.base import Features, Objective, weighted_mean
+from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
+from clipforge.losses.registry import LossSpec, register
 from clipforge.models.categorical import CategoricalEncoder
 
 
@@ -74,3 +79,28 @@ class SymileObjective(Objective):
                 f"third view out of range [0, {self.third.categories}); set --symile-categories"
             )
         return symile_loss(f.image, f.text, self.third(index), f.scale, f.weights)
+
+
+@dataclass
+class SymileOptions:
+    symile_categories: int = option(8, "symile: number of values of the third view (meta 'third')")
+
+
+def _build(o: SymileOptions, run: Any) -> Objective:
+    from clipforge.models import get_model_config
+
+    reject_hard_negatives(run, "symile", ONE_CAPTION)
+    if getattr(run, "caption", "random") == "all":
+        raise ClipforgeError(f"loss 'symile' does not support --caption all: {ONE_CAPTION}")
+    embed_dim = get_model_config(run.model, run.model_args).embed_dim
+    return SymileObjective(o.symile_categories, embed_dim)
+
+
+register(
+    "symile",
+    LossSpec(
+        _build,
+        summary="multilinear inner product of image, caption and meta 'third' (Symile)",
+        options=SymileOptions,
+    ),
+)

@@ -8,6 +8,7 @@ import math
 import torch
 
 from clipforge.losses.base import Features, Objective
+from clipforge.losses.registry import LossSpec, register
 
 
 def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
@@ -44,3 +45,13 @@ class UniformityObjective(Objective):
 
     def forward(self, f: Features) -> torch.Tensor:
         return uniformity_loss(f.image, f.text, f.owner)
+
+
+register(
+    "uniformity",
+    LossSpec(
+        lambda _, run: UniformityObjective(),
+        summary="log mean exp(-2 d^2) within each modality (add to a loss: clip+0.1*uniformity)",
+        contrastive=False,
+    ),
+)

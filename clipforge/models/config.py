@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -135,13 +136,13 @@ class ModelConfig:
                         f"unknown model field {key!r} (known: {', '.join(f'{head}.{n}' for n in names)})"
                     )
                 cfg = replace(
-                    cfg, **{head: replace(sub, **{rest: _coerce(names[rest].type, value)})}
+                    cfg, **{head: replace(sub, **{rest: _coerce(type(sub), rest, value, key)})}
                 )
             else:
                 names = {f.name: f for f in fields(cfg)}
                 if key not in names or key in ("vision", "text"):
                     raise ClipforgeError(f"unknown model field {key!r}")
-                cfg = replace(cfg, **{key: _coerce(names[key].type, value)})
+                cfg = replace(cfg, **{key: _coerce(ModelConfig, key, value, key)})
         return cfg
 
     @staticmethod
@@ -155,24 +156,13 @@ class ModelConfig:
         return ModelConfig(vision=vision, text=text, **d)
 
 
-def _coerce(type_name: Any, value: Any) -> Any:
+def _coerce(cls: type, name: str, value: Any, key: str) -> Any:
+    """``value`` as the type of field ``name`` of ``cls``, by the one config converter."""
+    from clipforge.config import parse_value
+
     if not isinstance(value, str):
         return value
-    t = str(type_name)
-    if t.endswith(" | None"):  # optional fields: "none" clears them
-        if value.lower() in ("none", "null"):
-            return None
-        t = t.removesuffix(" | None")
-    try:
-        if t == "int":
-            return int(value)
-        if t == "float":
-            return float(value)
-        if t == "bool":
-            return value.lower() in ("1", "true", "yes", "on")
-    except ValueError:
-        raise ClipforgeError(f"cannot read {value!r} as {t}") from None
-    return value
+    return parse_value(typing.get_type_hints(cls)[name], value, key)
 
 
 PRESETS: Registry[ModelConfig] = Registry("model preset")

@@ -10,8 +10,7 @@ import torch
 
 from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError
-from clipforge.models import CLIP
-from clipforge.models import load
+from clipforge.models import CLIP, load
 from tests.models.test_convert import (
     assert_parity,
     clip_config,

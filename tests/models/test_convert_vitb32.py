@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from clipforge.data.tokenizer import get_tokenizer
-from clipforge.models import get_model_config
-from clipforge.models import load
+from clipforge.models import get_model_config, load
 from clipforge.models.convert import read_checkpoint, save_checkpoint
 from tests.models.test_convert import assert_parity, hf_outputs, openclip_outputs, ours, perturb
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from clipforge.config import from_dict
 from clipforge.data.pipeline import Collator, SampleProcessor
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
@@ -26,7 +27,7 @@ def _cfg(tmp_path, micro_args, name="run", **kw) -> TrainConfig:
         out=str(tmp_path / name),
     )  # fmt: skip
     base.update(kw)
-    return TrainConfig(**base)
+    return from_dict(TrainConfig, base)  # objective options go to their section
 
 
 def _rows(run):
