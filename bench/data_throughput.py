@@ -21,8 +21,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from clipforge.data.files import ShardDataset  # noqa: E402
 from clipforge.data.pipeline import Collator, SampleProcessor, ShardStream, iter_batches  # noqa: E402
+from clipforge.data.readers import ShardDataset  # noqa: E402
 from clipforge.data.shapes import ShapesWorld  # noqa: E402
 from clipforge.data.tokenizer import get_tokenizer  # noqa: E402
 from clipforge.data.transforms import SeededCrop  # noqa: E402

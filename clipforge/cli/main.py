@@ -238,7 +238,7 @@ def _shard_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    from clipforge.data.files import ShardDataset, open_dataset
+    from clipforge.data.readers import ShardDataset, open_dataset
     from clipforge.data.writers import shard_dataset
 
     if args.shard_size < 1:

@@ -247,7 +247,7 @@ def curate(
     ``out_dir/entry_histogram.png`` the plot. A pair is matched on all its captions
     joined. ``entries`` defaults to the shapes-world entry file.
     """
-    from clipforge.data.files import ShardDataset, open_dataset
+    from clipforge.data.readers import ShardDataset, open_dataset
 
     entry_list = load_entries(entries or shapes_entries_path(), case_sensitive)
     ds = open_dataset(data, image_key=image_key, caption_key=caption_key)
@@ -291,7 +291,7 @@ def _iter_raw(ds: Any, progress: bool, desc: str) -> Iterator[Any]:
 def _write_kept_shards(
     ds: Any, keep: np.ndarray, out: Path, shard_size: int, progress: bool
 ) -> list[Path]:
-    from clipforge.data.files import RawSample
+    from clipforge.data.readers import RawSample
     from clipforge.data.writers import write_member_shards
 
     def kept() -> Iterator[tuple[str, dict[str, bytes]]]:

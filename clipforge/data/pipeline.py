@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipforge.data.files import RawSample, ShardDataset
+from clipforge.data.readers import RawSample, ShardDataset
 from clipforge.data.sample import Sample, SampleError, SkipCounter
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import Tokenizer

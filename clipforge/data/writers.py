@@ -20,14 +20,8 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from clipforge.data.files import (
-    CAPTIONS_COLUMN,
-    META_COLUMN,
-    FolderDataset,
-    ManifestDataset,
-    decode_image,
-    to_rgb,
-)
+from clipforge.data.readers import FolderDataset, ManifestDataset, decode_image, to_rgb
+from clipforge.data.readers.common import CAPTIONS_COLUMN, META_COLUMN
 from clipforge.data.sample import Sample, SampleError, SkipCounter
 from clipforge.errors import ClipforgeError
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipforge.data.files import decode_image
+from clipforge.data.readers import decode_image
 from clipforge.data.sample import SampleError
 from clipforge.errors import ClipforgeError
 
@@ -193,7 +193,7 @@ def image_folder(path: str | os.PathLike[str]) -> ClassificationData:
 def retrieval_manifest(path: str | os.PathLike[str]) -> RetrievalData:
     """Images and captions from a CSV/TSV/JSONL manifest (see :class:`ManifestDataset`);
     a JSONL caption may be a list, giving several captions per image."""
-    from clipforge.data.files import ManifestDataset
+    from clipforge.data.readers import ManifestDataset
 
     ds = ManifestDataset(path)
     if len(ds) == 0:

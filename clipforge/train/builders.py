@@ -160,7 +160,7 @@ def build_source(cfg: TrainConfig, image_size: int) -> Source:
         return ShapesSource(
             ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
         )
-    from clipforge.data.files import ShardDataset, open_dataset
+    from clipforge.data.readers import ShardDataset, open_dataset
 
     ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
     if isinstance(ds, ShardDataset):

@@ -17,7 +17,7 @@ from clipforge.data.curate import (
     match_entries,
     shapes_entries_path,
 )
-from clipforge.data.files import ManifestDataset, ShardDataset
+from clipforge.data.readers import ManifestDataset, ShardDataset
 from clipforge.data.sample import Sample
 from clipforge.data.writers import write_manifest, write_shards
 from clipforge.errors import ClipforgeError

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import clipforge.data.files as files
-from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset, to_rgb
+import clipforge.data.readers.shards as shard_reader
+from clipforge.data.readers import ManifestDataset, ShardDataset, open_dataset, to_rgb
 from clipforge.data.sample import Sample, SampleError
 from clipforge.errors import ClipforgeError
 
@@ -414,13 +414,13 @@ def test_brace_pattern_reads_all_shards_in_order_and_resumes(tmp_path: Path) -> 
 def test_start_skips_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _shards(tmp_path, n_shards=2, per_shard=10)
     decoded: list[str] = []
-    real = files.decode_image
+    real = shard_reader.decode_image
 
     def counting(source: bytes, label: str) -> Image.Image:
         decoded.append(label)
         return real(source, label)
 
-    monkeypatch.setattr(files, "decode_image", counting)
+    monkeypatch.setattr(shard_reader, "decode_image", counting)
     ds = ShardDataset([str(p) for p in sorted(tmp_path.glob("*.tar"))])
     items = list(ds.iter_samples(start=15))
     assert [x.key for x in items] == [f"s{i:04d}" for i in range(15, 20)]

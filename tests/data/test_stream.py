@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.data.files import ManifestDataset, ShardDataset
 from clipforge.data.pipeline import (
     Collator,
     IndexedSource,
@@ -20,6 +19,7 @@ from clipforge.data.pipeline import (
     ShardStream,
     iter_batches,
 )
+from clipforge.data.readers import ManifestDataset, ShardDataset
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from clipforge.data.files import ManifestDataset, ShardDataset, open_dataset
+from clipforge.data.readers import ManifestDataset, ShardDataset, open_dataset
 from clipforge.data.sample import Sample
 from clipforge.data.writers import write_manifest, write_shards
 from clipforge.errors import ClipforgeError

@@ -12,8 +12,8 @@ import torch
 
 import clipforge.checkpoint as ckpt
 from clipforge.cli.main import main
-from clipforge.data.files import ShardDataset
 from clipforge.data.pipeline import ShardStream
+from clipforge.data.readers import ShardDataset
 from clipforge.data.sample import SampleError
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.writers import write_shards
