@@ -21,9 +21,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from clipforge.data.pipeline import Collator, SampleProcessor, ShardStream, iter_batches  # noqa: E402
+from clipforge.data.batches import Collator, SampleProcessor
+from clipforge.data.loader import iter_batches  # noqa: E402
 from clipforge.data.readers import ShardDataset  # noqa: E402
 from clipforge.data.shapes import ShapesWorld  # noqa: E402
+from clipforge.data.stream import ShardStream
 from clipforge.data.tokenizer import get_tokenizer  # noqa: E402
 from clipforge.data.transforms import SeededCrop  # noqa: E402
 from clipforge.data.writers import write_shards  # noqa: E402

@@ -17,8 +17,10 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from clipforge.data.pipeline import Collator, SampleProcessor, ShapesSource, iter_batches  # noqa: E402
+from clipforge.data.batches import Collator, SampleProcessor
+from clipforge.data.loader import iter_batches  # noqa: E402
 from clipforge.data.shapes import ShapesWorld  # noqa: E402
+from clipforge.data.sources import ShapesSource
 from clipforge.data.tokenizer import get_tokenizer  # noqa: E402
 from clipforge.data.transforms import SeededCrop  # noqa: E402
 from clipforge.losses import clip_loss  # noqa: E402

@@ -1,4 +1,4 @@
-"""Writers that turn a stream of :class:`Sample` into files the readers in ``files.py`` load.
+"""Writers that turn a stream of :class:`Sample` into files the readers in :mod:`clipforge.data.readers` load.
 
 Both writers store every caption and the ``meta`` dict, so reading their output back gives
 the same samples (pixel-identical for PNG, close for JPEG).

@@ -11,16 +11,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from clipforge.data.pipeline import (
-    CAPTION_STRATEGIES,
-    Collator,
-    IndexedSource,
-    SampleProcessor,
-    ShapesSource,
-    ShardStream,
-    Source,
-)
+from clipforge.data.batches import CAPTION_STRATEGIES, Collator, SampleProcessor
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
+from clipforge.data.sources import IndexedSource, ShapesSource, Source
+from clipforge.data.stream import ShardStream
 from clipforge.data.textaug import TextAugment
 from clipforge.data.tokenizer import Tokenizer, get_tokenizer
 from clipforge.data.transforms import SeededCrop

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from clipforge.data.pipeline import Batch
+from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
 from clipforge.losses.base import Objective

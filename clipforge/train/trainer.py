@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from clipforge.checkpoint import model_payload
-from clipforge.data.pipeline import iter_batches
+from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load

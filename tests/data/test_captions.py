@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clipforge.data.pipeline import Collator, Item, SampleProcessor
+from clipforge.data.batches import Collator, Item, SampleProcessor
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clipforge.cli.main import main
-from clipforge.data.pipeline import SampleProcessor
+from clipforge.data.batches import SampleProcessor
 from clipforge.data.readers import FolderDataset, ShardDataset, open_dataset
 from clipforge.data.sample import Sample, SampleError
 from clipforge.data.transforms import SeededCrop

@@ -11,17 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.data.pipeline import (
-    Collator,
-    IndexedSource,
-    SampleProcessor,
-    ShapesSource,
-    ShardStream,
-    iter_batches,
-)
+from clipforge.data.batches import Collator, SampleProcessor
+from clipforge.data.loader import iter_batches
 from clipforge.data.readers import ManifestDataset, ShardDataset
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
+from clipforge.data.sources import IndexedSource, ShapesSource
+from clipforge.data.stream import ShardStream
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
 from clipforge.data.writers import write_manifest, write_shards

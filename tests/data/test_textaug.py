@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipforge.data.pipeline import SampleProcessor
+from clipforge.data.batches import SampleProcessor
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.textaug import TextAugment, load_synonyms
 from clipforge.data.transforms import SeededCrop

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from clipforge.data.pipeline import Batch
+from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import get_loss
 from clipforge.models import CLIP, get_model_config

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from clipforge.config import from_dict
-from clipforge.data.pipeline import Collator, SampleProcessor
+from clipforge.data.batches import Collator, SampleProcessor
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
 from clipforge.data.tokenizer import get_tokenizer

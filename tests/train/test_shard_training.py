@@ -12,10 +12,10 @@ import torch
 
 import clipforge.checkpoint as ckpt
 from clipforge.cli.main import main
-from clipforge.data.pipeline import ShardStream
 from clipforge.data.readers import ShardDataset
 from clipforge.data.sample import SampleError
 from clipforge.data.shapes import ShapesWorld
+from clipforge.data.stream import ShardStream
 from clipforge.data.writers import write_shards
 from clipforge.train import TrainConfig, train
 from tests.conftest import MICRO_ARGS_CLI

@@ -1,0 +1,216 @@
+"""From samples to batches: caption choice, hard negatives, augmentation, tokenizing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from clipforge.data.sample import Sample, SampleError
+from clipforge.data.tokenizer import Tokenizer
+from clipforge.data.transforms import SeededCrop, normalize
+
+CAPTION_STRATEGIES = ("random", "first", "all")
+
+
+@dataclass
+class Item:
+    """One augmented training sample (or the reason it was skipped).
+
+    ``texts`` are the sample's positive captions (one, unless the caption strategy is
+    ``all``); ``negatives`` are hard-negative captions that contradict the image.
+    """
+
+    position: int
+    image: torch.Tensor | None = None  # uint8 [3, H, W]
+    texts: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    skip: str | None = None
+    negatives: list[str] = field(default_factory=list)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # meta fields as tensors
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+
+@dataclass
+class Batch:
+    """``B`` images and ``T >= B`` texts.
+
+    ``owner[j]`` is the image row of text ``j`` (``-1`` for a hard negative, which is a
+    negative of every image); ``text_row[j]`` is the row whose sample produced text ``j``,
+    hard negatives included, so a micro-batch can take its rows' texts. ``extra`` holds
+    the ``Sample.meta`` fields the objective asked for (``Objective.batch_keys``: stored
+    teacher embeddings, a third modality), stacked into one ``[B, ...]`` tensor each.
+    """
+
+    images: torch.Tensor  # float32, normalised
+    tokens: torch.Tensor
+    weights: torch.Tensor
+    texts: list[str]
+    next_position: int  # the first position not consumed by this or earlier batches
+    skipped: dict[str, int] = field(default_factory=dict)
+    owner: torch.Tensor | None = None  # None: one caption per image, no hard negatives
+    text_row: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, sl: slice) -> Batch:
+        """The sub-batch of image rows ``sl`` with their texts (rows renumbered from 0)."""
+        per_image = {
+            "images": self.images[sl],
+            "weights": self.weights[sl],
+            "extra": {k: v[sl] for k, v in self.extra.items()},
+        }
+        if self.owner is None or self.text_row is None:
+            return replace(self, tokens=self.tokens[sl], texts=self.texts[sl], **per_image)
+        start = sl.start or 0
+        keep = (self.text_row >= start) & (self.text_row < sl.stop)
+        idx = keep.nonzero().flatten()
+        owner = self.owner[idx]
+        return replace(
+            self,
+            tokens=self.tokens[idx],
+            texts=[self.texts[i] for i in idx.tolist()],
+            owner=torch.where(owner >= 0, owner - start, owner),
+            text_row=self.text_row[idx] - start,
+            **per_image,
+        )
+
+
+class SampleProcessor:
+    """Augment one decoded sample and pick its captions, seeded by the sample's position.
+
+    Caption strategies: ``random`` (one caption per visit, a different one each epoch),
+    ``first`` (the first, canonical caption) and ``all`` (up to ``max_captions`` captions,
+    all positives of the image). ``hard_negatives`` names perturbation kinds of
+    :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
+    of the same template as its (first) chosen caption. Samples read from files may
+    instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
+
+    ``extra_keys`` names meta fields copied into ``Item.extra`` as tensors (numbers or
+    lists of numbers, e.g. MobileCLIP-style ``teacher_image``/``teacher_text``
+    embeddings stored with the data). A sample without one of them is skipped as
+    ``missing_meta:KEY``.
+    ``text_aug`` (e.g. :class:`clipforge.data.textaug.TextAugment`) perturbs each chosen
+    caption with the sample's own generator, after the crop has drawn from it.
+    """
+
+    def __init__(
+        self,
+        crop: SeededCrop,
+        seed: int,
+        caption: str = "random",
+        max_chars: int = 2000,
+        max_captions: int = 4,
+        hard_negatives: tuple[str, ...] = (),
+        extra_keys: tuple[str, ...] = (),
+        text_aug: Callable[[str, random.Random], str] | None = None,
+    ) -> None:
+        if caption not in CAPTION_STRATEGIES:
+            raise ValueError(f"unknown caption strategy {caption!r}")
+        self.crop = crop
+        self.seed = seed
+        self.caption = caption
+        self.max_chars = max_chars
+        self.text_aug = text_aug
+        self.max_captions = max_captions
+        self.hard_negatives = tuple(hard_negatives)
+        self.extra_keys = tuple(extra_keys)
+
+    def _choose(self, texts: list[str], rnd: random.Random) -> list[int]:
+        if self.caption == "first":
+            return [0]
+        if self.caption == "random":
+            return [rnd.randrange(len(texts))]
+        if len(texts) <= self.max_captions:
+            return list(range(len(texts)))
+        return sorted(rnd.sample(range(len(texts)), self.max_captions))
+
+    def _negatives(self, sample: Sample, caption: str, rnd: random.Random) -> list[str]:
+        given = sample.meta.get("hard_negatives")
+        if given:
+            return [str(t)[: self.max_chars] for t in given if t and str(t).strip()]
+        if not self.hard_negatives or "objects" not in sample.meta:
+            return []
+        from clipforge.data.hardneg import hard_negatives
+
+        # Matched by text, so the negative perturbs the very template that was chosen.
+        return list(hard_negatives(sample.meta, rnd, self.hard_negatives, caption).values())
+
+    def __call__(self, position: int, sample: Sample | SampleError) -> Item:
+        if isinstance(sample, SampleError):
+            return Item(position, skip=sample.reason)
+        texts = [t for t in sample.texts if t and t.strip()]
+        if not texts:
+            return Item(position, skip="empty_caption")
+        extra: dict[str, torch.Tensor] = {}
+        for key in self.extra_keys:
+            if sample.meta.get(key) is None:
+                return Item(position, skip=f"missing_meta:{key}")
+            extra[key] = torch.as_tensor(sample.meta[key])
+        rnd = random.Random(self.seed * 1_000_003 + position)
+        chosen = self._choose(texts, rnd)
+        # A pathological caption must not stall the tokenizer; the context cuts it anyway.
+        picked = [texts[i][: self.max_chars] for i in chosen]
+        image = self.crop(sample.image, rnd)
+        # After the crop, so that turning text augmentation on leaves the crops unchanged.
+        if self.text_aug is not None:
+            picked = [self.text_aug(t, rnd) for t in picked]
+        weight = float(sample.meta.get("weight", 1.0))
+        # Negatives draw from their own generator so turning them on leaves the crops and
+        # caption choices of a run unchanged.
+        neg_rnd = random.Random(self.seed * 1_000_003 + position + (1 << 40))
+        negatives = self._negatives(sample, texts[chosen[0]], neg_rnd)
+        return Item(position, image, picked, weight, negatives=negatives, extra=extra)
+
+
+class Collator:
+    """Items -> Batch: stack, normalise and tokenize once per batch (cheaper than per item)."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
+        images = normalize(torch.stack([it.image for it in items]), self.mean, self.std)  # type: ignore[misc]
+        weights = torch.tensor([it.weight for it in items])
+        extra = {k: torch.stack([it.extra[k] for it in items]) for k in items[0].extra}
+        if all(len(it.texts) == 1 and not it.negatives for it in items):
+            texts = [it.texts[0] for it in items]
+            return Batch(
+                images, self.tokenizer(texts), weights, texts, next_position, skipped, extra=extra
+            )
+        texts, owner, text_row = [], [], []
+        for row, it in enumerate(items):
+            texts += it.texts
+            owner += [row] * len(it.texts)
+            text_row += [row] * len(it.texts)
+        # Hard negatives after all positives: the first B columns stay the familiar diagonal
+        # when every image has one caption. A negative that is some other image's caption
+        # ("a small blue square" made from "a small blue circle") would be a false
+        # negative for that image, and a repeated one would count twice: both are dropped.
+        seen = set(texts)
+        for row, it in enumerate(items):
+            for neg in it.negatives:
+                if neg not in seen:
+                    seen.add(neg)
+                    texts.append(neg)
+                    owner.append(-1)
+                    text_row.append(row)
+        return Batch(
+            images,
+            self.tokenizer(texts),
+            weights,
+            texts,
+            next_position,
+            skipped,
+            torch.tensor(owner),
+            torch.tensor(text_row),
+            extra,
+        )
