@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from clipforge.data.hardneg import perturb
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
+from clipforge.data.shapes.hardneg import perturb
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.models import load
 from clipforge.models.preprocess import image_transform

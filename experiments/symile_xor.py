@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.data.trimodal import TriModalShapes
+from clipforge.data.shapes.trimodal import TriModalShapes
 from clipforge.losses import clip_loss, symile_loss
 from clipforge.models.categorical import CategoricalEncoder
 

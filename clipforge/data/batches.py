@@ -86,7 +86,7 @@ class SampleProcessor:
     Caption strategies: ``random`` (one caption per visit, a different one each epoch),
     ``first`` (the first, canonical caption) and ``all`` (up to ``max_captions`` captions,
     all positives of the image). ``hard_negatives`` names perturbation kinds of
-    :mod:`clipforge.data.hardneg`; a sample gets one negative caption per applicable kind,
+    :mod:`clipforge.data.shapes.hardneg`; a sample gets one negative caption per applicable kind,
     of the same template as its (first) chosen caption. Samples read from files may
     instead carry their own negatives in ``meta["hard_negatives"]`` (a list of strings).
 
@@ -135,7 +135,7 @@ class SampleProcessor:
             return [str(t)[: self.max_chars] for t in given if t and str(t).strip()]
         if not self.hard_negatives or "objects" not in sample.meta:
             return []
-        from clipforge.data.hardneg import hard_negatives
+        from clipforge.data.shapes.hardneg import hard_negatives
 
         # Matched by text, so the negative perturbs the very template that was chosen.
         return list(hard_negatives(sample.meta, rnd, self.hard_negatives, caption).values())

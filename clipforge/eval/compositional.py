@@ -2,7 +2,7 @@
 
 On the shapes world each test scene's canonical caption competes with one negative per
 perturbation that applies (attribute swap, relation swap, count swap, shape swap; see
-:mod:`clipforge.data.hardneg`, shared with hard-negative training). Real benchmarks in
+:mod:`clipforge.data.shapes.hardneg`, shared with hard-negative training). Real benchmarks in
 SugarCrepe's or ARO's public JSON format are read by
 :func:`clipforge.eval.datasets.hardneg_json`; each file there is one perturbation type.
 Accuracy is the fraction of rows whose true caption beats its negatives; chance is 50%.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from clipforge.data.hardneg import PERTURBATIONS, perturb, positive_caption
+from clipforge.data.shapes.hardneg import PERTURBATIONS, perturb, positive_caption
 from clipforge.eval import shapes_data
 from clipforge.eval.choice import choice_accuracy, choice_scores
 from clipforge.eval.datasets import ChoiceData

@@ -56,7 +56,7 @@ class SymileObjective(Objective):
     """:func:`symile_loss` over image, caption and a categorical third view.
 
     The third view is ``Sample.meta["third"]``, an integer in ``[0, categories)`` (see
-    :mod:`clipforge.data.trimodal`); its encoder is a parameter of this objective, so it
+    :mod:`clipforge.data.shapes.trimodal`); its encoder is a parameter of this objective, so it
     is trained and checkpointed with the model.
     """
 

@@ -120,7 +120,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:
     """The perturbation kinds named by ``--hard-negatives`` ('given' = the data's own)."""
-    from clipforge.data.hardneg import TRAINING_PERTURBATIONS as KINDS
+    from clipforge.data.shapes.hardneg import TRAINING_PERTURBATIONS as KINDS
 
     kinds = tuple(k.strip() for k in cfg.hard_negatives.split(",") if k.strip())
     for k in kinds:

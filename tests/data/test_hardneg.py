@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from clipforge.data.hardneg import hard_negatives, perturb, positive_caption, scene_from_meta
 from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes.hardneg import hard_negatives, perturb, positive_caption, scene_from_meta
 from clipforge.errors import ClipforgeError
 
 

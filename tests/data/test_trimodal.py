@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipforge.data.shapes import COLOURS, NUMBER_WORDS
-from clipforge.data.trimodal import TriModalShapes
+from clipforge.data.shapes.trimodal import TriModalShapes
 from clipforge.errors import ClipforgeError
 
 

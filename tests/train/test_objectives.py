@@ -10,9 +10,9 @@ from clipforge.config import from_dict
 from clipforge.data.batches import Collator, SampleProcessor
 from clipforge.data.sample import Sample
 from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes.trimodal import TriModalShapes
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.data.transforms import SeededCrop
-from clipforge.data.trimodal import TriModalShapes
 from clipforge.data.writers import write_manifest
 from clipforge.errors import ClipforgeError
 from clipforge.losses.symile import SymileObjective

@@ -14,10 +14,11 @@ is not trivially broken; it is only blind to the third view.
 from __future__ import annotations
 
 from clipforge.data.sample import Sample
-from clipforge.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesWorld, article
+from clipforge.data.shapes.scenes import COLOURS, NUMBER_WORDS, SHAPES, article
+from clipforge.data.shapes.world import ShapesWorld
 from clipforge.errors import ClipforgeError
 
-_COLOUR_NAMES = tuple(COLOURS)
+COLOUR_NAMES = tuple(COLOURS)
 
 
 class TriModalShapes:
@@ -31,9 +32,9 @@ class TriModalShapes:
     def __init__(
         self, image_size: int = 16, split: str = "train", seed: int = 0, categories: int = 8
     ) -> None:
-        if not 2 <= categories <= len(_COLOUR_NAMES):
+        if not 2 <= categories <= len(COLOUR_NAMES):
             raise ClipforgeError(
-                f"the trimodal shapes world has 2 to {len(_COLOUR_NAMES)} categories, "
+                f"the trimodal shapes world has 2 to {len(COLOUR_NAMES)} categories, "
                 f"got {categories}"
             )
         self.world = ShapesWorld(image_size, split=split, seed=seed)
@@ -47,7 +48,7 @@ class TriModalShapes:
 
     def sample(self, index: int) -> Sample:
         colour, tag, shape = self.factors(index)
-        obj = self.world.object_sample(index, shape, _COLOUR_NAMES[colour])
+        obj = self.world.object_sample(index, shape, COLOUR_NAMES[colour])
         word = NUMBER_WORDS[tag]
         texts = [f"{article(shape)} {shape} with tag {word}", f"tag {word}: {shape}"]
         meta = {

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from clipforge.data.shapes import _INVERSE, SHAPES, Scene, ShapeObject, captions_for
+from clipforge.data.shapes.captions import captions_for
+from clipforge.data.shapes.scenes import INVERSE, SHAPES, Scene, ShapeObject
 from clipforge.errors import ClipforgeError
 
 PERTURBATIONS: tuple[str, ...] = ("attribute", "relation", "count", "shape")
@@ -82,7 +83,7 @@ def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | Non
     if kind == "relation":
         if scene.kind != "pair" or scene.relation is None:
             return None
-        return replace(scene, relation=_INVERSE[scene.relation])
+        return replace(scene, relation=INVERSE[scene.relation])
     if kind == "count":
         if scene.kind != "group":
             return None

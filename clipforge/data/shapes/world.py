@@ -1,221 +1,29 @@
-"""The shapes world: a procedural, seeded image-caption data set.
-
-Every image holds 1-4 coloured shapes on a dark background; every image comes with
-several captions (different templates and phrasings) and structured metadata (per
-object: box, shape, colour, size). Because everything about a scene is known, the
-shapes world doubles as clipforge's benchmark: zero-shot classification over colour x
-shape, retrieval, counting, relations and attribute binding can all be probed exactly.
-
-Samples are a pure function of ``(seed, split, index)``: sample 1234 of the training
-split is the same image on every machine and in every worker, which is what makes a
-resumed run continue bit-for-bit. Splits draw from disjoint seed streams.
-"""
+"""The generator: seeded scenes of the shapes world, rendered, with their captions."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw
 
 from clipforge.data.sample import Sample
-from clipforge.errors import ClipforgeError
-
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (50, 90, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "orange": (245, 140, 30),
-    "cyan": (50, 210, 220),
-    "white": (245, 245, 245),
-}
-SIZES: dict[str, float] = {"small": 0.15, "large": 0.25}  # radius as a fraction of the side
-# Shapes and colours the training scenes never use: out-of-distribution probes for eval.
-OOD_SHAPES: tuple[str, ...] = ("hexagon", "diamond")
-OOD_COLOURS: dict[str, tuple[int, int, int]] = {
-    "pink": (250, 150, 200),
-    "brown": (140, 85, 35),
-    "grey": (140, 140, 140),
-}
-# Radius of the objects of counting scenes: small enough that ten of them fit.
-COUNT_RADIUS = 0.07
-NUMBER_WORDS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
+from clipforge.data.shapes.captions import captions_for
+from clipforge.data.shapes.scenes import (
+    COLOUR_NAMES,
+    COLOURS,
+    COUNT_RADIUS,
+    OOD_COLOURS,
+    SHAPES,
+    SIZE_NAMES,
+    SIZES,
+    SPLITS,
+    Scene,
+    ShapeObject,
+    relation_of,
 )
-_COLOUR_NAMES = tuple(COLOURS)
-_SIZE_NAMES = tuple(SIZES)
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-
-# Plurals that English does not form with a plain "s".
-_PLURAL = {"cross": "crosses"}
-
-
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def plural(shape: str) -> str:
-    return _PLURAL.get(shape, shape + "s")
-
-
-@dataclass(frozen=True)
-class ShapeObject:
-    """One object of a scene; ``box`` is (x0, y0, x1, y1) in pixels of the rendered image."""
-
-    shape: str
-    colour: str
-    size: str
-    box: tuple[float, float, float, float]
-
-    @property
-    def center(self) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        return (x0 + x1) / 2, (y0 + y1) / 2
-
-    def phrase(self, with_size: bool = True) -> str:
-        words = [self.size] if with_size else []
-        words += [self.colour, self.shape]
-        return f"{article(words[0])} {' '.join(words)}"
-
-
-@dataclass
-class Scene:
-    """A list of objects and how the scene was composed (``kind``: single, group, pair, many)."""
-
-    objects: list[ShapeObject]
-    kind: str
-    background: tuple[int, int, int]
-    relation: str | None = None  # for pairs: relation of objects[0] to objects[1]
-    extra: dict[str, Any] = field(default_factory=dict)
-    image_size: int | None = None  # side of the rendered image, for absolute positions
-
-    def meta(self) -> dict[str, Any]:
-        meta = {
-            "kind": self.kind,
-            "count": len(self.objects),
-            "relation": self.relation,
-            "objects": [
-                {"shape": o.shape, "colour": o.colour, "size": o.size, "box": list(o.box)}
-                for o in self.objects
-            ],
-        }
-        if self.image_size is not None:
-            meta["image_size"] = self.image_size
-        return meta
-
-
-def relation_of(a: ShapeObject, b: ShapeObject) -> str:
-    """Spatial relation of ``a`` to ``b`` along the axis on which they are farther apart."""
-    (ax, ay), (bx, by) = a.center, b.center
-    if abs(ax - bx) >= abs(ay - by):
-        return "left of" if ax < bx else "right of"
-    return "above" if ay < by else "below"
-
-
-_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-# Where a relation puts each of its two objects, in absolute terms.
-_PLACES = {
-    "left of": ("on the left", "on the right"),
-    "right of": ("on the right", "on the left"),
-    "above": ("at the top", "at the bottom"),
-    "below": ("at the bottom", "at the top"),
-}
-
-
-def place_of(o: ShapeObject, image_size: int) -> str:
-    """Where a lone object sits: the side it is nearest to, or the middle."""
-    cx, cy = o.center
-    dx, dy = cx / image_size - 0.5, cy / image_size - 0.5
-    if max(abs(dx), abs(dy)) < 1 / 6:
-        return "in the middle"
-    if abs(dx) >= abs(dy):
-        return "on the left" if dx < 0 else "on the right"
-    return "at the top" if dy < 0 else "at the bottom"
-
-
-def captions_for(scene: Scene, positions: bool = False) -> list[str]:
-    """All captions of a scene. The first is the canonical, most detailed one.
-
-    With ``positions``, single-object and two-object scenes get extra captions that say
-    where the objects are in the image ("a red circle on the left and a blue square on
-    the right"); they come after the usual ones, so template numbers stay the same.
-    """
-    caps = _captions(scene)
-    if not positions:
-        return caps
-    objs = scene.objects
-    if scene.kind == "single" and scene.image_size:
-        o = objs[0]
-        caps.append(f"{o.phrase(False)} {place_of(o, scene.image_size)}")
-    elif scene.kind == "pair":
-        a, b = objs
-        pa, pb = _PLACES[scene.relation or relation_of(a, b)]
-        caps.append(f"{a.phrase(True)} {pa} and {b.phrase(True)} {pb}")
-        caps.append(f"{a.phrase(False)} {pa} and {b.phrase(False)} {pb}")
-    return caps
-
-
-def _captions(scene: Scene) -> list[str]:
-    objs = scene.objects
-    if scene.kind == "single":
-        o = objs[0]
-        return [
-            o.phrase(True),
-            o.phrase(False),
-            f"a photo of {o.phrase(False)}",
-            f"one {o.colour} {o.shape}",
-            f"a picture of {o.phrase(True)}",
-            f"there is {o.phrase(False)}",
-        ]
-    if scene.kind == "group":
-        o, n = objs[0], len(objs)
-        word = NUMBER_WORDS[n]
-        return [
-            f"{word} {o.size} {o.colour} {plural(o.shape)}",
-            f"{word} {o.colour} {plural(o.shape)}",
-            f"{n} {o.colour} {plural(o.shape)}",
-            f"a photo of {word} {o.colour} {plural(o.shape)}",
-            f"a group of {word} {o.colour} {plural(o.shape)}",
-        ]
-    if scene.kind == "pair":
-        a, b = objs
-        rel = scene.relation or relation_of(a, b)
-        inv = _INVERSE[rel]
-        return [
-            f"{a.phrase(True)} {rel} {b.phrase(True)}",
-            f"{a.phrase(False)} {rel} {b.phrase(False)}",
-            f"{b.phrase(False)} {inv} {a.phrase(False)}",
-            f"{a.phrase(False)} and {b.phrase(False)}",
-            f"{b.phrase(False)} and {a.phrase(False)}",
-        ]
-    # "many": objects listed from left to right in the canonical caption.
-    ordered = sorted(objs, key=lambda o: o.center[0])
-    full = [o.phrase(True) for o in ordered]
-    short = [o.phrase(False) for o in ordered]
-    n = len(objs)
-    return [
-        ", ".join(full[:-1]) + " and " + full[-1],
-        ", ".join(short[:-1]) + " and " + short[-1],
-        f"{NUMBER_WORDS[n]} shapes: " + ", ".join(short[:-1]) + " and " + short[-1],
-        f"{NUMBER_WORDS[n]} objects",
-    ]
+from clipforge.errors import ClipforgeError
 
 
 @dataclass(frozen=True)
@@ -304,12 +112,10 @@ class ShapesWorld:
             else:
                 kind = "pair" if n == 2 else "many"
             if kind == "group":
-                attrs = [
-                    (rng.choice(SHAPES), rng.choice(_COLOUR_NAMES), rng.choice(_SIZE_NAMES))
-                ] * n
+                attrs = [(rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))] * n
             else:
                 attrs = [
-                    (rng.choice(SHAPES), rng.choice(_COLOUR_NAMES), rng.choice(_SIZE_NAMES))
+                    (rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))
                     for _ in range(n)
                 ]
                 if kind == "pair" and attrs[0] == attrs[1]:
@@ -327,7 +133,7 @@ class ShapesWorld:
     def object_scene(self, index: int, shape: str, colour: str, size: str | None = None) -> Scene:
         """A single-object scene with the given attributes (for classification sets)."""
         rng = self.rng(index, stream=1)
-        size = size or rng.choice(_SIZE_NAMES)
+        size = size or rng.choice(SIZE_NAMES)
         boxes = self._place(rng, [size], [])
         assert boxes is not None  # one object always fits
         bg = (rng.randint(10, 59), rng.randint(10, 59), rng.randint(10, 59))
@@ -383,43 +189,6 @@ class ShapesWorld:
             return caps[-1:]  # the position caption
         # Canonical relation, its short form, the inverse phrasing, the position captions.
         return [caps[0], caps[1], caps[2], *caps[-2:]]
-
-
-def count_caption(n: int, shape: str, colour: str) -> str:
-    """``"seven red circles"``: the caption of a counting scene."""
-    return f"{NUMBER_WORDS[n]} {colour} {shape if n == 1 else plural(shape)}"
-
-
-def _where(o: ShapeObject, image_size: int) -> str:
-    x, y = (v / image_size for v in o.center)
-    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
-    col = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
-    return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
-
-
-def long_caption(scene: Scene, image_size: int) -> str:
-    """A multi-sentence description: object count, each object and where it is, relations.
-
-    Longer than a short text encoder's context on purpose: long-caption retrieval measures
-    what a model keeps of text beyond its first few words.
-    """
-    objs = sorted(scene.objects, key=lambda o: o.center[0])
-    n = len(objs)
-    noun = "object" if n == 1 else "objects"
-    sentences = [f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {noun} in the picture."]
-    for o in objs:
-        phrase = o.phrase(True)
-        sentences.append(f"{phrase[0].upper()}{phrase[1:]} is in the {_where(o, image_size)}.")
-    for a, b in zip(objs, objs[1:], strict=False):
-        sentences.append(
-            f"The {a.colour} {a.shape} is {relation_of(a, b)} the {b.colour} {b.shape}."
-        )
-    return " ".join(sentences)
-
-
-def class_names() -> list[str]:
-    """The colour x shape classes of the zero-shot benchmark, e.g. ``"red circle"``."""
-    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 
 def _star(cx: float, cy: float, r: float, points: int = 5) -> list[tuple[float, float]]:
