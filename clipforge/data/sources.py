@@ -12,6 +12,7 @@ import numpy as np
 
 from clipforge.data.sample import Sample, SampleError
 from clipforge.data.shapes import ShapesWorld
+from clipforge.errors import ClipforgeError
 
 
 class Source:
@@ -91,3 +92,25 @@ class IndexedSource(Source):
 
     def get(self, position: int) -> Sample:
         return self.dataset.load(self._index(position))
+
+
+def open_source(
+    path: str,
+    *,
+    seed: int = 0,
+    image_key: str = "image",
+    caption_key: str = "caption",
+    shuffle_buffer: int = 1000,
+    resample: bool = False,
+) -> Source:
+    """The training source for data on disk: tar shards as a replayable stream, any
+    random-access format (manifest, image folder) reshuffled per epoch."""
+    from clipforge.data.readers import open_dataset
+    from clipforge.data.stream import ShardStream  # it subclasses Source: imported late
+
+    ds = open_dataset(path, image_key=image_key, caption_key=caption_key)
+    if ds.streaming:
+        return ShardStream(ds, seed=seed, buffer=shuffle_buffer, resample=resample)
+    if len(ds) == 0:
+        raise ClipforgeError(f"{path}: the manifest has no rows")
+    return IndexedSource(ds, seed=seed)

@@ -13,8 +13,7 @@ import torch
 
 from clipforge.data.batches import CAPTION_STRATEGIES, Collator, SampleProcessor
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
-from clipforge.data.sources import IndexedSource, ShapesSource, Source
-from clipforge.data.stream import ShardStream
+from clipforge.data.sources import ShapesSource, Source, open_source
 from clipforge.data.textaug import TextAugment
 from clipforge.data.tokenizer import Tokenizer, get_tokenizer
 from clipforge.data.transforms import SeededCrop
@@ -154,14 +153,10 @@ def build_source(cfg: TrainConfig, image_size: int) -> Source:
         return ShapesSource(
             ShapesWorld(image_size, split="train", seed=cfg.seed, config=shapes_config(cfg))
         )
-    from clipforge.data.readers import ShardDataset, open_dataset
-
-    ds = open_dataset(cfg.data, image_key=cfg.image_key, caption_key=cfg.caption_key)
-    if isinstance(ds, ShardDataset):
-        return ShardStream(ds, seed=cfg.seed, buffer=cfg.shuffle_buffer, resample=cfg.resample)
-    if len(ds) == 0:
-        raise ClipforgeError(f"{cfg.data}: the manifest has no rows")
-    return IndexedSource(ds, seed=cfg.seed)
+    return open_source(
+        cfg.data, seed=cfg.seed, image_key=cfg.image_key, caption_key=cfg.caption_key,
+        shuffle_buffer=cfg.shuffle_buffer, resample=cfg.resample,
+    )  # fmt: skip
 
 
 def build_text_aug(cfg: TrainConfig) -> TextAugment | None:

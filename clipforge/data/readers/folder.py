@@ -30,6 +30,8 @@ class FolderDataset:
     sidecar is a ``missing_caption`` sample error, not a data set error.
     """
 
+    streaming = False  # random access by index (see open_source)
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         if not self.root.is_dir():

@@ -46,6 +46,8 @@ class ManifestDataset:
     later as :class:`SampleError` from :meth:`load`.
     """
 
+    streaming = False  # random access by index (see open_source)
+
     def __init__(
         self, path: str | os.PathLike[str], image_key: str = "image", caption_key: str = "caption"
     ) -> None:

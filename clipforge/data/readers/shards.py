@@ -106,6 +106,8 @@ class ShardDataset:
     (a ``weight`` there is the sample's loss weight and must be a number >= 0).
     """
 
+    streaming = True  # read in order as a stream, not by index (see open_source)
+
     def __init__(
         self,
         urls: str | os.PathLike[str] | list[str] | list[os.PathLike[str]],
