@@ -36,7 +36,6 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipforge.config import resolve
     from clipforge.train import TrainConfig, train
-    from clipforge.train.trainer import skip_summary
 
     overrides = {
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
@@ -47,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports for all
     print(f"run folder: {result.run_dir}")
     _print_table(result.metrics)
-    print(skip_summary(result.skipped, result.samples))
+    print(result.skip_summary())
     return 0
 
 

@@ -59,6 +59,10 @@ class TrainResult(os.PathLike):
     def __truediv__(self, other: str) -> Path:
         return self.run_dir / other
 
+    def skip_summary(self) -> str:
+        """One line per skip reason, most frequent first."""
+        return skip_summary(self.skipped, self.samples)
+
 
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     """Train a model as ``cfg`` says; the result stands for the run folder.
