@@ -8,6 +8,7 @@ import torch
 from clipforge.eval.calibration import expected_calibration_error, reliability_bins
 from clipforge.eval.modality_gap import centroid_distance, linear_separability, pca_2d
 from clipforge.eval.ood import auroc, energy_score, fpr_at_tpr, mcm_score
+from tests.tolerance import reorder_bound
 
 
 def test_auroc_counts_ties_half_and_matches_sklearn():
@@ -22,7 +23,13 @@ def test_auroc_counts_ties_half_and_matches_sklearn():
         torch.randint(0, 4, (40,), generator=g).float(),
     )
     sk = roc_auc_score([1] * 50 + [0] * 40, torch.cat([a, b]).numpy())
-    assert auroc(a, b) == pytest.approx(sk, abs=1e-12)
+    # Both float64. Ours sums 50 mean ranks (each a count over ties: one rounding) whose
+    # sum over n1 n2 is <= (50 + 40) / 40; sklearn's trapezoid adds <= 6 steps (5 distinct
+    # scores) of ~4 roundings and the rates' divisions, of values <= 1.
+    tol = reorder_bound(50 + 1, 90 / 40, torch.float64) + reorder_bound(
+        4 * 6 + 2, 1.0, torch.float64
+    )
+    assert auroc(a, b) == pytest.approx(sk, abs=tol)
 
 
 def test_fpr_at_95():
@@ -34,16 +41,26 @@ def test_fpr_at_95():
 
 def test_mcm_and_energy():
     cos = torch.tensor([[0.0, math.log(3.0)]])
-    assert mcm_score(cos).item() == pytest.approx(0.75)  # softmax(0, log 3) = (1/4, 3/4)
+    # float32: log 3 rounded (changing p by <= p (1 - p) u log 3), then the softmax: the
+    # max subtracted, 2 exps, their sum, a division; values <= 1 (max logit - max = 0).
+    tol = reorder_bound(1 + 5, 1.0)
+    assert mcm_score(cos).item() == pytest.approx(0.75, abs=tol)  # softmax(0, log 3) = (1/4, 3/4)
     logits = torch.tensor([[math.log(2.0), math.log(6.0)]])
-    assert energy_score(logits).item() == pytest.approx(math.log(8.0))
+    # float32: log 2 and log 6 rounded, the log-sum-exp (2 exps, 4 more roundings) of
+    # values <= log 8.
+    assert energy_score(logits).item() == pytest.approx(
+        math.log(8.0), abs=reorder_bound(2 + 6, math.log(8.0))
+    )
 
 
 def test_ece_hand_case():
     conf = torch.tensor([0.95, 0.95, 0.55, 0.55, 0.55])
     correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
     # Bin (0.933, 1]: conf 0.95, acc 0.5 -> gap 0.45, weight 2/5; bin of 0.55: gap 0.45, 3/5.
-    assert expected_calibration_error(conf, correct) == pytest.approx(0.45)
+    # The confidences are float32 (0.95 and 0.55 rounded: u each); the bins' sums and the
+    # weighted mean over 15 bins are float64.
+    tol = reorder_bound(1, 1.0) + reorder_bound(5 + 15 + 3, 1.0, torch.float64)
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.45, abs=tol)
     c, a, n = reliability_bins(conf, correct, bins=10)
     assert n.tolist() == [0, 0, 0, 0, 0, 3, 0, 0, 0, 2] and a[9] == 0.5
     # A confidence on a bin edge goes to the lower bin: (0.4, 0.5] holds 0.5.
@@ -54,7 +71,9 @@ def test_ece_hand_case():
 def test_modality_gap_numbers():
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     txt = torch.tensor([[0.0, -1.0], [-1.0, 0.0]])
-    assert centroid_distance(img, txt) == pytest.approx(math.sqrt(2.0))
+    # float32: the means of 2 rows are exact here ((1/2, 1/2) and -(1/2, 1/2)), the
+    # difference (1, 1) too; only the norm rounds: 2 squares summed and the square root.
+    assert centroid_distance(img, txt) == pytest.approx(math.sqrt(2.0), abs=reorder_bound(3, 2.0))
     g = torch.Generator().manual_seed(0)
     a = torch.randn(200, 8, generator=g)
     assert linear_separability(a + 3.0, a - 3.0) == 1.0  # far apart along (1, ..., 1)
@@ -78,9 +97,19 @@ def test_calibration_task_uses_the_model_scale(tmp_path):
     texts = {"x": torch.tensor([1.0, 0.0]), "y": torch.tensor([0.0, 1.0])}
     data = ClassificationData("t", ImageSet("t", 2, None), torch.tensor([0, 1]), ["x", "y"], ["{}"])
     res = calibration.run(fixed_context(tmp_path, {"t": feats}, texts, scale=1.0), data)
-    assert res.metrics["accuracy"] == 0.5 and res.metrics["mean_confidence"] == pytest.approx(0.75)
-    assert res.metrics["ece"] == pytest.approx(0.25)
-    assert res.metrics["nll"] == pytest.approx((math.log(4 / 3) + math.log(4)) / 2)
+    # float32: log 3 rounded; the classifier normalises exact rows; cos is 2 products, the
+    # logits one more; the softmax 5 roundings of values <= 1; the mean over 2 images two.
+    # The ECE is |accuracy - confidence| of those confidences, in float64 after them.
+    tol = reorder_bound(1 + 3 + 5 + 2, 1.0) + reorder_bound(2 + 15 + 3, 1.0, torch.float64)
+    assert res.metrics["accuracy"] == 0.5
+    assert res.metrics["mean_confidence"] == pytest.approx(0.75, abs=tol)
+    assert res.metrics["ece"] == pytest.approx(0.25, abs=tol)
+    # Cross-entropy: the same logits, a log-sum-exp (2 exps, 4 more roundings), the
+    # target's logit subtracted and a mean over 2, of values <= log 4.
+    nll = (math.log(4 / 3) + math.log(4)) / 2
+    assert res.metrics["nll"] == pytest.approx(
+        nll, abs=reorder_bound(1 + 3 + 6 + 1 + 2, math.log(4))
+    )
     assert (tmp_path / "calibration-reliability.png").exists()
 
 

@@ -3,12 +3,14 @@
 Each peer model is built from its own pip package with random weights (every parameter
 perturbed, so LayerNorm weights and zero-initialised biases are not ones and zeros),
 saved in its native format, loaded into clipforge and compared on the same inputs:
-image features, text features and logits, to 1e-5 in fp32. Exports go the other way.
+image features, text features and logits, computed in float64 (on copies of the models)
+to a tolerance derived from rounding (:data:`TERMS`). Exports go the other way.
 Helpers without the ``test_`` prefix are shared with the other test_convert* files.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -18,13 +20,28 @@ import torch
 from clipforge.errors import ClipforgeError
 from clipforge.models import CLIP, ModelConfig, TextConfig, VisionConfig, load
 from clipforge.models.convert import read_checkpoint, save_checkpoint
+from tests.tolerance import CANCEL, clip_terms, reorder_bound, tower_terms
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 
-ATOL = 1e-5
 VOCAB, CTX, IMG, PATCH, WIDTH, EMBED = 1000, 16, 32, 8, 64, 32
 SOT, EOT = VOCAB - 2, VOCAB - 1  # as in CLIP's vocabulary, the end token is the largest id
+
+
+# The micro peers: 8 x 8 x 3 patch pixels, 2 blocks of width 64 (MLP up to 4 x 64, heads up
+# to 64 wide), 17 image tokens, 16 text tokens: 4,681 terms.
+TERMS = clip_terms(
+    tower_terms(3 * PATCH * PATCH, WIDTH, 2, (IMG // PATCH) ** 2 + 1, 4 * WIDTH, WIDTH),
+    tower_terms(1, WIDTH, 2, CTX, 4 * WIDTH, WIDTH),
+    EMBED,
+)
+
+
+def double(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy: there the rounding bound is ~1e-9 of the scale (assert_parity), far
+    under any mapping mistake; in float32 the same bound is half the scale."""
+    return copy.deepcopy(model).double()
 
 
 def inputs(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +66,7 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 @torch.no_grad()
 def ours(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    model, images = double(model), images.double()
     out = model(images, tokens)
     logits = out.scale * out.image @ out.text.T
     if out.bias is not None:
@@ -62,6 +80,7 @@ def ours(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, t
 
 @torch.no_grad()
 def openclip_outputs(model, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    model, images = double(model), images.double()
     logits, _ = model.get_logits(images, tokens)
     return {
         "image": model.encode_image(images),
@@ -77,6 +96,7 @@ def _pooled(x):
 
 @torch.no_grad()
 def hf_outputs(model, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    model, images = double(model), images.double()
     return {
         "image": _pooled(model.get_image_features(pixel_values=images)),
         "text": _pooled(model.get_text_features(input_ids=tokens)),
@@ -84,11 +104,17 @@ def hf_outputs(model, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, t
     }
 
 
-def assert_parity(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def assert_parity(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], terms: int = TERMS
+) -> None:
     for key in ("image", "text", "logits"):
         assert a[key].shape == b[key].shape, key
-        # A mapping mistake shows up as O(1) differences; a faithful one stays near 1e-6.
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=ATOL, msg=key)
+        assert a[key].dtype == b[key].dtype == torch.float64, key
+        # A mapping mistake shows up as O(1) differences; a faithful one only as rounding:
+        # 4,681 x 2.2e-16 x 10^3 = 1e-9 of the scale for the micro models.
+        scale = 1 + float(b[key].abs().max())
+        tol = reorder_bound(terms, CANCEL * scale, torch.float64)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=tol, msg=key)
     assert a["logits"].abs().max() > 0.1  # the comparison is not between zeros
 
 
