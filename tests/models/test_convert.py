@@ -227,16 +227,65 @@ def test_openclip_state_dict_parity(tmp_path: Path, container: str) -> None:
 
         path = tmp_path / "open_clip_model.safetensors"
         save_file({k: v.contiguous() for k, v in sd.items()}, path)
-    ckpt = read_checkpoint(path)
+    # A bare state dict does not say its heads or activation: refused, not guessed.
+    with pytest.raises(ClipforgeError, match="head counts and activation cannot be read"):
+        read_checkpoint(path)
+    given = {"act": "quick_gelu", "vision.heads": 1, "text.heads": 1}
+    ckpt = read_checkpoint(path, overrides=given)
     assert ckpt.format == "openclip"
-    # A bare state dict does not say its heads or activation: OpenAI's conventions apply.
     assert (ckpt.config.act, ckpt.config.vision.heads, ckpt.config.text.heads) == (
         "quick_gelu",
         1,
         1,
     )
     x, t = inputs()
-    assert_parity(ours(load(path), x, t), openclip_outputs(peer, x, t))
+    assert_parity(ours(load(path, overrides=given), x, t), openclip_outputs(peer, x, t))
+
+
+def _odd_openclip(tmp_path: Path):
+    """An OpenCLIP model whose heads are not 64 wide (width 96: 3 heads of 32, text 2 of 48)
+    and GELU, saved as open_clip_train saves a DDP run: RUN/checkpoints/epoch_3.pt."""
+    vision = open_clip.model.CLIPVisionCfg(
+        layers=2, width=96, patch_size=PATCH, image_size=IMG, head_width=32
+    )
+    text = open_clip.model.CLIPTextCfg(
+        context_length=CTX, vocab_size=VOCAB, width=96, heads=2, layers=2
+    )
+    peer = perturb(open_clip.model.CLIP(EMBED, vision, text, quick_gelu=False))
+    path = tmp_path / "run" / "checkpoints" / "epoch_3.pt"
+    path.parent.mkdir(parents=True)
+    sd = {f"module.{k}": v for k, v in peer.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": sd}, path)
+    return peer, path
+
+
+def test_openclip_run_checkpoint_is_refused_until_its_heads_are_known(tmp_path: Path) -> None:
+    peer, path = _odd_openclip(tmp_path)
+    with pytest.raises(ClipforgeError, match=r"vision\.heads=N,text\.heads=N"):
+        load(path)
+    x, t = inputs()
+    given = {"act": "gelu", "vision.heads": 3, "text.heads": 2}
+    assert_parity(ours(load(path, overrides=given), x, t), openclip_outputs(peer, x, t))
+    # A run folder's params.txt naming a model clipforge's table lacks is refused too.
+    (tmp_path / "run" / "params.txt").write_text("batch_size: 8\nmodel: my-custom-vit\n")
+    with pytest.raises(ClipforgeError, match="my-custom-vit"):
+        load(path)
+
+
+def test_open_clip_config_beside_the_file_fixes_the_architecture(tmp_path: Path) -> None:
+    peer, path = _odd_openclip(tmp_path)
+    model_cfg = {
+        "embed_dim": EMBED,
+        "vision_cfg": {"image_size": IMG, "layers": 2, "width": 96, "patch_size": PATCH,
+                       "head_width": 32},
+        "text_cfg": {"context_length": CTX, "vocab_size": VOCAB, "width": 96, "heads": 2,
+                     "layers": 2},
+    }  # fmt: skip
+    (path.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    model = load(path)
+    assert (model.cfg.act, model.cfg.vision.heads, model.cfg.text.heads) == ("gelu", 3, 2)
+    x, t = inputs()
+    assert_parity(ours(model, x, t), openclip_outputs(peer, x, t))
 
 
 def test_openclip_folder_with_config_parity(tmp_path: Path) -> None:
@@ -348,7 +397,9 @@ def test_openai_state_dict_parity(tmp_path: Path) -> None:
     torch.save(peer.state_dict(), path)
     peer.float()
     x, t = inputs()
-    assert_parity(ours(load(path), x, t), openclip_outputs(peer, x, t))
+    # Without OpenAI's buffers (input_resolution, ...) nothing says whose conventions apply.
+    given = {"act": "quick_gelu", "vision.heads": 1, "text.heads": 1}
+    assert_parity(ours(load(path, overrides=given), x, t), openclip_outputs(peer, x, t))
 
 
 # --- Hugging Face -> clipforge -------------------------------------------------------------

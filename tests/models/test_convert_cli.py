@@ -41,12 +41,16 @@ def test_convert_all_directions(tmp_path: Path, capsys: pytest.CaptureFixture) -
         (tmp_path / "hf_dir", tmp_path / "back.pt", "clipforge", "hf-clip"),
         (tmp_path / "hf_dir", tmp_path / "oc.safetensors", "openclip", "hf-clip"),
     ]
-    first = load(src)
+    # Bare OpenCLIP state dicts carry no heads or activation: the caller says them.
+    given = {"act": "quick_gelu", "vision.heads": 1, "text.heads": 1}
+    first = load(src, overrides=given)
     for a, b, to, fmt in steps:
-        assert main(["convert", str(a), str(b), "--to", to]) == 0
+        extra = ["--model-args", "act=quick_gelu,vision.heads=1,text.heads=1"] if a == src else []
+        assert main(["convert", str(a), str(b), "--to", to, *extra]) == 0
         out = capsys.readouterr().out
         assert f"({fmt}):" in out and f"wrote {b}" in out
-        _same_weights(first, load(b))
+        bare = b.suffix == ".safetensors"
+        _same_weights(first, load(b, overrides=given if bare else None))
 
 
 def test_convert_siglip_to_clipforge_and_back(tmp_path: Path) -> None:
@@ -60,11 +64,12 @@ def test_convert_siglip_to_clipforge_and_back(tmp_path: Path) -> None:
 
 
 def test_convert_model_args_override(tmp_path: Path) -> None:
-    # A bare OpenCLIP state dict of a GELU model needs act=gelu to match its peer.
+    # A bare OpenCLIP state dict of a GELU model needs act=gelu (and its heads) to match.
     peer = openclip_model(quick_gelu=False)
     torch.save(peer.state_dict(), tmp_path / "gelu.pt")
     args = ["convert", str(tmp_path / "gelu.pt"), str(tmp_path / "cf.pt"), "--to", "clipforge"]
-    assert main([*args, "--model-args", "act=gelu"]) == 0
+    assert main([*args, "--model-args", "act=gelu"]) == 2  # heads still unknown: refused
+    assert main([*args, "--model-args", "act=gelu,vision.heads=1,text.heads=1"]) == 0
     model = load(tmp_path / "cf.pt")
     assert model.cfg.act == "gelu"
     x, t = inputs()
@@ -101,7 +106,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path: Path) -> None:
     path = tmp_path / "broken.pt"
     torch.save(sd, path)
     with pytest.raises(ClipforgeError) as e:
-        load(path)
+        load(path, overrides={"act": "quick_gelu", "vision.heads": 1, "text.heads": 1})
     assert str(e.value) == (
         f"{path}: openclip checkpoint does not fit the architecture (image 32px/8 width 64 x2, "
         "text width 64 x2, embed 32): missing tensors: visual.ln_post.weight, "

@@ -81,8 +81,12 @@ def detect_format(raw: RawCheckpoint) -> str:
     )
 
 
-def infer_config(raw: RawCheckpoint, fmt: str) -> ModelConfig:
-    """The architecture of ``raw`` (format ``fmt``) from its tensors and configs."""
+def infer_config(raw: RawCheckpoint, fmt: str, given: Iterable[str] = ()) -> ModelConfig:
+    """The architecture of ``raw`` (format ``fmt``) from its tensors and configs.
+
+    ``given`` names the fields the caller will override; what neither the file nor
+    ``given`` fixes is refused, never guessed.
+    """
     if fmt == "clipforge":
         if raw.clipforge_config is None:
             raise ClipforgeError(
@@ -93,7 +97,9 @@ def infer_config(raw: RawCheckpoint, fmt: str) -> ModelConfig:
         except TypeError as e:
             raise ClipforgeError(f"{raw.path}: bad model_config: {e}") from None
     if fmt in ("openai", "openclip"):
-        return _arch.infer_openclip(raw.tensors, raw.openclip_config, raw.path)
+        return _arch.infer_openclip(
+            raw.tensors, raw.openclip_config, raw.path, fmt, raw.openclip_model, set(given)
+        )
     return _arch.infer_hf(raw.tensors, raw.hf_config, raw.hf_preprocessor, raw.path)
 
 
@@ -212,7 +218,7 @@ def read_checkpoint(
     """
     raw = read_raw(path)
     fmt = detect_format(raw)
-    cfg = _resolve_arch(arch) or infer_config(raw, fmt)
+    cfg = _resolve_arch(arch) or infer_config(raw, fmt, overrides or {})
     if overrides:
         cfg = cfg.with_overrides(overrides)
     cfg.validate()

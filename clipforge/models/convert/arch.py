@@ -100,10 +100,45 @@ _OPENCLIP_UNSUPPORTED_TEXT = {
 }
 
 
+# What the tensors of an OpenCLIP state dict cannot tell: the number of heads splits the
+# same q/k/v matrices any way, and the activation has no weights.
+_NOT_IN_TENSORS = ("act", "vision.heads", "text.heads")
+
+
 def infer_openclip(
-    tensors: Mapping[str, torch.Tensor], oc_config: dict[str, Any] | None, path: Path
+    tensors: Mapping[str, torch.Tensor],
+    oc_config: dict[str, Any] | None,
+    path: Path,
+    fmt: str = "openclip",
+    model_name: str | None = None,
+    given: set[str] | None = None,
 ) -> ModelConfig:
-    """The architecture of an OpenAI-layout (OpenAI CLIP / OpenCLIP ``CLIP``) checkpoint."""
+    """The architecture of an OpenAI-layout (OpenAI CLIP / OpenCLIP ``CLIP``) checkpoint.
+
+    Heads and activation come from ``open_clip_config.json``, else from the run's model
+    name (``params.txt``) looked up in :data:`OPENCLIP_MODELS`, else, for OpenAI's own
+    files, from OpenAI's conventions (64-wide heads, QuickGELU). A bare OpenCLIP state
+    dict without any of these is refused unless ``given`` (the caller's overrides)
+    supplies them.
+    """
+    if oc_config is None and model_name is not None:
+        from clipforge.models.convert.openclip_models import OPENCLIP_MODELS
+
+        if model_name not in OPENCLIP_MODELS:
+            raise ClipforgeError(
+                f"{path}: its run's params.txt names model {model_name!r}, which is not one of "
+                f"OpenCLIP's standard architectures clipforge knows; pass --arch or "
+                f"--model-args {_flags()}"
+            )
+        oc_config = {"model_cfg": OPENCLIP_MODELS[model_name]}
+    if oc_config is None and fmt != "openai":
+        missing = [k for k in _NOT_IN_TENSORS if k not in (given or set())]
+        if missing:
+            raise ClipforgeError(
+                f"{path}: an OpenCLIP state dict without open_clip_config.json or params.txt: "
+                f"its head counts and activation cannot be read from the tensors; pass "
+                f"--model-args {_flags()} (missing: {', '.join(missing)})"
+            )
     if oc_config is not None and not isinstance(oc_config.get("model_cfg"), dict):
         raise ClipforgeError(f"{path}: open_clip_config.json has no model_cfg object")
     mc = oc_config["model_cfg"] if oc_config is not None else None
@@ -139,8 +174,15 @@ def infer_openclip(
             f"{path}: image and text projections disagree ({v_proj.shape[1]} vs {embed_dim})"
         )
 
-    if mc is None:  # a bare state dict: OpenAI's conventions
+    if mc is None and fmt == "openai":  # OpenAI's own files: its published conventions
+        if width % 64 or t_width % 64:
+            raise ClipforgeError(
+                f"{path}: widths {width}/{t_width} are not multiples of OpenAI's 64-wide heads; "
+                f"pass --model-args {_flags()}"
+            )
         act, v_heads, t_heads = "quick_gelu", width // 64, t_width // 64
+    elif mc is None:  # every field below is overridden by the caller (checked above)
+        act, v_heads, t_heads = "gelu", 1, 1
     else:
         v_act_kw = vc.get("act_kwargs") or {}
         t_act_kw = tc.get("act_kwargs") or {}
@@ -199,6 +241,10 @@ def infer_openclip(
         resize_mode=pre.get("resize_mode", "shortest"),
         interpolation=pre.get("interpolation", "bicubic"),
     )
+
+
+def _flags() -> str:
+    return "act=gelu|quick_gelu,vision.heads=N,text.heads=N"
 
 
 def openclip_config(cfg: ModelConfig, where: str = "model") -> dict[str, Any]:

@@ -51,6 +51,7 @@ class RawCheckpoint:
     hf_config: dict[str, Any] | None = None  # config.json
     hf_preprocessor: dict[str, Any] | None = None  # preprocessor_config.json
     openclip_config: dict[str, Any] | None = None  # open_clip_config.json
+    openclip_model: str | None = None  # the run's `model: NAME` (open_clip_train params.txt)
 
 
 def read_raw(path: str | Path) -> RawCheckpoint:
@@ -66,7 +67,21 @@ def read_raw(path: str | Path) -> RawCheckpoint:
     sidecar = path.with_name("open_clip_config.json")
     if clipforge_config is None and sidecar.is_file():
         raw.openclip_config = _read_json(sidecar)
+    if clipforge_config is None:
+        raw.openclip_model = _params_model(path)
     return raw
+
+
+def _params_model(path: Path) -> str | None:
+    """The ``model: NAME`` line of the open_clip_train run a checkpoint belongs to
+    (``RUN/params.txt`` beside ``RUN/checkpoints/epoch_N.pt``), if there is one."""
+    for params in (path.with_name("params.txt"), path.parent.parent / "params.txt"):
+        if params.is_file():
+            for line in params.read_text(errors="replace").splitlines():
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model" and value.strip():
+                    return value.strip()
+    return None
 
 
 def _read_folder(path: Path) -> RawCheckpoint:
