@@ -244,7 +244,11 @@ def infer_openclip(
 
 
 def _flags() -> str:
-    return "act=gelu|quick_gelu,vision.heads=N,text.heads=N"
+    # The convert command takes them; its output then loads anywhere (eval, --init, ...).
+    return (
+        "act=gelu|quick_gelu,vision.heads=N,text.heads=N to clipforge convert "
+        "(overrides= in clipforge.models.load)"
+    )
 
 
 def openclip_config(cfg: ModelConfig, where: str = "model") -> dict[str, Any]:
