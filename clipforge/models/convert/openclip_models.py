@@ -35,18 +35,6 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
             "layers": 12,
         },
     },
-    "ViT-B-16-quickgelu": {
-        "embed_dim": 512,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 512,
-            "heads": 8,
-            "layers": 12,
-        },
-    },
     "ViT-B-16": {
         "embed_dim": 512,
         "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
@@ -80,18 +68,6 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
             "layers": 12,
         },
     },
-    "ViT-B-32-quickgelu": {
-        "embed_dim": 512,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 512,
-            "heads": 8,
-            "layers": 12,
-        },
-    },
     "ViT-B-32": {
         "embed_dim": 512,
         "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
@@ -103,46 +79,10 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
             "layers": 12,
         },
     },
-    "ViT-H-14-378-quickgelu": {
-        "embed_dim": 1024,
-        "quick_gelu": True,
-        "vision_cfg": {
-            "image_size": 378,
-            "layers": 32,
-            "width": 1280,
-            "head_width": 80,
-            "patch_size": 14,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 1024,
-            "heads": 16,
-            "layers": 24,
-        },
-    },
     "ViT-H-14-378": {
         "embed_dim": 1024,
         "vision_cfg": {
             "image_size": 378,
-            "layers": 32,
-            "width": 1280,
-            "head_width": 80,
-            "patch_size": 14,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 1024,
-            "heads": 16,
-            "layers": 24,
-        },
-    },
-    "ViT-H-14-quickgelu": {
-        "embed_dim": 1024,
-        "quick_gelu": True,
-        "vision_cfg": {
-            "image_size": 224,
             "layers": 32,
             "width": 1280,
             "head_width": 80,
@@ -201,33 +141,9 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
             "layers": 12,
         },
     },
-    "ViT-L-14-336-quickgelu": {
-        "embed_dim": 768,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 336, "layers": 24, "width": 1024, "patch_size": 14},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 768,
-            "heads": 12,
-            "layers": 12,
-        },
-    },
     "ViT-L-14-336": {
         "embed_dim": 768,
         "vision_cfg": {"image_size": 336, "layers": 24, "width": 1024, "patch_size": 14},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 768,
-            "heads": 12,
-            "layers": 12,
-        },
-    },
-    "ViT-L-14-quickgelu": {
-        "embed_dim": 768,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14},
         "text_cfg": {
             "context_length": 77,
             "vocab_size": 49408,
@@ -346,25 +262,6 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
             "layers": 12,
         },
     },
-    "ViT-bigG-14-quickgelu": {
-        "embed_dim": 1280,
-        "quick_gelu": True,
-        "vision_cfg": {
-            "image_size": 224,
-            "layers": 48,
-            "width": 1664,
-            "head_width": 104,
-            "patch_size": 14,
-            "mlp_ratio": 4.9231,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 1280,
-            "heads": 20,
-            "layers": 32,
-        },
-    },
     "ViT-bigG-14": {
         "embed_dim": 1280,
         "vision_cfg": {
@@ -420,3 +317,18 @@ OPENCLIP_MODELS: dict[str, dict[str, Any]] = {
         },
     },
 }
+# The "-quickgelu" names are the same towers with QuickGELU (OpenAI's activation).
+OPENCLIP_MODELS.update(
+    {
+        f"{name}-quickgelu": {**OPENCLIP_MODELS[name], "quick_gelu": True}
+        for name in (
+            "ViT-B-16",
+            "ViT-B-32",
+            "ViT-H-14-378",
+            "ViT-H-14",
+            "ViT-L-14-336",
+            "ViT-L-14",
+            "ViT-bigG-14",
+        )
+    }
+)
