@@ -133,9 +133,10 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
     types_ = _field_types(cls)
     data = dict(data)
     for name, (sub, prefix) in _sections(cls).items():
-        section = dict(data.pop(name, None) or {})
-        if not isinstance(section, dict):
+        given = data.pop(name, None) or {}
+        if not isinstance(given, dict):
             raise ClipforgeError(f"{source}: config section {name!r} must be a mapping")
+        section = dict(given)
         for key in _field_types(sub):
             for alias in (key, f"{prefix}.{key}"):
                 if alias in data and alias not in types_:

@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
             g["lr"] = lr
         log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
         before = [p.detach().clone() for p in model.parameters()] if log_now else []
-        result = stepper(batch, step)
+        stats = stepper(batch, step)
         step += 1
         # Every rank keeps the totals of all ranks, so all take the same decisions below.
         positions, step_skipped = distributed.stream_state(
@@ -148,9 +148,9 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
         if log_now:
             now = time.perf_counter()
             rec = {
-                "step": step, "loss": result.loss, "lr": lr,
+                "step": step, "loss": stats.loss, "lr": lr,
                 "logit_scale": float(model.logit_scale_exp().detach()),
-                "grad_norm": result.grad_norm, "param_norm": norm(model.parameters()),
+                "grad_norm": stats.grad_norm, "param_norm": norm(model.parameters()),
                 "update_norm": norm(p - b for p, b in zip(model.parameters(), before, strict=True)),
                 "samples": sum(positions), "skipped": sum(skipped.values()),
                 "samples_per_s": n_since / max(now - t_last, 1e-9),
@@ -160,7 +160,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
             rec.update(objective.metrics())
             if log is not None:
                 log.write(rec)
-            bar.set_postfix(loss=f"{result.loss:.3f}", skipped=rec["skipped"])
+            bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
             t_last, n_since = now, 0
         if log is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             if parts.evals:
