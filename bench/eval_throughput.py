@@ -1,32 +1,22 @@
 """Image-embedding throughput of clipforge's evaluator against CLIP_benchmark's loop.
 
-In one process, on the same model and the same image folder, alternately (so both see the
-same machine load), it times:
+In one process, on the same model (default: ``ViT-B-32`` with random weights, 224 px) and
+the same folder of PNGs, alternately so that machine load hits all alike, it times:
 
-* CLIP_benchmark: ``clip_benchmark.metrics.zeroshot_classification.run_classification``
-  over a ``torchvision.datasets.ImageFolder`` + ``DataLoader`` (its CLI's default batch
-  size 64, ``--cb-batch`` to change it, and ``--workers`` loader processes), with the
-  model's own preprocessing;
+* CLIP_benchmark's default loop:
+  ``clip_benchmark.metrics.zeroshot_classification.run_classification`` over a
+  ``torchvision.datasets.ImageFolder`` + ``DataLoader`` with its CLI's defaults (batch 64,
+  4 loader workers, ``amp=True``, which on CPU is bfloat16 autocast), and the same loop
+  tuned for this machine (``--cb-workers`` loader workers, 0 by default);
 * clipforge: :class:`clipforge.eval.embed.Embedder` on
-  :func:`clipforge.eval.datasets.image_folder` (no cache; batch 128), same preprocessing.
+  :func:`clipforge.eval.datasets.image_folder` (no cache, batch 128, ``--precision``,
+  ``auto`` by default, as ``clipforge eval`` runs).
 
-On CPU the image encoder dominates both loops (PNG decoding and resizing are about a
-fifth of the time), so the loops themselves run at about the same speed; batch size
-matters little once the OpenMP threads wait passively (64-128 best, 256 slower). Run it
-with more threads or on an accelerator, where decoding overlaps the encoder, to see a
-difference.
+It checks that the features agree, then prints images/s (median of the rounds) and the
+ratios clipforge / CLIP_benchmark, in wall time and in CPU time.
 
-It checks that both produce the same features, then prints images/s (median of the
-rounds) and the ratio clipforge / CLIP_benchmark. CLIP_benchmark's default ``amp=True``
-means bfloat16 autocast, which on most CPUs is many times slower than float32; the
-comparison runs it in float32 (``--amp`` to use its default) so that the numbers compare
-the loops, not the precision.
-
-The default data are shapes-world renders written as PNG at ``--render-size`` pixels,
-larger than the model's input, as real evaluation photos are.
-
-    python bench/eval_throughput.py                       # run folder runs/default if present
-    python bench/eval_throughput.py --model RUN_DIR --images 2000 --workers 2
+    python bench/eval_throughput.py                          # ViT-B-32, 1000 images
+    python bench/eval_throughput.py --model RUN_DIR --images 2000 --precision fp32
 """
 
 from __future__ import annotations
@@ -61,7 +51,7 @@ def write_folder(root: Path, n: int, size: int) -> None:
 
 def clip_benchmark_features(
     model: CLIP, root: Path, workers: int, amp: bool, batch: int = 64
-) -> torch.Tensor:
+) -> torch.Tensor:  # the model's device is CLIP_benchmark's device
     """CLIP_benchmark's zero-shot embedding loop; the identity "classifier" returns the
     normalised features themselves (scaled by its fixed 100)."""
     from clip_benchmark.metrics.zeroshot_classification import run_classification
@@ -69,74 +59,82 @@ def clip_benchmark_features(
 
     ds = ImageFolder(str(root), transform=image_transform(model.cfg))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False)
-    eye = torch.eye(model.cfg.embed_dim)
-    logits, _ = run_classification(model, eye, loader, "cpu", amp=amp)
-    return logits / 100.0
+    device = next(model.parameters()).device
+    eye = torch.eye(model.cfg.embed_dim, device=device)
+    logits, _ = run_classification(model, eye, loader, device.type, amp=amp)
+    return logits.cpu() / 100.0
 
 
-def ours_features(model: CLIP, root: Path) -> torch.Tensor:
-    emb = Embedder(model, get_tokenizer(model.cfg.text.context_length), progress=False)
-    return emb.images(image_folder(root).images)
+def ours_features(model: CLIP, root: Path, precision: str) -> tuple[torch.Tensor, str]:
+    tok = get_tokenizer(model.cfg.text.context_length)
+    emb = Embedder(model, tok, progress=False, precision=precision)
+    return emb.images(image_folder(root).images), emb.precision
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="runs/default", help="run folder (default: a random tiny)")
-    ap.add_argument("--images", type=int, default=1500)
-    ap.add_argument("--render-size", type=int, default=128, help="PNG side in pixels")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", default="ViT-B-32", help="preset (random weights) or run folder")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--render-size", type=int, default=256, help="PNG side in pixels")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=0, help="CLIP_benchmark DataLoader workers")
-    ap.add_argument("--amp", action="store_true", help="CLIP_benchmark's default bf16 autocast")
-    ap.add_argument("--cb-batch", type=int, default=64, help="CLIP_benchmark batch (CLI: 64)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cb-workers", type=int, default=0, help="tuned CLIP_benchmark workers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if Path(args.model).is_dir():
         from clipforge.models import load
 
-        model, name = load(args.model), args.model
+        model = load(args.model)
     else:
-        model, name = create_model("tiny").eval(), "random tiny"
+        torch.manual_seed(0)
+        model = create_model(args.model).eval()
+    model.to(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_folder(root, args.images, args.render_size)
-
-        def theirs() -> torch.Tensor:
-            return clip_benchmark_features(model, root, args.workers, args.amp, args.cb_batch)
+        chosen = {}
 
         def ours() -> torch.Tensor:
-            return ours_features(model, root)
+            feats, chosen["precision"] = ours_features(model, root, args.precision)
+            return feats
 
-        a, b = theirs(), ours()
-        diff = float((a - b).abs().max())
+        loops = {
+            "CLIP_benchmark default": lambda: clip_benchmark_features(model, root, 4, True, 64),
+            "CLIP_benchmark tuned": lambda: clip_benchmark_features(
+                model, root, args.cb_workers, True, 64
+            ),
+            "clipforge": ours,
+        }
         print(
-            f"model {name}, {args.images} PNGs at {args.render_size} px, threads {args.threads}, "
-            f"CLIP_benchmark batch {args.cb_batch}, workers {args.workers}, amp {args.amp}"
+            f"model {args.model}, {args.images} PNGs at {args.render_size} px, threads "
+            f"{args.threads}; CLIP_benchmark batch 64, amp, workers 4 (default) and "
+            f"{args.cb_workers} (tuned); clipforge --precision {args.precision}"
         )
-        print(f"same features: max |difference| {diff:.2e}")
-        times: dict[str, list[float]] = {"CLIP_benchmark": [], "clipforge": []}
-        cpu: dict[str, list[float]] = {"CLIP_benchmark": [], "clipforge": []}
+        times: dict[str, list[float]] = {k: [] for k in loops}
+        cpu: dict[str, list[float]] = {k: [] for k in loops}
+        feats: dict[str, torch.Tensor] = {}
         for r in range(args.rounds):
-            order = [("CLIP_benchmark", theirs), ("clipforge", ours)]
-            # Alternate who goes first, so a load change on a shared machine hits both.
-            for label, fn in order if r % 2 == 0 else order[::-1]:
+            order = list(loops.items())
+            # Rotate who goes first, so a load change on a shared machine hits all.
+            for label, fn in order[r % len(order) :] + order[: r % len(order)]:
                 t0, c0 = time.perf_counter(), time.process_time()
-                fn()
+                feats[label] = fn()
                 times[label].append(time.perf_counter() - t0)
                 cpu[label].append(time.process_time() - c0)
-                print(
-                    f"  round {r}: {label:<15} {times[label][-1]:6.2f} s wall, {cpu[label][-1]:6.2f} s CPU"
-                )
-    # CPU seconds are the steadier measure on a shared machine: waiting for a core is not
-    # counted.
+                print(f"  round {r}: {label:<24} {times[label][-1]:6.1f} s wall, "
+                      f"{cpu[label][-1]:6.1f} s CPU (this process)")  # fmt: skip
+    ref = feats["CLIP_benchmark default"]
+    for label, f in feats.items():
+        cos = torch.nn.functional.cosine_similarity(ref, f.float(), dim=-1)
+        print(f"{label:<24} min cosine to CLIP_benchmark's features {float(cos.min()):.5f}")
+    print(f"clipforge ran in {chosen['precision']}")
     rate = {k: args.images / statistics.median(v) for k, v in times.items()}
-    rate_cpu = {k: args.images / statistics.median(v) for k, v in cpu.items()}
     for k in rate:
-        print(f"{k:<15} {rate[k]:8.1f} images/s wall, {rate_cpu[k]:8.1f} images per CPU-second")
-    print(
-        f"ratio clipforge / CLIP_benchmark: {rate['clipforge'] / rate['CLIP_benchmark']:.2f}x "
-        f"wall, {rate_cpu['clipforge'] / rate_cpu['CLIP_benchmark']:.2f}x CPU"
-    )
+        print(f"{k:<24} {rate[k]:8.1f} images/s")
+    for base in ("CLIP_benchmark default", "CLIP_benchmark tuned"):
+        print(f"ratio clipforge / {base}: {rate['clipforge'] / rate[base]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
 """clipforge vs OpenCLIP throughput on the same architecture, weights and batch.
 
-In one process, for each case (default: ViT-B/32 at batch 32 and the ``tiny`` preset at
-batch 256, with a plain patch embedding since OpenCLIP has no conv stem) it builds a clipforge model, exports its weights into an OpenCLIP model (and
-checks that both compute the same features), then times alternately, step by step:
+In one process, for each case (default ``w192``: 64 px, patch 8, width 192, 4+4 layers,
+text context 32, batch 64) it builds a clipforge model, exports its weights into an
+OpenCLIP model (and checks that both compute the same features), then times
+alternately, step by step, in float32 and under bf16 autocast:
 
 * a training step: forward both towers, symmetric InfoNCE loss, backward, AdamW step;
 * inference: image and text embeddings of one batch under ``torch.inference_mode``.
 
-It prints samples/s (median over the timed steps) and the ratio clipforge/OpenCLIP.
+It prints samples/s (median over the timed steps) and the ratio clipforge/OpenCLIP, for
+two kinds of text: ``captions`` (short, about 12 tokens, as in real data: clipforge drops
+the padded tail of a batch, OpenCLIP does not) and ``full`` (every position used, which
+compares the towers' arithmetic alone).
 
-Text: by default captions are short, as in real data (about 12 tokens); clipforge drops
-the padded tail of a batch, OpenCLIP does not. ``--text full`` fills the whole context to
-compare the towers without that advantage.
-
-    OMP_NUM_THREADS=1 python bench/peer_throughput.py                    # both cases
-    python bench/peer_throughput.py --cases tiny:256 --steps 20 --text full
+    python bench/peer_throughput.py                                 # w192, both texts
+    python bench/peer_throughput.py --cases tiny:256,ViT-B-32:32 --text full --steps 5
+    python bench/peer_throughput.py --fused-adamw                   # a candidate
 """
 
 from __future__ import annotations
@@ -98,44 +99,98 @@ def time_alternately(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_case(preset: str, batch: int, args: argparse.Namespace, device: torch.device) -> None:
-    torch.manual_seed(0)
+CASES = {
+    # The architecture of the peer comparison in the README: 64 px, patch 8, width 192,
+    # 4+4 layers, text context 32 (the tiny preset's depth and context).
+    "w192": ("tiny", {"vision.image_size": 64, "vision.patch_size": 8, "vision.width": 192,
+                      "vision.heads": 6, "vision.stem": "patch", "vision.pool": "cls",
+                      "text.width": 192, "text.heads": 6, "embed_dim": 192}),
     # OpenCLIP has no conv stem; the tiny preset is compared with its plain-patch twin.
-    plain = {"vision.stem": "patch"} if preset == "tiny" else None
-    ours = create_model(preset, plain).to(device)
+    "tiny": ("tiny", {"vision.stem": "patch"}),
+    "ViT-B-32": ("ViT-B-32", None),
+}  # fmt: skip
+
+
+def run_case(name: str, batch: int, args: argparse.Namespace, device: torch.device) -> None:
+    preset, over = CASES.get(name, (name, None))
+    torch.manual_seed(0)
+    ours = create_model(preset, over).to(device)
     peer = openclip_twin(ours.cpu()).to(device)
     ours.to(device)
-    images, tokens = batch_inputs(ours, batch, args.text, device)
+    for text in args.text.split(","):
+        images, tokens = batch_inputs(ours, batch, text, device)
+        ours.eval(), peer.eval()
+        with torch.inference_mode():
+            a = ours.encode_image(images[:4]), ours.encode_text(tokens[:4])
+            b = peer.encode_image(images[:4]), peer.encode_text(tokens[:4])
+        diff = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+        print(f"\n{name} batch {batch}, {text} text: max feature difference {diff:.1e}")
+        print(f"{'mode':<22} {'clipforge/s':>12} {'openclip/s':>12} {'ratio':>7}")
+        flops = _train_flops(ours, images, tokens) if args.peak_tflops else 0.0
+        for precision in args.precision.split(","):
+            results = _time_modes(ours, peer, images, tokens, precision, args, device)
+            for mode, t in results.items():
+                cf, oc = batch / t["clipforge"], batch / t["openclip"]
+                line = f"{mode + ' ' + precision:<22} {cf:12.1f} {oc:12.1f} {cf / oc:7.2f}"
+                if flops and mode == "train step":
+                    mfu = {k: flops / v / 1e12 / args.peak_tflops for k, v in t.items()}
+                    line += (
+                        f"   MFU clipforge {mfu['clipforge']:.1%}, openclip {mfu['openclip']:.1%}"
+                    )
+                print(line)
 
-    ours.eval(), peer.eval()
-    with torch.inference_mode():
-        a = ours.encode_image(images[:4]), ours.encode_text(tokens[:4])
-        b = peer.encode_image(images[:4]), peer.encode_text(tokens[:4])
-    diff = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
-    print(f"\n{preset} batch {batch} ({args.text} text): max feature difference {diff:.1e}")
+
+def _train_flops(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Floating-point operations of one training step (forward and backward), counted by
+    torch's FLOP counter: the numerator of model FLOP utilisation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _clip_loss(model, images, tokens).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def _time_modes(
+    ours: CLIP,
+    peer: torch.nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    precision: str,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    bf16 = precision == "bf16"
+
+    def amp() -> torch.autocast:
+        return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
     def infer(model: torch.nn.Module) -> Callable[[], None]:
         def step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), amp():
                 model.encode_image(images)
                 model.encode_text(tokens)
 
         return step
 
+    ours.eval(), peer.eval()
     results = {"inference": time_alternately(
         {"clipforge": infer(ours), "openclip": infer(peer)}, args.steps, args.warmup, device
     )}  # fmt: skip
-
     ours.train(), peer.train()
+    fused = {"fused": True} if args.fused_adamw else {}
     opts = {
-        "clipforge": torch.optim.AdamW(ours.parameters(), lr=1e-5),
+        "clipforge": torch.optim.AdamW(ours.parameters(), lr=1e-5, **fused),
         "openclip": torch.optim.AdamW(peer.parameters(), lr=1e-5),
     }
 
     def train(name: str, model: torch.nn.Module) -> Callable[[], None]:
         def step() -> None:
             opts[name].zero_grad(set_to_none=True)
-            _clip_loss(model, images, tokens).backward()
+            with amp():
+                loss = _clip_loss(model, images, tokens)
+            loss.backward()
             opts[name].step()
 
         return step
@@ -146,18 +201,25 @@ def run_case(preset: str, batch: int, args: argparse.Namespace, device: torch.de
         args.warmup,
         device,
     )
-    print(f"{'mode':<12} {'clipforge/s':>12} {'openclip/s':>12} {'ratio':>7}")
-    for mode, t in results.items():
-        cf, oc = batch / t["clipforge"], batch / t["openclip"]
-        print(f"{mode:<12} {cf:12.1f} {oc:12.1f} {cf / oc:7.2f}")
+    return results
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="ViT-B-32:32,tiny:256", help="PRESET:BATCH,...")
+    p.add_argument(
+        "--cases", default="w192:64", help="CASE:BATCH,... (w192, tiny, ViT-B-32 or a preset)"
+    )
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (default: 3)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--text", default="captions", choices=["captions", "full"])
+    p.add_argument("--text", default="captions,full", help="captions, full or both")
+    p.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 or both")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="device peak TFLOP/s: print model FLOP utilisation of training",
+    )
+    p.add_argument("--fused-adamw", action="store_true", help="clipforge with fused AdamW")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()

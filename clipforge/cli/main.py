@@ -82,6 +82,13 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", type=int, default=1000, help="retrieval scenes (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 where the hardware runs it natively and the model is "
+        "wide enough to gain, else fp32; bf16 is checked against fp32 on the first batch",
+    )
+    p.add_argument(
         "--out",
         help="without --tasks: JSON file (default: RUN_DIR/eval-SPLIT.json or next to the "
         "file); with --tasks: output folder (default: RUN_DIR/eval or FILE-eval)",
@@ -152,7 +159,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             split=args.split,
             image_root=args.image_root,
             progress=args.progress,
+            precision=args.precision,
         )
+        _print_precision(results["precision"])
         for name, t in results["tasks"].items():
             _print_table({f"{name}/{k}": v for k, v in t["metrics"].items()})
         for name, why in results["skipped"].items():
@@ -161,12 +170,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     model = load(path)
     tok = get_tokenizer(model.cfg.text.context_length)
-    res = flat_metrics(
-        evaluate(
-            model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
-            scenes=args.pairs, progress=args.progress,
-        )
+    results = evaluate(
+        model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
+        scenes=args.pairs, progress=args.progress, precision=args.precision,
     )  # fmt: skip
+    res = flat_metrics(results)
+    _print_precision(results["precision"])
     out = (
         Path(args.out)
         if args.out
@@ -176,10 +185,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             else path.with_suffix(f".eval-{args.split}.json")
         )
     )
-    out.write_text(json.dumps({"model": str(path), "split": args.split, **res}, indent=2) + "\n")
+    record = {"model": str(path), "split": args.split, **res, "precision": results["precision"]}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     _print_table(res)
     print(f"wrote {out}")
     return 0
+
+
+def _print_precision(record: dict) -> None:
+    parity = [
+        f"{k.split('_')[0]} min cosine {v['min_cosine']:.6f}"
+        for k, v in record.items()
+        if k.endswith("_parity")
+    ]
+    tail = f"; bf16 vs fp32 on the first batch: {', '.join(parity)}" if parity else ""
+    print(f"precision {record['precision']} ({record['reason']}){tail}")
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:

@@ -53,6 +53,7 @@ def evaluate(
     image_root: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` in memory and return the results dict.
 
@@ -61,6 +62,8 @@ def evaluate(
     :func:`~clipforge.eval.datasets.open_eval_data`) a task runs on the first data set
     whose kind it accepts and is skipped, with the reason recorded, when there is none.
     Plots are drawn only into an ``out_dir``. The model's train/eval mode is restored.
+    ``precision`` (fp32, bf16 or auto) is the embedder's; what it chose, and the bf16
+    parity check of its first batches, are recorded under ``"precision"``.
     """
     names = resolve_tasks(tasks)
     registry = load_tasks()
@@ -69,7 +72,9 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
     user = [open_eval_data(p, split=split, image_root=image_root) for p in data]
     was_training = model.training
-    embedder = embedder or Embedder(model, tokenizer, cache_dir, progress=progress)
+    embedder = embedder or Embedder(
+        model, tokenizer, cache_dir, progress=progress, precision=precision
+    )
     ctx = EvalContext(model.eval(), tokenizer, embedder, out, seed, split, per_class, scenes)
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -111,6 +116,7 @@ def evaluate(
         model.train(was_training)
     results["seconds"] = round(time.perf_counter() - start, 2)
     results["embedded_images"] = embedder.embedded_images
+    results["precision"] = embedder.precision_record
     return results
 
 
@@ -131,11 +137,12 @@ def run_suite(
     image_root: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """:func:`evaluate`, then write ``OUT/results.json``, ``OUT/report.md`` and the plots."""
     results = evaluate(
         model, tokenizer, tasks, data, out_dir=out_dir, cache_dir=cache_dir, split=split,
-        image_root=image_root, seed=seed, progress=progress,
+        image_root=image_root, seed=seed, progress=progress, precision=precision,
     )  # fmt: skip
     results["model"] = model_name
     out = Path(out_dir)

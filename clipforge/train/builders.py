@@ -22,11 +22,10 @@ from clipforge.eval.suite import resolve_tasks
 from clipforge.losses import LossSpec, get_loss
 from clipforge.losses.base import Objective
 from clipforge.models import ModelConfig, get_model_config
+from clipforge.precision import PRECISIONS, Precision, model_width, resolve
 from clipforge.train import distributed
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
-
-PRECISIONS = ("fp32", "bf16", "fp64")
 
 
 @dataclass
@@ -41,6 +40,7 @@ class RunParts:
     processor: SampleProcessor
     collate: Collator
     evals: list[str]  # eval tasks on the shapes world; empty with --data or evals=none
+    precision: Precision  # --precision resolved: auto becomes fp32 or bf16 here
 
 
 def build(cfg: TrainConfig, world: World) -> RunParts:
@@ -75,9 +75,10 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
     )
     evals = [] if cfg.data is not None or cfg.evals in ("", "none") else resolve_tasks(cfg.evals)
     tokenizer = get_tokenizer(mcfg.text.context_length)
+    precision = resolve(cfg.precision, model_width(mcfg), world.device, use="train")
     return RunParts(
         mcfg, spec, objective, tokenizer, build_source(cfg, size), processor,
-        Collator(tokenizer, mcfg.mean, mcfg.std), evals,
+        Collator(tokenizer, mcfg.mean, mcfg.std), evals, precision,
     )  # fmt: skip
 
 

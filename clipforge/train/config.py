@@ -97,7 +97,8 @@ class TrainConfig:
         "auto", "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl"
     )
     precision: str = option(
-        "fp32", "fp32, bf16 (autocast) or fp64 (rounding-free checks of parallel and resumed runs)"
+        "auto",
+        "auto (bf16 where the hardware runs it natively and the model is wide enough to gain, else fp32; the choice is printed and saved in precision.json), fp32, bf16 (autocast) or fp64 (rounding-free checks of parallel and resumed runs)",
     )
     crop_scale: float = option(0.8, "smallest area fraction of the random resized crop")
     flip: bool = option(False, "random horizontal flip (corrupts left/right captions)")

@@ -83,16 +83,21 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _alone() -> World:
+    """A lone process: on the GPU where there is one, so one GPU needs no launcher."""
+    return World(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+
+
 def setup(backend: str = "auto") -> World:
     """Join the process group described by torchrun's environment; a lone process stays alone."""
     if backend not in BACKENDS:
         raise ClipforgeError(f"unknown dist backend {backend!r} (known: {', '.join(BACKENDS)})")
     if not launched():
-        return World()
+        return _alone()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if size == 1:
-        return World()
+        return _alone()
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():

@@ -73,6 +73,7 @@ class RunFolder:
         self.final = path / "checkpoints" / "final.pt"
         self.eval_json = path / "eval.json"
         self.curve = path / "curve.png"
+        self.precision = path / "precision.json"
 
     @classmethod
     def new(cls, cfg: TrainConfig, world: World) -> RunFolder:
@@ -99,8 +100,15 @@ class RunFolder:
         state = ckpt.load(folder.last) if folder.last.exists() else None
         return folder, replace(saved, progress=cfg.progress), state
 
-    def create(self, cfg: TrainConfig, model_config: ModelConfig, fresh: bool) -> TrainConfig:
-        """Make the folder; a ``fresh`` run records its config and architecture."""
+    def create(
+        self,
+        cfg: TrainConfig,
+        model_config: ModelConfig,
+        fresh: bool,
+        precision: dict[str, str] | None = None,
+    ) -> TrainConfig:
+        """Make the folder; a ``fresh`` run records its config, architecture and how its
+        precision was chosen."""
         if not self.main:
             return cfg
         self.last.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +117,8 @@ class RunFolder:
             save_yaml(cfg, self.config)
             plain = ckpt.plain_config(model_config)
             self.model_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
+            if precision is not None:
+                self.precision.write_text(json.dumps(precision, indent=2) + "\n")
         return cfg
 
     def log(self, resume_step: int | None) -> MetricsLog | None:

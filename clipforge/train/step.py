@@ -119,11 +119,16 @@ class Stepper:
 def _to(part: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return part
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        # A pinned host copy lets the transfer overlap the previous step's kernels.
+        return t.pin_memory().to(device, non_blocking=True)
+
     return replace(
         part,
-        images=part.images.to(device),
-        tokens=part.tokens.to(device),
-        weights=part.weights.to(device),
-        owner=None if part.owner is None else part.owner.to(device),
-        extra={k: v.to(device) for k, v in part.extra.items()},
+        images=move(part.images),
+        tokens=move(part.tokens),
+        weights=move(part.weights),
+        owner=None if part.owner is None else move(part.owner),
+        extra={k: move(v) for k, v in part.extra.items()},
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,13 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
         folder, state = RunFolder.new(cfg, world), None
     parts = build(cfg, world)
     torch.set_num_threads(cfg.threads)
-    cfg = folder.create(cfg, parts.model_config, fresh=state is None)
+    # The resolved precision is what the saved config says, so a resumed run keeps it on
+    # any machine.
+    cfg = replace(cfg, precision=parts.precision.name)
+    fresh = state is None
+    cfg = folder.create(cfg, parts.model_config, fresh, parts.precision.to_dict())
+    if world.is_main and fresh:
+        print(f"precision {parts.precision.name} ({parts.precision.reason})", flush=True)
 
     torch.manual_seed(cfg.seed)
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
@@ -191,9 +197,10 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
 
 def _evaluate(model: CLIP, parts: RunParts, cfg: TrainConfig, split: str) -> dict[str, float]:
     """The run's eval tasks on the shapes world's ``split``, in memory."""
+    # A bf16 run is evaluated in bf16 as well, so its numbers describe the model it trains.
     results = evaluate(
         model, parts.tokenizer, parts.evals, split=split, per_class=cfg.eval_per_class,
-        scenes=cfg.eval_pairs,
+        scenes=cfg.eval_pairs, precision="bf16" if cfg.precision == "bf16" else "fp32",
     )  # fmt: skip
     return flat_metrics(results)
 
