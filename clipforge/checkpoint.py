@@ -10,7 +10,9 @@ layer that reads or writes checkpoints uses the same three functions.
 from __future__ import annotations
 
 import json
-import os
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ import torch
 
 from clipforge.config import to_dict
 from clipforge.errors import ClipforgeError
+from clipforge.outputs import atomic_file
+
+# torch.save's legacy (pre-zip) format starts with this number, pickled.
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -26,13 +32,58 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
     A kill at any moment leaves either the old file or the new one, never a torn one.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def is_torch_file(path: str | Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` file (its zip format or the legacy pickle)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    with open(path, "rb") as f:
+        head = f.read(32)
+    return head[:1] == b"\x80" and _LEGACY_MAGIC in head
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load(..., weights_only=True)`` of a ``torch.save`` file, on the CPU.
+
+    Anything else (a plain pickle, random bytes, an unrelated zip) is refused in one line
+    naming the file before torch sees it: torch would print warnings about pickle
+    protocols and fail on an opcode number that tells a user nothing.
+    """
+    path = Path(path)
+    if not is_torch_file(path):
+        raise ClipforgeError(
+            f"{path} is not a checkpoint clipforge reads (not a torch.save, TorchScript or "
+            "safetensors file)"
+        )
+    with warnings.catch_warnings():
+        # torch warns about pickle details of files it then loads fine.
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types here; all mean "not a safe checkpoint"
+            raise ClipforgeError(load_error(path, e)) from None
+
+
+def load_error(path: Path, e: Exception) -> str:
+    """The one-line message for a ``torch.load(weights_only=True)`` failure on ``path``."""
+    msg = str(e)
+    bad = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(
+        r"unsupported global[^\w]*([\w.]+)", msg, re.IGNORECASE
+    )
+    if bad:
+        return (
+            f"refusing to load {path}: its pickle imports {bad.group(1)}, which a weights-only "
+            "load does not allow (loading it normally could run code)"
+        )
+    # torch wraps the reason in advice about weights_only=False, which is not ours to give.
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if not ln.startswith(boilerplate)), type(e).__name__)
+    return f"cannot read {path} as a weights-only checkpoint: {detail}"
 
 
 def resolve(path: str | Path, what: str = "checkpoint") -> Path:
@@ -58,11 +109,12 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ClipforgeError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors carry no file name; add it
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClipforgeError(f"cannot load checkpoint {path}: {first}") from None
+    state = torch_load(path)
+    if not isinstance(state, dict):
+        raise ClipforgeError(
+            f"{path} is not a clipforge checkpoint (it holds a {type(state).__name__})"
+        )
+    return state
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

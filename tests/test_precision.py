@@ -59,14 +59,14 @@ def test_bf16_embedding_records_parity_with_fp32(micro_args):
     rec = bf16.precision_record
     assert rec["precision"] == "bf16" and fp32.precision_record["precision"] == "fp32"
     assert rec["image_parity"]["samples"] == 8 and rec["text_parity"]["samples"] == 2
-    # bf16 keeps 8 significant bits: each weight and activation is off by <= 2^-8
-    # relative, so through a few layers a feature moves by a few percent of its norm at
-    # most, and its cosine to the float32 feature stays far above the 0.99 alarm. A
-    # broken kernel (wrong layout, wrong scale) gives cosines near 0.
+    # bf16 keeps 8 significant bits: each weight and activation is off by <= 2^-9
+    # relative, and the errors of a few layers add up to well under 1% of a feature's
+    # norm: 1 - cosine ~ (relative error)^2 / 2 < 1e-4. A broken kernel (wrong layout,
+    # wrong scale) gives cosines near 0.
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    assert float(cos.min()) > 0.99
+    assert float(cos.min()) > 1 - 1e-4
     assert rec["image_parity"]["min_cosine"] == pytest.approx(float(cos[:8].min()), abs=1e-5)
-    assert float(torch.nn.functional.cosine_similarity(ta[:1], tb[:1])) > 0.99
+    assert float(torch.nn.functional.cosine_similarity(ta[:1], tb[:1])) > 1 - 1e-4
     assert not torch.equal(a, b)  # it really ran in bf16
 
 
@@ -86,7 +86,7 @@ def test_a_broken_bf16_path_falls_back_to_fp32(micro_args):
     want = Embedder(model, tok, progress=False, precision="fp32").images(images)
     assert torch.equal(got, want)
     assert emb.precision_record["precision"] == "fp32"
-    assert emb.precision_record["image_parity"]["min_cosine"] < 0.99
+    assert emb.precision_record["image_parity"]["min_cosine"] < 0.999
 
 
 def test_auto_choice_is_saved_as_the_resolved_config(tmp_path, micro_args, monkeypatch):

@@ -17,6 +17,12 @@ from pathlib import Path  # noqa: E402
 from clipforge.errors import ClipforgeError  # noqa: E402
 
 
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    from clipforge.outputs import OVERWRITE_HELP
+
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_arguments
     from clipforge.train.config import TrainConfig
@@ -29,6 +35,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML file of config fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _overwrite_flag(p)
     add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
@@ -37,11 +44,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from clipforge.config import resolve
     from clipforge.train import TrainConfig, train
 
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
-    }
+    cli_only = ("func", "config", "resume", "overwrite", "command")
+    overrides = {k: v for k, v in vars(args).items() if k not in cli_only}
     cfg = resolve(TrainConfig, args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
     print(f"run folder: {result.run_dir}")
@@ -93,6 +99,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="without --tasks: JSON file (default: RUN_DIR/eval-SPLIT.json or next to the "
         "file); with --tasks: output folder (default: RUN_DIR/eval or FILE-eval)",
     )
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_eval)
     c = sub.add_parser(
         "eval-compare",
@@ -130,52 +137,19 @@ def _cmd_eval_compare(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from clipforge.checkpoint import resolve
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics
     from clipforge.models import load
+    from clipforge.outputs import atomic_write, check_file
 
     torch.set_num_threads(args.threads)
     path = Path(args.model)
     if args.tasks is None and args.data:
         raise ClipforgeError("--data needs --tasks (e.g. --tasks all)")
+    source = resolve(path, "model")  # the file or weights folder that is read
     if args.tasks is not None:
-        from clipforge.eval.suite import resolve_tasks, run_suite
-
-        tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
-        model = load(path)
-        out_dir = (
-            Path(args.out)
-            if args.out
-            else (path / "eval" if path.is_dir() else path.with_name(path.stem + "-eval"))
-        )
-        results = run_suite(
-            model,
-            get_tokenizer(model.cfg.text.context_length),
-            out_dir,
-            tasks,
-            args.data,
-            model_name=str(path),
-            cache_dir=Path(args.cache) if args.cache else out_dir / "cache",
-            split=args.split,
-            image_root=args.image_root,
-            progress=args.progress,
-            precision=args.precision,
-        )
-        _print_precision(results["precision"])
-        for name, t in results["tasks"].items():
-            _print_table({f"{name}/{k}": v for k, v in t["metrics"].items()})
-        for name, why in results["skipped"].items():
-            print(f"{name}: skipped ({why})")
-        print(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.md'}")
-        return 0
-    model = load(path)
-    tok = get_tokenizer(model.cfg.text.context_length)
-    results = evaluate(
-        model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
-        scenes=args.pairs, progress=args.progress, precision=args.precision,
-    )  # fmt: skip
-    res = flat_metrics(results)
-    _print_precision(results["precision"])
+        return _eval_suite(args, path, source)
     out = (
         Path(args.out)
         if args.out
@@ -185,10 +159,70 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             else path.with_suffix(f".eval-{args.split}.json")
         )
     )
+    check_file(out, overwrite=args.overwrite, inputs=[source])  # before the evaluation runs
+    model = load(path)
+    tok = get_tokenizer(model.cfg.text.context_length)
+    results = evaluate(
+        model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
+        scenes=args.pairs, progress=args.progress, precision=args.precision,
+    )  # fmt: skip
+    res = flat_metrics(results)
+    _print_precision(results["precision"])
     record = {"model": str(path), "split": args.split, **res, "precision": results["precision"]}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, json.dumps(record, indent=2) + "\n")
     _print_table(res)
     print(f"wrote {out}")
+    return 0
+
+
+def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.suite import resolve_tasks, run_suite
+    from clipforge.models import load
+    from clipforge.outputs import OutputFolder
+
+    tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
+    out_dir = (
+        Path(args.out)
+        if args.out
+        else (path / "eval" if path.is_dir() else path.with_name(path.stem + "-eval"))
+    )
+    inputs = [source, *args.data, *([args.image_root] if args.image_root else [])]
+    out = OutputFolder(out_dir, "eval", overwrite=args.overwrite, inputs=inputs)
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and out.inside(cache) is not None:
+        if out.inside(cache) != "cache":
+            raise ClipforgeError(
+                f"--cache {cache} is inside --out; leave --cache out to use OUT/cache"
+            )
+        cache = None  # the default place, named explicitly
+    model = load(path)
+    # The cache's entries are keyed by model and data, so they stay valid when the rest
+    # of an earlier output is replaced: OUT/cache is carried over.
+    with out.building(keep=("cache",)) as build:
+        results = run_suite(
+            model,
+            get_tokenizer(model.cfg.text.context_length),
+            build,
+            tasks,
+            args.data,
+            model_name=str(path),
+            cache_dir=cache if cache is not None else out.kept("cache"),
+            split=args.split,
+            image_root=args.image_root,
+            progress=args.progress,
+            precision=args.precision,
+        )
+        if not results["tasks"]:
+            why = "; ".join(f"{n}: {w}" for n, w in results["skipped"].items())
+            raise ClipforgeError(f"no task ran on the given --data ({why}); nothing written")
+    _print_precision(results["precision"])
+    for name, t in results["tasks"].items():
+        _print_table({f"{name}/{k}": v for k, v in t["metrics"].items()})
+    for name, why in results["skipped"].items():
+        print(f"{name}: skipped ({why})")
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.md'}")
     return 0
 
 
@@ -214,26 +248,33 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=64, help="pixels (default: 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: 1000)")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from clipforge.data.shapes import ShapesWorld
     from clipforge.data.writers import write_manifest, write_shards
+    from clipforge.outputs import OutputFolder
 
     if args.n < 1:
         raise ClipforgeError("--n must be >= 1")
+    out = OutputFolder(args.out, "synth", overwrite=args.overwrite)
     world = ShapesWorld(args.image_size, split=args.split, seed=args.seed)
     samples = (world.sample(i) for i in range(args.n))
-    out = Path(args.out)
+    with out.building() as build:
+        if args.format == "wds":
+            shards = write_shards(
+                samples, build, name=args.split, shard_size=args.shard_size, progress=True
+            )
+        else:
+            manifest = write_manifest(
+                samples, build, fmt=args.format, name=args.split, progress=True
+            )
     if args.format == "wds":
-        shards = write_shards(
-            samples, out, name=args.split, shard_size=args.shard_size, progress=True
-        )
-        print(f"wrote {args.n} samples in {len(shards)} shards to {out}")
+        print(f"wrote {args.n} samples in {len(shards)} shards to {out.path}")
     else:
-        manifest = write_manifest(samples, out, fmt=args.format, name=args.split, progress=True)
-        print(f"wrote {args.n} samples: {manifest}")
+        print(f"wrote {args.n} samples: {out.final(manifest)}")
     return 0
 
 
@@ -253,23 +294,34 @@ def _shard_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
     p.add_argument("--verify", action="store_true", help="decode every image; leave out bad ones")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_shard)
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
     from clipforge.data.readers import ShardDataset, open_dataset
     from clipforge.data.writers import shard_dataset
+    from clipforge.outputs import OutputFolder
 
     if args.shard_size < 1:
         raise ClipforgeError("--shard-size must be >= 1")
+    out = OutputFolder(args.out, "shard", overwrite=args.overwrite, inputs=[args.input])
     ds = open_dataset(args.input, image_key=args.image_key, caption_key=args.caption_key)
     if isinstance(ds, ShardDataset):
         raise ClipforgeError(f"{args.input} is already tar shards")
-    shards, skipped = shard_dataset(
-        ds, args.out, args.name, args.shard_size, verify=args.verify, progress=True
-    )
+    with out.building() as build:
+        shards, skipped = shard_dataset(
+            ds, build, args.name, args.shard_size, verify=args.verify, progress=True
+        )
+        if not shards:
+            why = ", ".join(f"{n} {reason}" for reason, n in skipped.as_dict().items())
+            raise ClipforgeError(
+                f"nothing to shard: all {len(ds)} samples of {args.input} were left out"
+                + (f" ({why})" if why else "")
+                + "; nothing written"
+            )
     kept = len(ds) - skipped.total
-    print(f"wrote {kept} samples in {len(shards)} shards to {args.out}")
+    print(f"wrote {kept} samples in {len(shards)} shards to {out.path}")
     for reason, n in skipped.as_dict().items():
         print(f"  left out {n}: {reason}")
     return 0
@@ -297,33 +349,43 @@ def _curate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per curated tar")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_curate)
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
     from clipforge.data.curate import curate
+    from clipforge.outputs import OutputFolder
 
-    summary = curate(
-        args.input,
-        args.out,
-        entries=args.entries,
-        t=args.t,
-        seed=args.seed,
-        keep_unmatched=args.keep_unmatched,
-        case_sensitive=args.case_sensitive,
-        image_key=args.image_key,
-        caption_key=args.caption_key,
-        shard_size=args.shard_size,
-        progress=True,
-    )
+    inputs = [args.input, *([args.entries] if args.entries else [])]
+    out = OutputFolder(args.out, "curate", overwrite=args.overwrite, inputs=inputs)
+    with out.building() as build:
+        summary = curate(
+            args.input,
+            build,
+            entries=args.entries,
+            t=args.t,
+            seed=args.seed,
+            keep_unmatched=args.keep_unmatched,
+            case_sensitive=args.case_sensitive,
+            image_key=args.image_key,
+            caption_key=args.caption_key,
+            shard_size=args.shard_size,
+            progress=True,
+        )
+        line = (
+            f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['matched']} matched "
+            f"{summary['entries_matched']} of {summary['entries']} entries)"
+        )
+        if summary["written_samples"] == 0:
+            # An empty data set trains nothing; the counts say why (no match, or --t).
+            raise ClipforgeError(f"{line}; nothing written")
     print(
-        f"kept {summary['kept']} of {summary['pairs']} pairs ({summary['matched']} matched "
-        f"{summary['entries_matched']} of {summary['entries']} entries); largest entry "
-        f"{summary['max_count_before']} -> {summary['max_count_after']} pairs"
+        f"{line}; largest entry {summary['max_count_before']} -> {summary['max_count_after']} pairs"
     )
-    for path in summary["written"]:
-        print(f"wrote {path}")
-    print(f"wrote {Path(args.out) / 'entry_counts.json'} and entry_histogram.png")
+    for name in summary["written"]:
+        print(f"wrote {out.path / name}")
+    print(f"wrote {out.path / 'entry_counts.json'} and entry_histogram.png")
     return 0
 
 
@@ -352,15 +414,25 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
         "state dict without open_clip_config.json is read with OpenAI's quick_gelu and "
         "64-wide heads)",
     )
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from clipforge.config import parse_kv
-    from clipforge.models.convert import convert, describe
+    from clipforge.models.convert import convert, describe, writes_folder
+    from clipforge.outputs import OutputFolder, check_file
 
     overrides = parse_kv(args.model_args, "model-args")
-    ckpt, files = convert(args.input, args.output, args.to, args.arch, overrides)
+    inputs = [args.input]
+    if not writes_folder(args.output, args.to):
+        check_file(args.output, overwrite=args.overwrite, inputs=inputs)
+        ckpt, files = convert(args.input, args.output, args.to, args.arch, overrides)
+    else:
+        out = OutputFolder(args.output, "convert", overwrite=args.overwrite, inputs=inputs)
+        with out.building() as build:
+            ckpt, files = convert(args.input, build, args.to, args.arch, overrides)
+        files = [out.final(f) for f in files]
     print(f"read {ckpt.path} ({ckpt.format}): {describe(ckpt.config)}")
     for f in files:
         print(f"wrote {f}")

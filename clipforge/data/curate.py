@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clipforge.errors import ClipforgeError
+from clipforge.outputs import atomic_file, atomic_write
 
 __all__ = [
     "Curation",
@@ -191,8 +192,11 @@ def plot_histogram(result: Curation, path: str | os.PathLike[str]) -> None:
     ax.plot(rank, before[shown], label=f"before ({int(result.matched.sum())} matched pairs)")
     ax.plot(rank, np.maximum(after[shown], 0.8), label=f"after ({int(result.keep.sum())} kept)")
     ax.axhline(result.t, color="grey", linestyle="--", linewidth=1, label=f"t = {result.t}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if shown.any():
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:  # nothing to put on a log scale (matplotlib would raise)
+        ax.text(0.5, 0.5, "no caption matched any entry", ha="center", transform=ax.transAxes)
     ax.set_xlabel("entry rank (by count before)")
     ax.set_ylabel("pairs matching the entry")
     ax.set_title("metadata entry histogram")
@@ -244,8 +248,10 @@ def curate(
     ``out_dir``; every caption and the meta kept); tar shards become
     ``out_dir/curated-NNNNNN.tar`` with the kept samples' members copied as they are.
     ``out_dir/entry_counts.json`` holds the summary and ``{entry: [before, after]}``,
-    ``out_dir/entry_histogram.png`` the plot. A pair is matched on all its captions
-    joined. ``entries`` defaults to the shapes-world entry file.
+    ``out_dir/entry_histogram.png`` the plot. The summary's ``written`` names the data
+    files (relative to ``out_dir``), ``written_samples`` counts the samples in them. A
+    pair is matched on all its captions joined. ``entries`` defaults to the shapes-world
+    entry file.
     """
     from clipforge.data.readers import ShardDataset, open_dataset
 
@@ -267,13 +273,18 @@ def curate(
                 texts.append("")
     result = balance(texts, entry_list, t, seed, keep_unmatched, case_sensitive, progress)
     if isinstance(ds, ShardDataset):
-        written = _write_kept_shards(ds, result.keep, out, shard_size, progress)
+        written, samples = _write_kept_shards(ds, result.keep, out, shard_size, progress)
     else:
-        written = [_write_kept_manifest(ds, result.keep, out)]
-    summary = {**result.summary(), "input": os.fspath(data), "written": [str(p) for p in written]}
-    tmp = out / ".entry_counts.json.tmp"
-    tmp.write_text(json.dumps({**summary, "histogram": result.histogram()}, indent=1) + "\n")
-    os.replace(tmp, out / "entry_counts.json")
+        manifest, samples = _write_kept_manifest(ds, result.keep, out)
+        written = [manifest]
+    summary = {
+        **result.summary(),
+        "input": os.fspath(data),
+        "written": [p.relative_to(out).as_posix() for p in written],
+        "written_samples": samples,
+    }
+    record = {**summary, "histogram": result.histogram()}
+    atomic_write(out / "entry_counts.json", json.dumps(record, indent=1) + "\n")
     plot_histogram(result, out / "entry_histogram.png")
     return summary
 
@@ -290,22 +301,29 @@ def _iter_raw(ds: Any, progress: bool, desc: str) -> Iterator[Any]:
 
 def _write_kept_shards(
     ds: Any, keep: np.ndarray, out: Path, shard_size: int, progress: bool
-) -> list[Path]:
+) -> tuple[list[Path], int]:
+    """The shards written and the number of samples in them."""
     from clipforge.data.readers import RawSample
     from clipforge.data.writers import write_member_shards
 
+    count = 0
+
     def kept() -> Iterator[tuple[str, dict[str, bytes]]]:
+        nonlocal count
         for index, item in enumerate(_iter_raw(ds, progress, "copying kept samples")):
             if keep[index] and isinstance(item, RawSample) and item.data is not None:
+                count += 1
                 yield os.path.basename(item.key), item.data
 
-    return write_member_shards(kept(), out, name="curated", shard_size=shard_size)
+    shards = write_member_shards(kept(), out, name="curated", shard_size=shard_size)
+    return shards, count
 
 
-def _write_kept_manifest(ds: Any, keep: np.ndarray, out: Path) -> Path:
+def _write_kept_manifest(ds: Any, keep: np.ndarray, out: Path) -> tuple[Path, int]:
+    """The manifest written and the number of rows in it."""
     path = out / "curated.jsonl"
-    tmp = out / ".curated.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    count = 0
+    with atomic_file(path, "w") as f:
         for i in np.flatnonzero(keep):
             texts, meta = ds.record(int(i))
             if not texts:  # only reachable with keep_unmatched; unusable for training
@@ -313,5 +331,5 @@ def _write_kept_manifest(ds: Any, keep: np.ndarray, out: Path) -> Path:
             image = os.path.relpath(os.path.abspath(ds.image_path(int(i))), os.path.abspath(out))
             row = {"image": image, "caption": texts[0], "captions": texts, "meta": meta}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+            count += 1
+    return path, count

@@ -9,13 +9,17 @@ Layout::
     RUN_DIR/checkpoints/final.pt the trained model (weights + architecture)
     RUN_DIR/eval.json            final held-out evaluation
     RUN_DIR/curve.png            training curve
+    RUN_DIR/.clipforge-output    marks the folder as a run (see :mod:`clipforge.outputs`)
 
-Only the main process writes; the others read the config on resume.
+A new run goes only into a new or empty folder, or with ``overwrite`` replaces an earlier
+run; the folder is checked before anything is built. Only the main process writes; the
+others read the config on resume.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -25,9 +29,10 @@ from typing import Any
 import yaml
 
 from clipforge import checkpoint as ckpt
-from clipforge.config import from_dict, load_yaml, save_yaml
+from clipforge.config import from_dict, load_yaml, save_yaml, to_dict
 from clipforge.errors import ClipforgeError
 from clipforge.models import ModelConfig
+from clipforge.outputs import OutputFolder, atomic_write, mark, marker_command
 from clipforge.train import distributed
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -60,11 +65,34 @@ def new_run_dir(out: str | None) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def _is_run_folder(path: Path) -> bool:
+    """A run folder written before folders were marked: a config and a checkpoint."""
+    checkpoints = path / "checkpoints"
+    return (path / "config.yaml").is_file() and any(
+        (checkpoints / name).is_file() for name in ("last.pt", "final.pt")
+    )
+
+
+def _inputs(cfg: TrainConfig) -> list[str]:
+    """What the run reads: the data (maybe a shard pattern) and every other config value
+    naming an existing file or folder (``--init``, a teacher, a synonym file, ...)."""
+
+    def strings(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    values = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "data")}
+    found = [s for s in strings(values) if s and os.path.exists(s)]
+    return [cfg.data, *found] if cfg.data else found
+
+
 class RunFolder:
     """Paths and files of one run folder."""
 
-    def __init__(self, path: Path, world: World) -> None:
+    def __init__(self, path: Path, world: World, claim: OutputFolder | None = None) -> None:
         self.path = path
+        self.claim = claim  # a new run's checked output folder (main process only)
         self.main = world.is_main
         self.config = path / "config.yaml"
         self.model_yaml = path / "model.yaml"
@@ -76,16 +104,27 @@ class RunFolder:
         self.precision = path / "precision.json"
 
     @classmethod
-    def new(cls, cfg: TrainConfig, world: World) -> RunFolder:
-        """The folder a new run will write (nothing is created yet)."""
+    def new(cls, cfg: TrainConfig, world: World, overwrite: bool = False) -> RunFolder:
+        """The folder a new run will write, checked by the output rule (nothing is
+        created yet); ``overwrite`` lets it replace an earlier run."""
         # A default folder name is a timestamp: rank 0's is the one every rank uses.
-        folder = cls(Path(distributed.broadcast(str(new_run_dir(cfg.out)), world)), world)
-        if folder.last.exists():
-            raise ClipforgeError(
-                f"run folder {folder.path} already holds a run; use --resume {folder.path} "
-                "or another --out"
-            )
-        return folder
+        path = Path(distributed.broadcast(str(new_run_dir(cfg.out)), world))
+        # The main process checks and the others follow its verdict: checking on every
+        # rank would race with the main process creating the folder.
+        claim, problem = None, None
+        if world.is_main:
+            try:
+                claim = OutputFolder(
+                    path, "train", overwrite=overwrite, inputs=_inputs(cfg), noun="a run",
+                    hint=f", --resume {path} to continue it, or choose another --out",
+                    also_own=_is_run_folder,
+                )  # fmt: skip
+            except ClipforgeError as e:
+                problem = str(e)
+        problem = distributed.broadcast(problem, world)
+        if problem is not None:
+            raise ClipforgeError(problem)
+        return cls(path, world, claim)
 
     @classmethod
     def resume(
@@ -111,6 +150,10 @@ class RunFolder:
         precision was chosen."""
         if not self.main:
             return cfg
+        if self.claim is not None:
+            self.claim.prepare()  # only now, once the config has been checked
+        elif marker_command(self.path) is None:
+            mark(self.path, "train")  # a resumed run from before folders were marked
         self.last.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
             cfg = replace(cfg, out=str(self.path))
@@ -132,7 +175,7 @@ class RunFolder:
         """Write ``eval.json``, ``final.pt`` and the training curve."""
         if not self.main:
             return
-        self.eval_json.write_text(json.dumps(final, indent=2) + "\n")
+        atomic_write(self.eval_json, json.dumps(final, indent=2) + "\n")
         ckpt.atomic_save(model_state, self.final)
         try:
             from clipforge.train.plots import plot_curve

@@ -64,25 +64,33 @@ class TrainResult(os.PathLike):
         return skip_summary(self.skipped, self.samples)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False
+) -> TrainResult:
     """Train a model as ``cfg`` says; the result stands for the run folder.
 
-    With ``resume``, ``cfg`` is ignored except for ``progress`` and ``dist_backend``; the
-    run continues from ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process
-    joins the process group for the run and leaves it afterwards.
+    A new run needs a new or empty ``cfg.out``; ``overwrite`` lets it replace an earlier
+    run there (see :mod:`clipforge.outputs`). With ``resume``, ``cfg`` is ignored except
+    for ``progress`` and ``dist_backend``; the run continues from
+    ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process joins the process
+    group for the run and leaves it afterwards.
     """
+    if resume is not None and overwrite:
+        raise ClipforgeError("--overwrite starts a new run; it cannot be used with --resume")
     world = distributed.setup(cfg.dist_backend)
     try:
-        return _train(cfg, resume, world)
+        return _train(cfg, resume, world, overwrite)
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainResult:
+def _train(
+    cfg: TrainConfig, resume: str | Path | None, world: World, overwrite: bool
+) -> TrainResult:
     if resume is not None:
         folder, cfg, state = RunFolder.resume(resume, cfg, world)
     else:
-        folder, state = RunFolder.new(cfg, world), None
+        folder, state = RunFolder.new(cfg, world, overwrite), None
     parts = build(cfg, world)
     torch.set_num_threads(cfg.threads)
     # The resolved precision is what the saved config says, so a resumed run keeps it on

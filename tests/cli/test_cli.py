@@ -1,8 +1,11 @@
 import json
+import pickle
 import subprocess
 import sys
+import warnings
 
 import pytest
+import torch
 
 from clipforge.cli.main import main
 from tests.conftest import MICRO_ARGS_CLI
@@ -31,6 +34,25 @@ def test_errors_are_one_line_exit_2(args, needle, capsys):
     err = capsys.readouterr().err.strip()
     assert needle in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_bytes(pickle.dumps({"a": 1})),  # a plain pickle (protocol 4+)
+        lambda p: p.write_bytes(pickle.dumps([1, 2], protocol=0)),
+        lambda p: torch.save([1, 2], p),  # torch.save of something that is not a model
+    ],
+)
+def test_eval_of_a_file_that_is_not_a_checkpoint(tmp_path, capsys, make):
+    bad = tmp_path / "x.pkl"
+    make(bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["eval", str(bad)]) == 2
+    assert [str(w.message) for w in caught] == []  # torch's pickle-protocol warnings
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad} is not a checkpoint clipforge reads" in err
 
 
 def test_malformed_yaml_and_csv(tmp_path, capsys):

@@ -58,7 +58,7 @@ def test_bf16_evaluation_on_the_gpu_records_parity():
                    precision="auto")  # fmt: skip
     emb.images(ImageSet("red", 10, lambda i: img))
     assert emb.precision == "bf16"
-    assert emb.precision_record["image_parity"]["min_cosine"] > 0.99
+    assert emb.precision_record["image_parity"]["min_cosine"] > 0.999
 
 
 def test_nccl_run_under_torchrun(tmp_path):

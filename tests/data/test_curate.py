@@ -123,7 +123,7 @@ def test_curate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["curate", str(data), "--out", str(tmp_path / "o"), "--t", "2"]) == 0
     # The default entries are the shapes world's; only "A RED BALL" mentions one ("red").
     assert "kept 1 of 15 pairs (1 matched 1 of 70 entries)" in capsys.readouterr().out
-    code = main(["curate", str(data), "--out", str(tmp_path / "o"), "--entries", "nope.txt"])
+    code = main(["curate", str(data), "--out", str(tmp_path / "o2"), "--entries", "nope.txt"])
     assert (
         code == 2
         and capsys.readouterr().err.strip() == "clipforge: error: entry file not found: nope.txt"

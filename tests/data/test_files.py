@@ -514,6 +514,10 @@ def test_every_cut_point_yields_one_truncated_shard_error(tmp_path: Path) -> Non
     cut_path = tmp_path / "cut.tar"
     for cut in range(0, end_of_members + 1, 97):
         cut_path.write_bytes(full[:cut])
+        if cut < tarfile.BLOCKSIZE:  # not even one header: as the only shard, refused at once
+            with pytest.raises(ClipforgeError, match="cut.tar is not a tar shard"):
+                ShardDataset(str(cut_path))
+            continue
         ds = ShardDataset(str(cut_path))
         items = list(ds.iter_samples())
         reasons = _reasons(items)
@@ -542,6 +546,46 @@ def test_unopenable_shard_is_one_error(tmp_path: Path, content: bytes) -> None:
     ds = ShardDataset([str(bad), str(good)])
     assert _reasons(list(ds.iter_samples())) == ["truncated_shard", "ok"]
     assert ds.count_samples() == 2
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"", "empty file"),
+        (bytes(range(256)) * 40, "no tar header at its start"),
+        (b"\x1f\x8b" + bytes(100), "gzip data that does not decompress"),
+    ],
+)
+def test_a_data_set_of_no_tar_at_all_is_refused_at_open(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    # Otherwise the reader would skip round and round the data until the skip limit.
+    bad = tmp_path / "a.tar"
+    bad.write_bytes(content)
+    with pytest.raises(ClipforgeError, match=f"{bad} is not a tar shard \\({why}"):
+        ShardDataset(str(bad))
+    (tmp_path / "b.tar").write_bytes(content)
+    with pytest.raises(ClipforgeError, match="nor is the other shard"):
+        ShardDataset([str(bad), str(tmp_path / "b.tar")])
+
+
+def test_csv_takes_a_caption_longer_than_the_csv_field_limit(tmp_path: Path) -> None:
+    # csv's default limit is 128 KiB; JSON Lines has none, and a batch cuts any caption
+    # to 2000 characters, so both formats give the same sample and the same cut caption.
+    from clipforge.data.batches import SampleProcessor
+    from clipforge.data.transforms import SeededCrop
+
+    _rgb(0).save(tmp_path / "a.png")
+    caption = "a red ball " * 100_000  # 1.1 MB
+    (tmp_path / "m.csv").write_text(f'image,caption\na.png,"{caption}"\n')
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "caption": caption}) + "\n")
+    processor = SampleProcessor(SeededCrop(16), seed=0)
+    items = []
+    for name in ("m.csv", "m.jsonl"):
+        sample = ManifestDataset(tmp_path / name).load(0)
+        assert sample.texts == [caption]
+        items.append(processor(0, sample))
+    assert items[0].texts == items[1].texts == [caption[:2000]]
 
 
 def test_empty_but_valid_tar_has_no_samples(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -79,12 +80,19 @@ def test_convert_model_args_override(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "make, expected",
     [
-        (lambda p: p.write_text("not a checkpoint"), r"cannot read {p}: not a checkpoint"),
+        (lambda p: p.write_text("not a checkpoint"), r"{p} is not a checkpoint clipforge reads"),
         (
             lambda p: torch.save(torch.nn.Linear(2, 2).state_dict(), p),
             r"{p}: not a CLIP checkpoint clipforge knows \(tensors like weight, bias\)",
         ),
-        (lambda p: torch.save([1, 2], p), r"{p} does not hold a state dict \(found list\)"),
+        (
+            lambda p: torch.save([1, 2], p),
+            r"{p} is not a checkpoint clipforge reads: it holds a list, not a state dict",
+        ),
+        (
+            lambda p: p.write_bytes(pickle.dumps({"a": 1})),  # a plain pickle, not torch.save
+            r"{p} is not a checkpoint clipforge reads",
+        ),
     ],
 )
 def test_convert_refuses_a_wrong_file(

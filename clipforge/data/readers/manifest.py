@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from clipforge.data.readers.common import (
 )
 from clipforge.data.sample import Sample, SampleError
 from clipforge.errors import ClipforgeError
+
+# csv refuses fields over 128 KiB by default. JSON Lines has no such limit, and a long
+# caption is cut to its first characters when a batch is made, whatever the format, so
+# CSV and TSV take any field that fits in memory (the C long limit of the csv module).
+_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 @dataclass(slots=True)  # one per manifest row: millions of them for web-scale data
@@ -114,6 +120,8 @@ class ManifestDataset:
 
     def _read_delimited(self, delimiter: str) -> list[_Row]:
         rows: list[_Row] = []
+        if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+            csv.field_size_limit(_CSV_FIELD_LIMIT)
         # utf-8-sig: spreadsheet exports often start with a byte-order mark that would
         # otherwise become part of the first column's name.
         with open(self.path, newline="", encoding="utf-8-sig") as f:

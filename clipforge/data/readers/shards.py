@@ -40,6 +40,65 @@ def expand_pattern(pattern: str) -> list[str]:
         raise ClipforgeError(f"bad shard pattern {pattern!r}: {exc}") from None
 
 
+# Compressed shards (tarfile's "r:*" reads them) are recognised by their magic bytes and
+# checked after decompressing their first block.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+
+
+def tar_problem(path: str) -> str | None:
+    """Why ``path`` is not a tar shard at all (its first block is no tar header), or None.
+
+    Only the first block is read (decompressed, for a compressed shard); damage further
+    in is the reader's business, reported as ``truncated_shard``.
+    """
+    import bz2
+    import gzip
+    import lzma
+
+    with open(path, "rb") as f:
+        head = f.read(tarfile.BLOCKSIZE)
+        kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+        if kind is not None:
+            f.seek(0)
+            opener = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "lzma": lzma.LZMAFile}[kind]
+            try:
+                head = opener(fileobj=f).read(tarfile.BLOCKSIZE)
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+                return f"{kind} data that does not decompress: {exc}"
+    if not head:
+        return "empty file"
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except _EOF_HEADER_ERROR:
+        return None  # a zero block: an empty archive, which is a valid one
+    except tarfile.HeaderError as exc:
+        return f"no tar header at its start: {exc}"
+    return None
+
+
+def _check_some_shard_opens(shards: list[str]) -> None:
+    """Refuse, at once and naming the file, a data set none of whose shards is a tar.
+
+    A single bad shard among good ones is skipped as ``truncated_shard`` like any damaged
+    shard, but when no shard opens, the reader would otherwise go round and round the
+    data skipping until the skip limit. Reading stops at the first good shard.
+    """
+    if not shards or any(_is_remote(s) for s in shards):
+        return  # a remote shard may be fine; it is only opened when read
+    first = None
+    for shard in shards:
+        why = tar_problem(shard)
+        if why is None:
+            return
+        first = first or (shard, why)
+    assert first is not None
+    n = len(shards) - 1
+    others = (
+        "" if n == 0 else "; nor is the other shard" if n == 1 else f"; nor is any of the other {n}"
+    )
+    raise ClipforgeError(f"{first[0]} is not a tar shard ({first[1]}){others}")
+
+
 def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
@@ -127,6 +186,7 @@ class ShardDataset:
         for s in self._shards:
             if not _is_remote(s) and not os.path.isfile(s):
                 raise ClipforgeError(f"shard is not a file: {s}")
+        _check_some_shard_opens(self._shards)
 
     @property
     def shards(self) -> list[str]:

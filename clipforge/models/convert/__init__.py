@@ -233,6 +233,13 @@ def model_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, torch.Tenso
     return model.eval()
 
 
+def writes_folder(out: str | Path, to: str) -> bool:
+    """Whether :func:`save_checkpoint` writes ``to`` at ``out`` as a folder (else one file)."""
+    if to not in TARGETS:
+        raise ClipforgeError(f"unknown target format {to!r} (known: {', '.join(TARGETS)})")
+    return to == "hf" or (to == "openclip" and Path(out).suffix not in _WEIGHT_SUFFIXES)
+
+
 def save_checkpoint(model: CLIP, out: str | Path, to: str) -> list[Path]:
     """Write ``model`` in format ``to`` (one of :data:`TARGETS`); returns the files written.
 
@@ -255,7 +262,7 @@ def save_checkpoint(model: CLIP, out: str | Path, to: str) -> list[Path]:
         if "logit_bias" in sd:  # OpenCLIP creates the parameter only when given a value
             oc["model_cfg"]["init_logit_bias"] = float(sd["logit_bias"])
         tensors = export_tensors(sd, "openclip", cfg)
-        if out.suffix in _WEIGHT_SUFFIXES:
+        if not writes_folder(out, to):
             write_state_dict(tensors, out)
             return [out]
         write_json(oc, out / "open_clip_config.json")
@@ -307,4 +314,5 @@ __all__ = [
     "model_from_state_dict",
     "read_checkpoint",
     "save_checkpoint",
+    "writes_folder",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -26,8 +25,9 @@ from typing import Any
 
 import torch
 
-from clipforge.checkpoint import atomic_save
+from clipforge.checkpoint import atomic_save, torch_load
 from clipforge.errors import ClipforgeError
+from clipforge.outputs import atomic_file, atomic_write
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OPENCLIP_WEIGHT_FILES = (
@@ -139,17 +139,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]
             prefix = _torchscript_prefix(z)
             if prefix is not None:
                 return read_torchscript_tensors(path, z, prefix), "torchscript", None
-    else:
-        with open(path, "rb") as f:
-            magic = f.read(1)
-        if magic != b"\x80":  # every torch.save pickle starts with the PROTO opcode
-            raise ClipforgeError(
-                f"cannot read {path}: not a checkpoint (neither a zip, pickle nor safetensors file)"
-            )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types here; all mean "not a safe checkpoint"
-        raise ClipforgeError(_load_error(path, e)) from None
+    obj = torch_load(path)
     return _unwrap(path, obj)
 
 
@@ -160,7 +150,10 @@ def _unwrap(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], str, dict[st
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # an OpenCLIP training checkpoint
     if not isinstance(obj, dict) or not obj:
-        raise ClipforgeError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+        raise ClipforgeError(
+            f"{path} is not a checkpoint clipforge reads: it holds a {type(obj).__name__}, "
+            "not a state dict"
+        )
     odd = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if odd:
         raise ClipforgeError(
@@ -170,23 +163,6 @@ def _unwrap(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], str, dict[st
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return dict(obj), "pickle", cfg
-
-
-def _load_error(path: Path, e: Exception) -> str:
-    msg = str(e)
-    bad = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(
-        r"unsupported global[^\w]*([\w.]+)", msg, re.IGNORECASE
-    )
-    if bad:
-        return (
-            f"refusing to load {path}: its pickle imports {bad.group(1)}, which a weights-only "
-            "load does not allow (loading it normally could run code)"
-        )
-    # torch wraps the reason in advice about weights_only=False, which is not ours to give.
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    detail = next((ln for ln in lines if not ln.startswith(boilerplate)), type(e).__name__)
-    return f"cannot read {path} as a weights-only checkpoint: {detail}"
 
 
 def _first_line(e: Exception) -> str:
@@ -384,13 +360,13 @@ def write_state_dict(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
+        # safetensors writes by file name, so only the temporary name comes from atomic_file.
+        with atomic_file(path) as f:
+            save_file(tensors, f.name, metadata={"format": "pt", **(metadata or {})})
     else:
         atomic_save(tensors, path)
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,141 @@
+"""The output rule (clipforge.outputs): what a command may write over, and how it writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from clipforge.errors import ClipforgeError
+from clipforge.outputs import (
+    MARKER,
+    OutputFolder,
+    atomic_write,
+    check_file,
+    input_path,
+    marker_command,
+)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _write(folder: Path, **files: str) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def test_new_and_empty_folders_are_written_and_marked(tmp_path: Path) -> None:
+    for path in (tmp_path / "new" / "deeper", tmp_path / "empty"):
+        if path.name == "empty":
+            path.mkdir()
+        out = OutputFolder(path, "synth")
+        with out.building() as build:
+            (build / "a.txt").write_text("a")
+        assert _tree(path) == {MARKER: b"synth\n", "a.txt": b"a"}
+        assert marker_command(path) == "synth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new"]  # no temp left
+
+
+def test_a_foreign_folder_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    _write(tmp_path / "mine", **{"notes.txt": "keep me", "sub/x.bin": "x"})
+    before = _tree(tmp_path / "mine")
+    for overwrite in (False, True):
+        with pytest.raises(ClipforgeError, match="non-empty folder clipforge did not write"):
+            OutputFolder(tmp_path / "mine", "shard", overwrite=overwrite)
+    # Another command's output is not this command's to replace either.
+    _write(tmp_path / "other", **{MARKER: "synth\n", "train.csv": "x"})
+    with pytest.raises(ClipforgeError, match="holds the output of `clipforge synth`"):
+        OutputFolder(tmp_path / "other", "shard", overwrite=True)
+    assert _tree(tmp_path / "mine") == before
+
+
+def test_own_folder_needs_overwrite_and_is_replaced_whole(tmp_path: Path) -> None:
+    out_path = tmp_path / "o"
+    _write(out_path, **{MARKER: "shard\n", "old-1.tar": "1", "old-2.tar": "2", "cache/k": "c"})
+    with pytest.raises(ClipforgeError, match="already holds an earlier `clipforge shard` output"):
+        OutputFolder(out_path, "shard")
+    out = OutputFolder(out_path, "shard", overwrite=True)
+    assert out.replaces
+    with out.building(keep=("cache",)) as build:
+        assert out.kept("cache") == out.real / "cache"  # the earlier cache, used meanwhile
+        (build / "new.tar").write_text("n")
+        assert (out_path / "old-1.tar").exists()  # the old output stays whole until the end
+    assert _tree(out_path) == {MARKER: b"shard\n", "new.tar": b"n", "cache/k": b"c"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_a_failed_write_leaves_the_old_output_or_none(tmp_path: Path) -> None:
+    _write(tmp_path / "o", **{MARKER: "curate\n", "curated.jsonl": "old"})
+    before = _tree(tmp_path / "o")
+    out = OutputFolder(tmp_path / "o", "curate", overwrite=True)
+    with pytest.raises(RuntimeError), out.building() as build:
+        (build / "curated.jsonl").write_text("half")
+        raise RuntimeError("killed")
+    assert _tree(tmp_path / "o") == before
+    (tmp_path / "e").mkdir()
+    with pytest.raises(RuntimeError), OutputFolder(tmp_path / "e", "curate").building() as b:
+        (b / "curated.jsonl").write_text("half")
+        raise RuntimeError("killed")
+    assert list((tmp_path / "e").iterdir()) == []  # an empty folder stays empty
+    with pytest.raises(RuntimeError), OutputFolder(tmp_path / "n", "curate").building() as b:
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "o"]
+
+
+def test_outputs_that_are_or_contain_an_input_are_always_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "d", **{MARKER: "curate\n", "curated.jsonl": "rows"})
+    data = tmp_path / "d" / "curated.jsonl"
+    for out in (tmp_path / "d", tmp_path):
+        with pytest.raises(ClipforgeError, match="contains the input"):
+            OutputFolder(out, "curate", overwrite=True, inputs=[data])
+    with pytest.raises(ClipforgeError, match="is also an input"):
+        check_file(data, overwrite=True, inputs=[data])
+    # A shard pattern's folder counts; so does a name reached through a symlink.
+    with pytest.raises(ClipforgeError, match="contains the input"):
+        OutputFolder(
+            tmp_path / "d", "curate", overwrite=True, inputs=[f"{tmp_path}/d/x-{{0..9}}.tar"]
+        )
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    with pytest.raises(ClipforgeError, match="contains the input"):
+        OutputFolder(tmp_path / "link", "curate", overwrite=True, inputs=[data])
+    assert input_path("s3://bucket/x.tar") is None
+    # Writing beside an input, or into a new folder inside an input folder, is fine.
+    OutputFolder(tmp_path / "d" / "sub", "curate", inputs=[tmp_path / "d"])
+
+
+def test_files_need_overwrite_and_wrong_kinds_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.pt").write_bytes(b"someone's file")
+    with pytest.raises(ClipforgeError, match="x.pt already exists; pass --overwrite"):
+        check_file(tmp_path / "x.pt")
+    assert check_file(tmp_path / "x.pt", overwrite=True) == tmp_path / "x.pt"
+    assert check_file(tmp_path / "new" / "y.json") == tmp_path / "new" / "y.json"
+    with pytest.raises(ClipforgeError, match="is a folder; give a file name"):
+        check_file(tmp_path, overwrite=True)
+    with pytest.raises(ClipforgeError, match="is a file, not a folder"):
+        OutputFolder(tmp_path / "x.pt", "convert", overwrite=True)
+    with pytest.raises(ClipforgeError, match="x.pt is a file, not a folder"):
+        OutputFolder(tmp_path / "x.pt" / "sub", "convert")
+    assert (tmp_path / "x.pt").read_bytes() == b"someone's file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_parent_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(ClipforgeError, match="is not writable"):
+        OutputFolder(tmp_path / "ro" / "out", "synth")
+
+
+def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
+    atomic_write(tmp_path / "a.json", "é\n")
+    atomic_write(tmp_path / "a.json", b"bytes")
+    assert (tmp_path / "a.json").read_bytes() == b"bytes"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
