@@ -10,7 +10,7 @@ import clipforge
 ROOT = Path(clipforge.__file__).parent
 # Bottom to top. A module may import its own layer and the layers below it.
 LAYERS = {
-    "errors": 0, "registry": 0, "config": 0, "checkpoint": 0,
+    "errors": 0, "registry": 0, "config": 0, "checkpoint": 0, "ranges": 0,
     "data": 1, "models": 1,
     "losses": 2, "eval": 2,
     "train": 3,
