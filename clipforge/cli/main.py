@@ -28,22 +28,38 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "file first and flags override it.",
     )
     p.add_argument("--config", help="YAML file of config fields")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its saved config; --steps may extend it, "
+        "other flags must equal the saved values",
+    )
     add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clipforge.config import resolve
+    from clipforge.config import load_yaml, resolve
     from clipforge.train import TrainConfig, train
 
     overrides = {
         k: v for k, v in vars(args).items() if k not in ("func", "config", "resume", "command")
     }
     cfg = resolve(TrainConfig, args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    # What this invocation gives, to hold against a resumed run's saved config.
+    given = {**(load_yaml(args.config) if args.config else {}), **overrides}
+    result = train(cfg, resume=args.resume, changes=given if args.resume else None)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
+    if result.complete:
+        # Exit 0: the run is what was asked for, so a job that resumes until it succeeds
+        # stops here; the folder is left byte for byte as it was.
+        print(
+            f"run folder: {result.run_dir} is already complete at step {result.step}; "
+            f"nothing was written (--steps N > {result.step} trains it further)"
+        )
+        _print_table(result.metrics)
+        return 0
     print(f"run folder: {result.run_dir}")
     _print_table(result.metrics)
     print(result.skip_summary())

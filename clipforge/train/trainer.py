@@ -7,7 +7,9 @@ optimizer step, :mod:`~clipforge.train.checkpoint` the training state.
 
 Resume (``--resume RUN_DIR``) reloads ``last.pt`` and replays nothing: the data stream
 restarts at the saved sample position and every sample's augmentation is seeded by its
-position, so the resumed run reaches the same weights as an uninterrupted one.
+position, so the resumed run reaches the same weights as an uninterrupted one. What a
+resume may change (``--steps``) is :mod:`~clipforge.train.resume`; a complete run is
+left as it is.
 
 Under ``torchrun`` (``python -m clipforge.train`` with the flags of ``clipforge train``)
 every process runs :func:`train`; rank 0 alone writes the run folder. How the batch and
@@ -16,8 +18,11 @@ the loss are shared is in :mod:`clipforge.train.distributed`.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,10 @@ from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
+from clipforge.models.loading import differing_tensors
 from clipforge.train import checkpoint as train_state
 from clipforge.train import distributed
+from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -49,6 +56,7 @@ class TrainResult(os.PathLike):
     samples: int  # stream positions read by all processes, skipped ones included
     skipped: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # final held-out evaluation
+    complete: bool = False  # a resume found the run finished and wrote nothing
 
     def __fspath__(self) -> str:
         return str(self.run_dir)
@@ -64,28 +72,39 @@ class TrainResult(os.PathLike):
         return skip_summary(self.skipped, self.samples)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+) -> TrainResult:
     """Train a model as ``cfg`` says; the result stands for the run folder.
 
-    With ``resume``, ``cfg`` is ignored except for ``progress`` and ``dist_backend``; the
-    run continues from ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process
-    joins the process group for the run and leaves it afterwards.
+    With ``resume``, the run continues from ``RUN_DIR/checkpoints/last.pt`` with its saved
+    config; of ``cfg`` only ``progress`` and ``dist_backend`` are used. ``changes`` are
+    the fields given for the resume (the command line's flags): ``steps`` moves the end
+    of the run, a field equal to the saved value is fine, any other is refused
+    (:mod:`~clipforge.train.resume`). A run that is already complete is left untouched
+    and reported with ``complete=True``. Started by torchrun, this process joins the
+    process group for the run and leaves it afterwards.
     """
     world = distributed.setup(cfg.dist_backend)
     try:
-        return _train(cfg, resume, world)
+        return _train(cfg, resume, changes or {}, world)
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainResult:
+def _train(
+    cfg: TrainConfig, resume: str | Path | None, changes: Mapping[str, Any], world: World
+) -> TrainResult:
     if resume is not None:
-        folder, cfg, state = RunFolder.resume(resume, cfg, world)
+        folder, cfg, state = RunFolder.resume(resume, cfg, world, changes)
+        if folder.is_complete(cfg, state):
+            return _completed(folder, state)
     else:
         folder, state = RunFolder.new(cfg, world), None
     parts = build(cfg, world)
     torch.set_num_threads(cfg.threads)
-    cfg = folder.create(cfg, parts.model_config, fresh=state is None)
 
     torch.manual_seed(cfg.seed)
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
@@ -104,13 +123,16 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
     # by all ranks (skipped ones included).
     step, positions, skipped = 0, [0] * world.size, {}
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "objective" in state:
-            objective.load_state_dict(state["objective"])
+        _restore(state, folder.path, model, objective, opt)
         step, skipped = int(state["step"]), dict(state["skipped"])
         positions = distributed.saved_positions(state, world, folder.path)
         train_state.set_rng_state(state["rng"])
+        saved_steps = folder.saved.steps if folder.saved is not None else cfg.steps
+        notice = resume_rule.schedule_notice(folder.path, saved_steps, cfg, step)
+        if notice and world.is_main:
+            print(notice, file=sys.stderr)
+    # Only now, with every option, weight file and checkpoint read, is anything written.
+    cfg = folder.create(cfg, parts.model_config, fresh=state is None)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
     log = folder.log(step if state is not None else None)
@@ -189,6 +211,50 @@ def _train(cfg: TrainConfig, resume: str | Path | None, world: World) -> TrainRe
     return result
 
 
+def _completed(folder: RunFolder, state: dict[str, Any] | None) -> TrainResult:
+    """The result of a resume that found its run finished; the folder is not touched."""
+    assert state is not None  # is_complete needs a checkpoint
+    final = json.loads(folder.eval_json.read_text()) if folder.eval_json.is_file() else {}
+    metrics = {k: v for k, v in final.items() if isinstance(v, float)}
+    return TrainResult(
+        folder.path, int(state["step"]), int(state["position"]), dict(state["skipped"]),
+        metrics, complete=True,
+    )  # fmt: skip
+
+
+def _restore(
+    state: dict[str, Any], run: Path, model: CLIP, objective: torch.nn.Module, opt: Any
+) -> None:
+    """Load ``last.pt``'s model, objective and optimizer state, refusing in one line a
+    checkpoint that another architecture or objective wrote."""
+    bad = differing_tensors(model.state_dict(), state["model"])
+    if bad:
+        raise ClipforgeError(
+            f"--resume {run}: checkpoints/last.pt holds another architecture than the run's "
+            f"config.yaml ({len(bad)} tensors differ, e.g. {bad[0]}); it was not written by "
+            "this run"
+        )
+    # Checkpoints from before objectives had state hold none; the objective starts fresh.
+    saved_objective = state.get("objective")
+    bad = (
+        []
+        if saved_objective is None
+        else differing_tensors(objective.state_dict(), saved_objective)
+    )
+    if bad:
+        raise ClipforgeError(
+            f"--resume {run}: checkpoints/last.pt holds the state of another objective than "
+            f"the run's --loss ({len(bad)} tensors differ, e.g. {bad[0]})"
+        )
+    model.load_state_dict(state["model"])
+    if saved_objective is not None:
+        objective.load_state_dict(saved_objective)
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except ValueError as e:  # parameter groups of another size
+        raise ClipforgeError(f"--resume {run}: checkpoints/last.pt: {e}") from None
+
+
 def _evaluate(model: CLIP, parts: RunParts, cfg: TrainConfig, split: str) -> dict[str, float]:
     """The run's eval tasks on the shapes world's ``split``, in memory."""
     results = evaluate(
@@ -231,7 +297,7 @@ def _init_weights_from(model: CLIP, path: str) -> None:
     continues at the temperature the source run ended with.
     """
     mine, theirs = model.state_dict(), load(path, what="--init").state_dict()
-    bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    bad = differing_tensors(mine, theirs, extra_ok=True)
     if bad:
         raise ClipforgeError(
             f"--init {path}: its architecture differs from the run's model "
