@@ -18,6 +18,7 @@ the loss are shared is in :mod:`clipforge.train.distributed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -141,7 +142,7 @@ def _train(
         return _evaluate(model, parts, cfg, split)
 
     model.train()
-    batches = iter_batches(
+    loader = iter_batches(
         parts.source, parts.processor, parts.collate, cfg.batch_size // world.size,
         start=positions[world.rank], workers=cfg.workers, rank=world.rank,
         world_size=world.size,
@@ -149,50 +150,53 @@ def _train(
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and world.is_main),
                desc="train", dynamic_ncols=True)  # fmt: skip
     t_last, n_since = time.perf_counter(), 0
-    while step < cfg.steps:
-        batch = next(batches)
-        lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        before = [p.detach().clone() for p in model.parameters()] if log_now else []
-        stats = stepper(batch, step)
-        step += 1
-        # Every rank keeps the totals of all ranks, so all take the same decisions below.
-        positions, step_skipped = distributed.stream_state(
-            batch.next_position, batch.skipped, world
-        )
-        for reason, n in step_skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + n
-        _check_skip_rate(cfg, sum(positions), skipped)
-        n_since += cfg.batch_size
-        bar.update(1)
-        if log_now:
-            now = time.perf_counter()
-            rec = {
-                "step": step, "loss": stats.loss, "lr": lr,
-                "logit_scale": float(model.logit_scale_exp().detach()),
-                "grad_norm": stats.grad_norm, "param_norm": norm(model.parameters()),
-                "update_norm": norm(p - b for p, b in zip(model.parameters(), before, strict=True)),
-                "samples": sum(positions), "skipped": sum(skipped.values()),
-                "samples_per_s": n_since / max(now - t_last, 1e-9),
-            }  # fmt: skip
-            if model.logit_bias is not None:
-                rec["logit_bias"] = float(model.logit_bias.detach())
-            rec.update(objective.metrics())
-            if log is not None:
-                log.write(rec)
-            bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
-            t_last, n_since = now, 0
-        if log is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            if parts.evals:
-                log.write({"step": step, "split": "val", **run_eval("val")})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            folder.save_last(
-                train_state.training_state(
-                    model, parts.model_config, opt, objective, step, positions, skipped
-                )
+    # Closed however the loop ends (Ctrl-C, a refused skip rate), so the data workers end
+    # then, not whenever the garbage collector reaches the generator.
+    with contextlib.closing(loader) as batches:
+        while step < cfg.steps:
+            batch = next(batches)
+            lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+            before = [p.detach().clone() for p in model.parameters()] if log_now else []
+            stats = stepper(batch, step)
+            step += 1
+            # Every rank keeps the totals of all ranks, so all take the same decisions below.
+            positions, step_skipped = distributed.stream_state(
+                batch.next_position, batch.skipped, world
             )
+            for reason, n in step_skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+            _check_skip_rate(cfg, sum(positions), skipped)
+            n_since += cfg.batch_size
+            bar.update(1)
+            if log_now:
+                now = time.perf_counter()
+                rec = {
+                    "step": step, "loss": stats.loss, "lr": lr,
+                    "logit_scale": float(model.logit_scale_exp().detach()),
+                    "grad_norm": stats.grad_norm, "param_norm": norm(model.parameters()),
+                    "update_norm": norm(p - b for p, b in zip(model.parameters(), before, strict=True)),
+                    "samples": sum(positions), "skipped": sum(skipped.values()),
+                    "samples_per_s": n_since / max(now - t_last, 1e-9),
+                }  # fmt: skip
+                if model.logit_bias is not None:
+                    rec["logit_bias"] = float(model.logit_bias.detach())
+                rec.update(objective.metrics())
+                if log is not None:
+                    log.write(rec)
+                bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
+                t_last, n_since = now, 0
+            eval_now = cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps
+            if log is not None and eval_now and parts.evals:
+                log.write({"step": step, "split": "val", **run_eval("val")})
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                folder.save_last(
+                    train_state.training_state(
+                        model, parts.model_config, opt, objective, step, positions, skipped
+                    )
+                )
     bar.close()
     result = TrainResult(folder.path, step, sum(positions), skipped)
     if log is None:
