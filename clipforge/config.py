@@ -7,6 +7,10 @@ type is itself a config dataclass is a section: in YAML a nested mapping, on the
 line ``--PREFIX.NAME`` (``--loss.distill_weight 0.3``), with the plain ``--name`` flag
 and a top-level YAML key kept as aliases. :func:`parse_value` is the one converter from
 text or YAML values to field types, for every config.
+
+A numeric field declares its range beside it (``option(2e-3, "peak learning rate",
+check=positive)``, the ranges of :mod:`clipforge.ranges`); :func:`check_ranges` refuses a
+config with a value outside one, in one line naming the flag.
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ from typing import Any, TypeVar
 import yaml
 
 from clipforge.errors import ClipforgeError
+from clipforge.ranges import Range, flag_name
 
 C = TypeVar("C")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
-           prefix: str | None = None) -> Any:  # fmt: skip
-    """A dataclass field with its help text (and, for a section, its flag ``prefix``)."""
-    meta = {"help": help, **({"prefix": prefix} if prefix else {})}
+           prefix: str | None = None, check: Range | None = None) -> Any:  # fmt: skip
+    """A dataclass field with its help text, for a numeric field its range ``check``
+    (``None`` stays allowed for an optional field) and, for a section, its flag ``prefix``."""
+    meta: dict[str, Any] = {"help": help}
+    if prefix:
+        meta["prefix"] = prefix
+    if check is not None:
+        meta["check"] = check
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -54,6 +64,30 @@ def help_of(cls: type, name: str) -> str:
     """The help text a field of ``cls`` declares."""
     f = next(x for x in dataclasses.fields(cls) if x.name == name)
     return str(f.metadata.get("help", ""))
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The range field ``name`` of ``cls`` declares (None: not a numeric field)."""
+    f = next(x for x in dataclasses.fields(cls) if x.name == name)
+    return f.metadata.get("check")
+
+
+def check_field(cls: type, name: str, value: Any) -> None:
+    """Refuse ``value`` for field ``name`` of ``cls`` unless its declared range holds it
+    (for code that takes the value without a config, e.g. an objective's constructor)."""
+    rng = range_of(cls, name)
+    if rng is not None and value is not None:
+        rng.check(value, flag_name(name))
+
+
+def check_ranges(cfg: Any) -> None:
+    """Refuse the first field of ``cfg`` (its sections included) outside its range."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value)
+        else:
+            check_field(type(cfg), f.name, value)
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -147,8 +181,20 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
         raise ClipforgeError(
             f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(types_))})"
         )
-    kwargs = {k: parse_value(types_[k], v, k) for k, v in data.items()}
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {k: _read_field(fields_[k], types_[k], v) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _read_field(f: dataclasses.Field, tp: Any, raw: Any) -> Any:
+    """A field's value from text or YAML. A numeric field is read by its range, so text
+    that is no number gets the same refusal as a number out of range."""
+    rng: Range | None = f.metadata.get("check")
+    _, optional = _base_type(tp)
+    empty = raw is None or (optional and isinstance(raw, str) and raw.lower() in ("none", "null"))
+    if rng is None or empty:
+        return parse_value(tp, raw, f.name)
+    return rng.parse(raw, flag_name(f.name))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -197,6 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
             default = factory() if factory is not dataclasses.MISSING else "(required)"
         base, _ = _base_type(types_[name])
         metavar = getattr(base, "__name__", "VALUE").upper()
+        rng = f.metadata.get("check")
+        allowed = f"; {rng.describe()}" if rng is not None else ""
         flags = ["--" + name.replace("_", "-")]
         if prefix:
             flags.insert(0, f"--{prefix}.{name}")
@@ -205,8 +253,26 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
             dest=f"{prefix}.{name}" if prefix else name,
             default=argparse.SUPPRESS,
             metavar=metavar,
-            help=f"{f.metadata.get('help', '')} (default: {default})",
+            help=f"{f.metadata.get('help', '')} (default: {default}{allowed})",
         )
+
+
+def add_number(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    check: Range,
+    default: int | float,
+    help: str,
+) -> None:
+    """A numeric command-line argument read and checked by its range ``check``; the help
+    names the default and the range."""
+    parser.add_argument(
+        flag,
+        type=check.reader(flag),
+        default=default,
+        metavar="INT" if check.integer else "FLOAT",
+        help=f"{help} (default: {default}; {check.describe()})",
+    )
 
 
 def resolve(cls: type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:

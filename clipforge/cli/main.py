@@ -34,22 +34,40 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "file first and flags override it.",
     )
     p.add_argument("--config", help="YAML file of config fields")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its saved config; --steps may extend it, "
+        "other flags must equal the saved values",
+    )
     _overwrite_flag(p)
     add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clipforge.config import resolve
+    from clipforge.config import load_yaml, resolve
     from clipforge.train import TrainConfig, train
 
     cli_only = ("func", "config", "resume", "overwrite", "command")
     overrides = {k: v for k, v in vars(args).items() if k not in cli_only}
     cfg = resolve(TrainConfig, args.config, overrides)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    # What this invocation gives, to hold against a resumed run's saved config.
+    given = {**(load_yaml(args.config) if args.config else {}), **overrides}
+    result = train(
+        cfg, resume=args.resume, changes=given if args.resume else None, overwrite=args.overwrite
+    )
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
+    if result.complete:
+        # Exit 0: the run is what was asked for, so a job that resumes until it succeeds
+        # stops here; the folder is left byte for byte as it was.
+        print(
+            f"run folder: {result.run_dir} is already complete at step {result.step}; "
+            f"nothing was written (--steps N > {result.step} trains it further)"
+        )
+        _print_table(result.metrics)
+        return 0
     print(f"run folder: {result.run_dir}")
     _print_table(result.metrics)
     print(result.skip_summary())
@@ -57,6 +75,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
     p = sub.add_parser(
         "eval",
         help="evaluate a run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF); "
@@ -84,9 +105,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="embedding cache folder (default: OUT/cache)")
     p.add_argument("--progress", type=_bool, default=True, help="progress bars (default: true)")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--per-class", type=int, default=25, help="images per class (default: 25)")
-    p.add_argument("--pairs", type=int, default=1000, help="retrieval scenes (default: 1000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    add_number(p, "--per-class", count, 25, "images per class")
+    add_number(p, "--pairs", count, 1000, "retrieval scenes")
+    add_number(p, "--threads", count, 1, "torch threads")
     p.add_argument(
         "--precision",
         default="auto",
@@ -237,17 +258,21 @@ def _print_precision(record: dict) -> None:
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count, count0, integers
+
     p = sub.add_parser(
         "synth",
         help="write shapes-world samples to disk as PNG + CSV/JSONL or webdataset shards",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    add_number(p, "--n", count, 1000, "number of samples")
     p.add_argument("--format", default="csv", choices=["csv", "jsonl", "wds"])
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--image-size", type=int, default=64, help="pixels (default: 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: 1000)")
+    # The shapes world draws nothing below 8 pixels (ShapesWorld refuses it).
+    add_number(p, "--image-size", integers(8), 64, "pixels")
+    add_number(p, "--seed", count0, 0, "random seed")
+    add_number(p, "--shard-size", count, 1000, "samples per tar")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_synth)
 
@@ -257,8 +282,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from clipforge.data.writers import write_manifest, write_shards
     from clipforge.outputs import OutputFolder
 
-    if args.n < 1:
-        raise ClipforgeError("--n must be >= 1")
     out = OutputFolder(args.out, "synth", overwrite=args.overwrite)
     world = ShapesWorld(args.image_size, split=args.split, seed=args.seed)
     samples = (world.sample(i) for i in range(args.n))
@@ -279,6 +302,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _shard_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
     p = sub.add_parser(
         "shard",
         help="pack a CSV/TSV/JSONL manifest or an image folder into webdataset tar shards",
@@ -290,7 +316,7 @@ def _shard_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="manifest (.csv, .tsv, .jsonl) or image folder with sidecars")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", default="train", help="shard name prefix (default: train)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: 1000)")
+    add_number(p, "--shard-size", count, 1000, "samples per tar")
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
     p.add_argument("--verify", action="store_true", help="decode every image; leave out bad ones")
@@ -303,8 +329,6 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     from clipforge.data.writers import shard_dataset
     from clipforge.outputs import OutputFolder
 
-    if args.shard_size < 1:
-        raise ClipforgeError("--shard-size must be >= 1")
     out = OutputFolder(args.out, "shard", overwrite=args.overwrite, inputs=[args.input])
     ds = open_dataset(args.input, image_key=args.image_key, caption_key=args.caption_key)
     if isinstance(ds, ShardDataset):
@@ -328,6 +352,9 @@ def _cmd_shard(args: argparse.Namespace) -> int:
 
 
 def _curate_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count, count0
+
     p = sub.add_parser(
         "curate",
         help="MetaCLIP-style balancing of a data set over metadata entries",
@@ -342,13 +369,13 @@ def _curate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--entries", help="entry file, one per line (default: the shipped shapes-world entries)"
     )
-    p.add_argument("--t", type=int, default=20_000, help="pairs per entry cap (default: 20000)")
-    p.add_argument("--seed", type=int, default=0)
+    add_number(p, "--t", count, 20_000, "pairs per entry cap")
+    add_number(p, "--seed", count0, 0, "random seed")
     p.add_argument("--keep-unmatched", action="store_true", help="keep pairs matching no entry")
     p.add_argument("--case-sensitive", action="store_true")
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per curated tar")
+    add_number(p, "--shard-size", count, 1000, "samples per curated tar")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_curate)
 
@@ -498,8 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # "eval compare A B" is its own command; a run folder named "compare" is "./compare".
     if argv[:2] == ["eval", "compare"]:
         argv = ["eval-compare", *argv[2:]]
-    args = parser.parse_args(argv)
     try:
+        # A numeric argument out of its range is refused while parsing, as a ClipforgeError
+        # (clipforge.ranges.FlagReader), so it gets the same one line as any user error.
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except ClipforgeError as e:
         print(f"clipforge: error: {e}", file=sys.stderr)

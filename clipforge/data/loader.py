@@ -24,10 +24,16 @@ read disjoint samples:
   workers (each stream runs through its epochs at its own pace when shards differ in
   length). Changing ``W`` or ``N`` changes the shard order, so a resumed run must keep
   both, as the trainer does by reusing the saved config.
+
+Worker processes end with the training process, however it ends, and leave Ctrl-C to
+it (:mod:`clipforge.data.workers`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -36,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipforge.data.batches import Batch, Collator, Item, SampleProcessor
 from clipforge.data.sample import SkipCounter
 from clipforge.data.sources import Source
+from clipforge.data.workers import worker_init
 from clipforge.errors import ClipforgeError
 
 
@@ -167,28 +174,38 @@ def iter_batches(
     items: Iterator[Item]
     if workers:
         chunk = 16
+        # This generator's body runs in the thread that first asks for a batch; the
+        # DataLoader forks its workers from that thread when _from_workers iterates.
+        by_main = threading.current_thread() is threading.main_thread()
         loader = DataLoader(
-            _ChunkStream(stream, chunk), batch_size=None, num_workers=workers, prefetch_factor=4
-        )
+            _ChunkStream(stream, chunk), batch_size=None, num_workers=workers, prefetch_factor=4,
+            worker_init_fn=functools.partial(worker_init, os.getpid(), by_main),
+        )  # fmt: skip
         items = _from_workers(loader, workers)
     else:
         items = iter(stream)
     skipped = SkipCounter()
     run_of_skips = 0
     pending: list[Item] = []
-    for item in items:
-        if item.skip is not None:
-            skipped.add(item.skip)
-            run_of_skips += 1
-            if run_of_skips >= max_consecutive_skips:
-                raise ClipforgeError(
-                    f"{run_of_skips} samples in a row could not be used "
-                    f"(last reason: {item.skip}); is the data set readable?"
-                )
-            continue
-        run_of_skips = 0
-        pending.append(item)
-        if len(pending) == batch_size:
-            yield collate(pending, item.position + 1, skipped.as_dict())
-            pending = []
-            skipped = SkipCounter()
+    try:
+        for item in items:
+            if item.skip is not None:
+                skipped.add(item.skip)
+                run_of_skips += 1
+                if run_of_skips >= max_consecutive_skips:
+                    raise ClipforgeError(
+                        f"{run_of_skips} samples in a row could not be used "
+                        f"(last reason: {item.skip}); is the data set readable?"
+                    )
+                continue
+            run_of_skips = 0
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield collate(pending, item.position + 1, skipped.as_dict())
+                pending = []
+                skipped = SkipCounter()
+    finally:
+        # Closed with this generator, so worker processes end with it, not at collection.
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

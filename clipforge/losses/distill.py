@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import option
+from clipforge.config import check_field, option
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, weighted_mean
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
 from clipforge.losses.towers import embed, freeze
 from clipforge.models import load
+from clipforge.ranges import below_one, non_negative, positive, probability
 
 # Stored embeddings carry no temperature; 0.01 is what CLIP models learn (scale 100).
 STORED_TEACHER_TEMPERATURE = 0.01
@@ -108,14 +109,11 @@ class DistillObjective(Objective):
                 "loss 'distill' needs --teacher: 'ema', 'data' (teacher_image/teacher_text "
                 "in the samples' meta) or a run folder / checkpoint"
             )
-        if not 0 <= weight <= 1:
-            raise ClipforgeError(f"--distill-weight must be in [0, 1], got {weight}")
-        if temperature is not None and temperature <= 0:
-            raise ClipforgeError(f"--distill-temperature must be > 0, got {temperature}")
-        if feature_weight < 0:
-            raise ClipforgeError(f"--distill-feature-weight must be >= 0, got {feature_weight}")
-        if not 0 <= ema_decay < 1:
-            raise ClipforgeError(f"--teacher-ema-decay must be in [0, 1), got {ema_decay}")
+        # The ranges declared with the options, for objectives built without a config.
+        check_field(DistillOptions, "distill_weight", weight)
+        check_field(DistillOptions, "distill_temperature", temperature)
+        check_field(DistillOptions, "distill_feature_weight", feature_weight)
+        check_field(DistillOptions, "teacher_ema_decay", ema_decay)
         self.mode = str(teacher) if str(teacher) in ("ema", "data") else "frozen"
         self.weight = weight
         self.temperature = temperature
@@ -201,17 +199,17 @@ class DistillOptions:
         "teacher_text) or a run folder / checkpoint (frozen)",
     )  # fmt: skip
     teacher_ema_decay: float = option(
-        0.999, "distill with --teacher ema: decay of the moving average per step"
+        0.999, "distill with --teacher ema: decay of the moving average per step", check=below_one
     )
     distill_weight: float = option(
-        0.5, "distill: loss = (1 - w) contrastive + w KL(teacher || student)"
+        0.5, "distill: loss = (1 - w) contrastive + w KL(teacher || student)", check=probability
     )
     distill_temperature: float | None = option(
         None, "distill: teacher softmax temperature (none = the teacher's own, 0.01 for "
-        "stored embeddings)",
+        "stored embeddings)", check=positive,
     )  # fmt: skip
     distill_feature_weight: float = option(
-        0.0, "distill: weight of the 1 - cos(student, teacher) feature term"
+        0.0, "distill: weight of the 1 - cos(student, teacher) feature term", check=non_negative
     )
 
 

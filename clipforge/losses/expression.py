@@ -9,6 +9,7 @@ from torch import nn
 
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective
+from clipforge.ranges import non_negative
 
 _TERM = re.compile(r"^(?:(?P<weight>[^*]+)\*)?(?P<name>[A-Za-z_][\w-]*)$")
 
@@ -23,6 +24,13 @@ def parse_expression(text: str) -> list[tuple[float, str]]:
 
     Terms are separated by ``+``; each is ``NAME`` or ``WEIGHT*NAME`` with a float weight.
     Names are not checked here (the registry's error lists the known ones).
+
+    A weight is a finite number >= 0. Every registered term is a loss to minimise, so a
+    negative weight would maximise it: a contrastive term is unbounded above (positive
+    pairs pushed apart without end) and a regulariser turned round (``-uniformity``:
+    collapse) is a failure mode, not a method. A zero weight is allowed: the term is
+    computed and logged as ``loss/NAME`` without training the model, a way to watch a
+    measure during a run; at least one weight must be positive.
     """
     terms: list[tuple[float, str]] = []
     for raw in text.split("+"):
@@ -41,9 +49,16 @@ def parse_expression(text: str) -> list[tuple[float, str]]:
                 raise ClipforgeError(
                     f"loss expression {text!r}: weight {m['weight']!r} is not a number"
                 ) from None
+        if not non_negative.accepts(weight):
+            raise ClipforgeError(
+                f"--loss {text!r}: the weight of {m['name']!r} must be "
+                f"{non_negative.describe()}, got {m['weight']}"
+            )
         if any(m["name"] == name for _, name in terms):
             raise ClipforgeError(f"loss expression {text!r}: {m['name']!r} appears twice")
         terms.append((weight, m["name"]))
+    if not any(w > 0 for w, _ in terms):
+        raise ClipforgeError(f"--loss {text!r}: at least one weight must be positive")
     return terms
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from clipforge.config import option
 from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
 from clipforge.losses.registry import LossSpec, register
+from clipforge.ranges import non_negative
 
 
 def infoloob_loss(
@@ -131,7 +132,9 @@ class InfoLOOBObjective(Objective):
 @dataclass
 class InfoLOOBOptions:
     hopfield_beta: float | None = option(
-        None, "infoloob: inverse temperature of CLOOB's Hopfield retrieval (none/0 = off)"
+        None,
+        "infoloob: inverse temperature of CLOOB's Hopfield retrieval (none/0 = off)",
+        check=non_negative,
     )
 
 

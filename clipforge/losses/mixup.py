@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipforge.config import option
-from clipforge.errors import ClipforgeError
+from clipforge.config import check_field, option
 from clipforge.losses.base import Features, StepSeeded, first_positive, weighted_mean
 from clipforge.losses.registry import LossSpec, register
+from clipforge.ranges import positive
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
@@ -70,8 +70,7 @@ class MixupObjective(StepSeeded):
 
     def __init__(self, seed: int, alpha: float = 0.5) -> None:
         super().__init__(seed)
-        if alpha <= 0:
-            raise ClipforgeError(f"--mixup-alpha must be > 0, got {alpha}")
+        check_field(MixupOptions, "mixup_alpha", alpha)
         self.alpha = alpha
 
     def ratio(self) -> float:
@@ -86,7 +85,7 @@ class MixupObjective(StepSeeded):
 @dataclass
 class MixupOptions:
     mixup_alpha: float = option(
-        0.5, "mixup: the mixing ratio is drawn from Beta(alpha, alpha) each step"
+        0.5, "mixup: the mixing ratio is drawn from Beta(alpha, alpha) each step", check=positive
     )
 
 

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clipforge.config import option
+from clipforge.config import check_field, option
 from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, reject_hard_negatives, weighted_mean
 from clipforge.losses.registry import LossSpec, register
 from clipforge.models.categorical import CategoricalEncoder
+from clipforge.ranges import integers
 
 
 def multilinear_scores(
@@ -64,8 +65,7 @@ class SymileObjective(Objective):
 
     def __init__(self, categories: int, embed_dim: int) -> None:
         super().__init__()
-        if categories < 2:
-            raise ClipforgeError(f"--symile-categories must be >= 2, got {categories}")
+        check_field(SymileOptions, "symile_categories", categories)
         self.third = CategoricalEncoder(categories, embed_dim)
 
     def forward(self, f: Features) -> torch.Tensor:
@@ -83,7 +83,9 @@ class SymileObjective(Objective):
 
 @dataclass
 class SymileOptions:
-    symile_categories: int = option(8, "symile: number of values of the third view (meta 'third')")
+    symile_categories: int = option(
+        8, "symile: number of values of the third view (meta 'third')", check=integers(2)
+    )
 
 
 def _build(o: SymileOptions, run: Any) -> Objective:

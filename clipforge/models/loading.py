@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from clipforge.checkpoint import resolve
 from clipforge.models.clip import CLIP
@@ -28,3 +31,24 @@ def load(
     """
     ckpt = read_checkpoint(resolve(path_or_run, what), arch, overrides)
     return model_from_state_dict(ckpt.config, ckpt.state_dict)
+
+
+def differing_tensors(
+    expected: Mapping[str, torch.Tensor],
+    found: Mapping[str, torch.Tensor],
+    *,
+    extra_ok: bool = False,
+) -> list[str]:
+    """The tensors of a model (``expected``) that a state dict read from a file
+    (``found``) lacks or holds in another shape, and unless ``extra_ok`` the ones it
+    holds beyond them; sorted, empty when the architectures match.
+
+    ``extra_ok`` is for copying weights into another run's model (``--init``), where a
+    tensor the model does not use, such as a SigLIP bias under a CLIP loss, is left out.
+    """
+    names = set(expected) if extra_ok else set(expected) | set(found)
+    return sorted(
+        k
+        for k in names
+        if k not in expected or k not in found or expected[k].shape != found[k].shape
+    )

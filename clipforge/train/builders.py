@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from clipforge.config import check_ranges
 from clipforge.data.batches import CAPTION_STRATEGIES, Collator, SampleProcessor
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.sources import ShapesSource, Source, open_source
@@ -83,12 +84,10 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """The checks of single fields and of fields against each other."""
-    if cfg.batch_size < 2:
-        raise ClipforgeError("batch size must be >= 2 for a contrastive loss")
-    if cfg.steps < 1:
-        raise ClipforgeError("steps must be >= 1")
-    if cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:
+    """Every field in its declared range (sections included), then the choices among
+    names and the checks of fields against each other."""
+    check_ranges(cfg)
+    if cfg.batch_size % cfg.accum_steps:
         raise ClipforgeError(
             f"batch size {cfg.batch_size} is not divisible by accum steps {cfg.accum_steps}"
         )
@@ -100,18 +99,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
         )
-    if cfg.max_captions < 1:
-        raise ClipforgeError("max captions must be >= 1")
-    if cfg.hard_negative_weight <= 0:
-        raise ClipforgeError("hard negative weight must be > 0")
-    if not 0 < cfg.crop_scale <= 1:
-        raise ClipforgeError("crop scale must be in (0, 1]")
-    if cfg.shuffle_buffer < 0:
-        raise ClipforgeError("shuffle buffer must be >= 0")
-    if cfg.workers < 0:
-        raise ClipforgeError("workers must be >= 0")
-    if not 0 <= cfg.max_skip_rate <= 1:
-        raise ClipforgeError("max skip rate must be in [0, 1]")
     if cfg.dist_backend not in distributed.BACKENDS:
         raise ClipforgeError(
             f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"

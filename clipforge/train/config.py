@@ -1,4 +1,5 @@
-"""The training run config: every field with its help text beside it."""
+"""The training run config: every field with its help text and, if numeric, its range
+beside it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from typing import Any
 
 from clipforge.config import option
 from clipforge.losses import LossOptions
+from clipforge.ranges import (
+    below_one,
+    count,
+    count0,
+    fraction,
+    integers,
+    non_negative,
+    positive,
+    probability,
+)
 
 
 @dataclass
@@ -41,13 +52,15 @@ class TrainConfig:
     caption: str = option(
         "random", "caption choice when a sample has several: random, first or all (all positives)"
     )
-    max_captions: int = option(4, "with --caption all, at most this many captions per image")
+    max_captions: int = option(
+        4, "with --caption all, at most this many captions per image", check=count
+    )
     hard_negatives: str = option(
         "",
         "hard-negative captions per sample, comma list of attribute,relation,count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
     )
     hard_negative_weight: float = option(
-        1.0, "multiply the softmax weight of hard-negative columns (clip loss)"
+        1.0, "multiply the softmax weight of hard-negative columns (clip loss)", check=positive
     )
     loss_options: LossOptions = option(
         factory=LossOptions,
@@ -55,35 +68,43 @@ class TrainConfig:
         prefix="loss",
     )
     shuffle_buffer: int = option(
-        1000, "samples in each tar-shard stream's shuffle buffer (0 = shard order)"
+        1000, "samples in each tar-shard stream's shuffle buffer (0 = shard order)", check=count0
     )
     resample: bool = option(
         False, "draw tar shards with replacement instead of each once per epoch"
     )
-    text_word_dropout: float = option(0.0, "probability of dropping each caption word")
+    text_word_dropout: float = option(
+        0.0, "probability of dropping each caption word", check=below_one
+    )
     text_sentence_shuffle: bool = option(False, "shuffle the sentences of multi-sentence captions")
     text_synonyms: str | None = option(
         None, "synonym file (comma-separated groups, one per line) for synonym swap"
     )
-    text_synonym_prob: float = option(0.0, "probability of swapping each listed word for a synonym")
+    text_synonym_prob: float = option(
+        0.0, "probability of swapping each listed word for a synonym", check=probability
+    )
     batch_size: int = option(
-        128, "samples per optimizer step (global: split evenly over torchrun processes)"
+        128,
+        "samples per optimizer step (global: split evenly over torchrun processes)",
+        check=integers(2),
     )
-    steps: int = option(350, "optimizer steps")
-    lr: float = option(2e-3, "peak learning rate (AdamW)")
+    steps: int = option(350, "optimizer steps", check=count)
+    lr: float = option(2e-3, "peak learning rate (AdamW)", check=positive)
     min_lr_ratio: float = option(
-        0.1, "final learning rate as a fraction of the peak (cosine decay)"
+        0.1, "final learning rate as a fraction of the peak (cosine decay)", check=probability
     )
-    warmup: int = option(50, "linear warm-up steps")
+    warmup: int = option(50, "linear warm-up steps", check=count0)
     weight_decay: float = option(
-        0.05, "AdamW weight decay (not applied to norms, biases, embeddings, scale)"
+        0.05,
+        "AdamW weight decay (not applied to norms, biases, embeddings, scale)",
+        check=non_negative,
     )
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.98, "AdamW beta2")
-    eps: float = option(1e-6, "AdamW epsilon")
-    grad_clip: float = option(1.0, "clip the global gradient norm (0 = off)")
+    beta1: float = option(0.9, "AdamW beta1", check=below_one)
+    beta2: float = option(0.98, "AdamW beta2", check=below_one)
+    eps: float = option(1e-6, "AdamW epsilon", check=positive)
+    grad_clip: float = option(1.0, "clip the global gradient norm (0 = off)", check=non_negative)
     accum_steps: int = option(
-        1, "split each batch into this many micro-batches (gradients averaged)"
+        1, "split each batch into this many micro-batches (gradients averaged)", check=count
     )
     local_loss: bool = option(
         False,
@@ -100,23 +121,30 @@ class TrainConfig:
         "auto",
         "auto (bf16 where the hardware runs it natively and the model is wide enough to gain, else fp32; the choice is printed and saved in precision.json), fp32, bf16 (autocast) or fp64 (rounding-free checks of parallel and resumed runs)",
     )
-    crop_scale: float = option(0.8, "smallest area fraction of the random resized crop")
+    crop_scale: float = option(
+        0.8, "smallest area fraction of the random resized crop", check=fraction
+    )
     flip: bool = option(False, "random horizontal flip (corrupts left/right captions)")
-    seed: int = option(0, "random seed (model init, data order, augmentation)")
-    threads: int = option(2, "torch intra-op threads")
-    workers: int = option(0, "data-loading worker processes (0 = in the training process)")
-    log_every: int = option(10, "steps between metric lines")
-    eval_every: int = option(175, "steps between held-out evaluations (0 = only at the end)")
+    seed: int = option(0, "random seed (model init, data order, augmentation)", check=count0)
+    threads: int = option(2, "torch intra-op threads", check=count)
+    workers: int = option(
+        0, "data-loading worker processes (0 = in the training process)", check=count0
+    )
+    log_every: int = option(10, "steps between metric lines", check=count)
+    eval_every: int = option(
+        175, "steps between held-out evaluations (0 = only at the end)", check=count0
+    )
     evals: str = option(
         "zeroshot,retrieval",
         "eval tasks run on the shapes world during and after training, comma-separated (see `clipforge eval --tasks all`; none = no evaluation)",
     )
-    ckpt_every: int = option(100, "steps between checkpoints")
-    eval_per_class: int = option(25, "images per class in the zero-shot evaluation")
-    eval_pairs: int = option(1000, "image-text pairs in the retrieval evaluation")
+    ckpt_every: int = option(100, "steps between checkpoints", check=count)
+    eval_per_class: int = option(25, "images per class in the zero-shot evaluation", check=count)
+    eval_pairs: int = option(1000, "image-text pairs in the retrieval evaluation", check=count)
     max_skip_rate: float = option(
         0.5,
         "fail when more than this fraction of samples was skipped (judged from 1000 samples on, or at the end of a shorter run)",
+        check=probability,
     )
     progress: bool = option(True, "show a progress bar")
     out: str | None = option(None, "run folder (default runs/YYYYmmdd-HHMMSS)")

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,19 +37,24 @@ from clipforge.outputs import OutputFolder, atomic_write, mark, marker_command
 from clipforge.train import distributed
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
+from clipforge.train.resume import resumed_config
 
 
 class MetricsLog:
-    """Append-only JSONL, truncated back to the checkpoint on resume."""
+    """Append-only JSONL, truncated back to the checkpoint on resume.
+
+    The truncation also drops a ``final`` record: a resumed run writes its own when it
+    finishes, whether the first part died while finishing or ended at fewer steps.
+    """
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            keep = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            keep = []
+            for line in path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else None
+                if rec is not None and rec.get("step", 0) <= resume_step and not rec.get("final"):
+                    keep.append(line)
             path.write_text("".join(line + "\n" for line in keep))
         elif resume_step is None:
             path.write_text("")
@@ -94,6 +100,7 @@ class RunFolder:
         self.path = path
         self.claim = claim  # a new run's checked output folder (main process only)
         self.main = world.is_main
+        self.saved: TrainConfig | None = None  # a resumed run's config as its folder had it
         self.config = path / "config.yaml"
         self.model_yaml = path / "model.yaml"
         self.metrics = path / "metrics.jsonl"
@@ -128,16 +135,28 @@ class RunFolder:
 
     @classmethod
     def resume(
-        cls, path: str | Path, cfg: TrainConfig, world: World
+        cls,
+        path: str | Path,
+        cfg: TrainConfig,
+        world: World,
+        changes: Mapping[str, Any] | None = None,
     ) -> tuple[RunFolder, TrainConfig, dict[str, Any] | None]:
-        """The folder, its saved config (with this invocation's ``progress``) and its last
-        training state (None when it stopped before the first checkpoint)."""
+        """The folder, the config the run continues with (its saved one with the
+        ``changes`` a resume allows, :mod:`~clipforge.train.resume`) and its last training
+        state (None when it stopped before the first checkpoint). Nothing is written."""
         folder = cls(Path(path), world)
         if not folder.config.is_file():
             raise ClipforgeError(f"not a clipforge run folder (no config.yaml): {folder.path}")
-        saved = from_dict(TrainConfig, load_yaml(folder.config), str(folder.path))
+        folder.saved = from_dict(TrainConfig, load_yaml(folder.config), str(folder.path))
         state = ckpt.load(folder.last) if folder.last.exists() else None
-        return folder, replace(saved, progress=cfg.progress), state
+        step = int(state["step"]) if state is not None else 0
+        cfg = resumed_config(folder.saved, changes or {}, cfg, folder.path, step)
+        return folder, cfg, state
+
+    def is_complete(self, cfg: TrainConfig, state: dict[str, Any] | None) -> bool:
+        """Whether a resumed run has nothing left to do: trained to ``cfg.steps`` and
+        finished (``final.pt`` is written last)."""
+        return state is not None and int(state["step"]) >= cfg.steps and self.final.is_file()
 
     def create(
         self,
@@ -147,7 +166,7 @@ class RunFolder:
         precision: dict[str, str] | None = None,
     ) -> TrainConfig:
         """Make the folder; a ``fresh`` run records its config, architecture and how its
-        precision was chosen."""
+        precision was chosen, a resumed one a changed number of steps."""
         if not self.main:
             return cfg
         if self.claim is not None:
@@ -155,6 +174,8 @@ class RunFolder:
         elif marker_command(self.path) is None:
             mark(self.path, "train")  # a resumed run from before folders were marked
         self.last.parent.mkdir(parents=True, exist_ok=True)
+        if not fresh and self.saved is not None and cfg.steps != self.saved.steps:
+            save_yaml(replace(self.saved, steps=cfg.steps), self.config)
         if fresh:
             cfg = replace(cfg, out=str(self.path))
             save_yaml(cfg, self.config)

@@ -7,7 +7,9 @@ optimizer step, :mod:`~clipforge.train.checkpoint` the training state.
 
 Resume (``--resume RUN_DIR``) reloads ``last.pt`` and replays nothing: the data stream
 restarts at the saved sample position and every sample's augmentation is seeded by its
-position, so the resumed run reaches the same weights as an uninterrupted one.
+position, so the resumed run reaches the same weights as an uninterrupted one. What a
+resume may change (``--steps``) is :mod:`~clipforge.train.resume`; a complete run is
+left as it is.
 
 Under ``torchrun`` (``python -m clipforge.train`` with the flags of ``clipforge train``)
 every process runs :func:`train`; rank 0 alone writes the run folder. How the batch and
@@ -16,8 +18,12 @@ the loss are shared is in :mod:`clipforge.train.distributed`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +36,10 @@ from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
+from clipforge.models.loading import differing_tensors
 from clipforge.train import checkpoint as train_state
 from clipforge.train import distributed
+from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -49,6 +57,7 @@ class TrainResult(os.PathLike):
     samples: int  # stream positions read by all processes, skipped ones included
     skipped: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # final held-out evaluation
+    complete: bool = False  # a resume found the run finished and wrote nothing
 
     def __fspath__(self) -> str:
         return str(self.run_dir)
@@ -65,30 +74,42 @@ class TrainResult(os.PathLike):
 
 
 def train(
-    cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a model as ``cfg`` says; the result stands for the run folder.
 
     A new run needs a new or empty ``cfg.out``; ``overwrite`` lets it replace an earlier
-    run there (see :mod:`clipforge.outputs`). With ``resume``, ``cfg`` is ignored except
-    for ``progress`` and ``dist_backend``; the run continues from
-    ``RUN_DIR/checkpoints/last.pt``. Started by torchrun, this process joins the process
-    group for the run and leaves it afterwards.
+    run there (see :mod:`clipforge.outputs`). With ``resume``, the run continues from
+    ``RUN_DIR/checkpoints/last.pt`` with its saved config; of ``cfg`` only ``progress``
+    and ``dist_backend`` are used. ``changes`` are the fields given for the resume (the
+    command line's flags): ``steps`` moves the end of the run, a field equal to the saved
+    value is fine, any other is refused (:mod:`~clipforge.train.resume`). A run that is
+    already complete is left untouched and reported with ``complete=True``. Started by
+    torchrun, this process joins the process group for the run and leaves it afterwards.
     """
     if resume is not None and overwrite:
         raise ClipforgeError("--overwrite starts a new run; it cannot be used with --resume")
     world = distributed.setup(cfg.dist_backend)
     try:
-        return _train(cfg, resume, world, overwrite)
+        return _train(cfg, resume, changes or {}, world, overwrite)
     finally:
         distributed.teardown(world)
 
 
 def _train(
-    cfg: TrainConfig, resume: str | Path | None, world: World, overwrite: bool
+    cfg: TrainConfig,
+    resume: str | Path | None,
+    changes: Mapping[str, Any],
+    world: World,
+    overwrite: bool,
 ) -> TrainResult:
     if resume is not None:
-        folder, cfg, state = RunFolder.resume(resume, cfg, world)
+        folder, cfg, state = RunFolder.resume(resume, cfg, world, changes)
+        if folder.is_complete(cfg, state):
+            return _completed(folder, state)
     else:
         folder, state = RunFolder.new(cfg, world, overwrite), None
     parts = build(cfg, world)
@@ -96,10 +117,6 @@ def _train(
     # The resolved precision is what the saved config says, so a resumed run keeps it on
     # any machine.
     cfg = replace(cfg, precision=parts.precision.name)
-    fresh = state is None
-    cfg = folder.create(cfg, parts.model_config, fresh, parts.precision.to_dict())
-    if world.is_main and fresh:
-        print(f"precision {parts.precision.name} ({parts.precision.reason})", flush=True)
 
     torch.manual_seed(cfg.seed)
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
@@ -118,13 +135,19 @@ def _train(
     # by all ranks (skipped ones included).
     step, positions, skipped = 0, [0] * world.size, {}
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "objective" in state:
-            objective.load_state_dict(state["objective"])
+        _restore(state, folder.path, model, objective, opt)
         step, skipped = int(state["step"]), dict(state["skipped"])
         positions = distributed.saved_positions(state, world, folder.path)
         train_state.set_rng_state(state["rng"])
+        saved_steps = folder.saved.steps if folder.saved is not None else cfg.steps
+        notice = resume_rule.schedule_notice(folder.path, saved_steps, cfg, step)
+        if notice and world.is_main:
+            print(notice, file=sys.stderr)
+    # Only now, with every option, weight file and checkpoint read, is anything written.
+    fresh = state is None
+    cfg = folder.create(cfg, parts.model_config, fresh, parts.precision.to_dict())
+    if world.is_main and fresh:
+        print(f"precision {parts.precision.name} ({parts.precision.reason})", flush=True)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
     log = folder.log(step if state is not None else None)
@@ -133,7 +156,7 @@ def _train(
         return _evaluate(model, parts, cfg, split)
 
     model.train()
-    batches = iter_batches(
+    loader = iter_batches(
         parts.source, parts.processor, parts.collate, cfg.batch_size // world.size,
         start=positions[world.rank], workers=cfg.workers, rank=world.rank,
         world_size=world.size,
@@ -141,50 +164,53 @@ def _train(
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and world.is_main),
                desc="train", dynamic_ncols=True)  # fmt: skip
     t_last, n_since = time.perf_counter(), 0
-    while step < cfg.steps:
-        batch = next(batches)
-        lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        before = [p.detach().clone() for p in model.parameters()] if log_now else []
-        stats = stepper(batch, step)
-        step += 1
-        # Every rank keeps the totals of all ranks, so all take the same decisions below.
-        positions, step_skipped = distributed.stream_state(
-            batch.next_position, batch.skipped, world
-        )
-        for reason, n in step_skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + n
-        _check_skip_rate(cfg, sum(positions), skipped)
-        n_since += cfg.batch_size
-        bar.update(1)
-        if log_now:
-            now = time.perf_counter()
-            rec = {
-                "step": step, "loss": stats.loss, "lr": lr,
-                "logit_scale": float(model.logit_scale_exp().detach()),
-                "grad_norm": stats.grad_norm, "param_norm": norm(model.parameters()),
-                "update_norm": norm(p - b for p, b in zip(model.parameters(), before, strict=True)),
-                "samples": sum(positions), "skipped": sum(skipped.values()),
-                "samples_per_s": n_since / max(now - t_last, 1e-9),
-            }  # fmt: skip
-            if model.logit_bias is not None:
-                rec["logit_bias"] = float(model.logit_bias.detach())
-            rec.update(objective.metrics())
-            if log is not None:
-                log.write(rec)
-            bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
-            t_last, n_since = now, 0
-        if log is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            if parts.evals:
-                log.write({"step": step, "split": "val", **run_eval("val")})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            folder.save_last(
-                train_state.training_state(
-                    model, parts.model_config, opt, objective, step, positions, skipped
-                )
+    # Closed however the loop ends (Ctrl-C, a refused skip rate), so the data workers end
+    # then, not whenever the garbage collector reaches the generator.
+    with contextlib.closing(loader) as batches:
+        while step < cfg.steps:
+            batch = next(batches)
+            lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+            before = [p.detach().clone() for p in model.parameters()] if log_now else []
+            stats = stepper(batch, step)
+            step += 1
+            # Every rank keeps the totals of all ranks, so all take the same decisions below.
+            positions, step_skipped = distributed.stream_state(
+                batch.next_position, batch.skipped, world
             )
+            for reason, n in step_skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+            _check_skip_rate(cfg, sum(positions), skipped)
+            n_since += cfg.batch_size
+            bar.update(1)
+            if log_now:
+                now = time.perf_counter()
+                rec = {
+                    "step": step, "loss": stats.loss, "lr": lr,
+                    "logit_scale": float(model.logit_scale_exp().detach()),
+                    "grad_norm": stats.grad_norm, "param_norm": norm(model.parameters()),
+                    "update_norm": norm(p - b for p, b in zip(model.parameters(), before, strict=True)),
+                    "samples": sum(positions), "skipped": sum(skipped.values()),
+                    "samples_per_s": n_since / max(now - t_last, 1e-9),
+                }  # fmt: skip
+                if model.logit_bias is not None:
+                    rec["logit_bias"] = float(model.logit_bias.detach())
+                rec.update(objective.metrics())
+                if log is not None:
+                    log.write(rec)
+                bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
+                t_last, n_since = now, 0
+            eval_now = cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps
+            if log is not None and eval_now and parts.evals:
+                log.write({"step": step, "split": "val", **run_eval("val")})
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                folder.save_last(
+                    train_state.training_state(
+                        model, parts.model_config, opt, objective, step, positions, skipped
+                    )
+                )
     bar.close()
     result = TrainResult(folder.path, step, sum(positions), skipped)
     if log is None:
@@ -201,6 +227,50 @@ def _train(
     folder.finish(final, {**model_payload(model.state_dict(), parts.model_config), "step": step})
     distributed.barrier(world)
     return result
+
+
+def _completed(folder: RunFolder, state: dict[str, Any] | None) -> TrainResult:
+    """The result of a resume that found its run finished; the folder is not touched."""
+    assert state is not None  # is_complete needs a checkpoint
+    final = json.loads(folder.eval_json.read_text()) if folder.eval_json.is_file() else {}
+    metrics = {k: v for k, v in final.items() if isinstance(v, float)}
+    return TrainResult(
+        folder.path, int(state["step"]), int(state["position"]), dict(state["skipped"]),
+        metrics, complete=True,
+    )  # fmt: skip
+
+
+def _restore(
+    state: dict[str, Any], run: Path, model: CLIP, objective: torch.nn.Module, opt: Any
+) -> None:
+    """Load ``last.pt``'s model, objective and optimizer state, refusing in one line a
+    checkpoint that another architecture or objective wrote."""
+    bad = differing_tensors(model.state_dict(), state["model"])
+    if bad:
+        raise ClipforgeError(
+            f"--resume {run}: checkpoints/last.pt holds another architecture than the run's "
+            f"config.yaml ({len(bad)} tensors differ, e.g. {bad[0]}); it was not written by "
+            "this run"
+        )
+    # Checkpoints from before objectives had state hold none; the objective starts fresh.
+    saved_objective = state.get("objective")
+    bad = (
+        []
+        if saved_objective is None
+        else differing_tensors(objective.state_dict(), saved_objective)
+    )
+    if bad:
+        raise ClipforgeError(
+            f"--resume {run}: checkpoints/last.pt holds the state of another objective than "
+            f"the run's --loss ({len(bad)} tensors differ, e.g. {bad[0]})"
+        )
+    model.load_state_dict(state["model"])
+    if saved_objective is not None:
+        objective.load_state_dict(saved_objective)
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except ValueError as e:  # parameter groups of another size
+        raise ClipforgeError(f"--resume {run}: checkpoints/last.pt: {e}") from None
 
 
 def _evaluate(model: CLIP, parts: RunParts, cfg: TrainConfig, split: str) -> dict[str, float]:
@@ -246,7 +316,7 @@ def _init_weights_from(model: CLIP, path: str) -> None:
     continues at the temperature the source run ended with.
     """
     mine, theirs = model.state_dict(), load(path, what="--init").state_dict()
-    bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    bad = differing_tensors(mine, theirs, extra_ok=True)
     if bad:
         raise ClipforgeError(
             f"--init {path}: its architecture differs from the run's model "

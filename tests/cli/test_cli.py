@@ -24,7 +24,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "--model", "huge"], "unknown model preset 'huge'"),
         (["train", "--data", "/no/such/file.csv"], "not found"),
         (["train", "--model-args", "vision.image_size=30"], "not divisible by patch size"),
-        (["train", "--steps", "lots"], "'steps'"),
+        (["train", "--steps", "lots"], "--steps: must be an integer >= 1, got 'lots'"),
         (["eval", "/no/such/run"], "/no/such/run"),
         (["train", "--model-args", "vision.heads=0"], "heads >= 1"),
     ],
@@ -111,3 +111,27 @@ def test_eval_reads_peer_weights(tmp_path, micro_args):
     assert main(["eval", str(tmp_path / "oc"), "--per-class", "1", "--pairs", "10"]) == 0
     out = json.loads((tmp_path / "oc" / "eval-test.json").read_text())
     assert 0 <= out["zeroshot/top1"] <= 1 and "retrieval/t2i_R@10" in out
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["train", "--lr", "nan"], "--lr: must be a positive finite number, got nan"),
+        (["train", "--log-every", "0"], "--log-every: must be an integer >= 1, got 0"),
+        (["train", "--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+        (["eval", "runs/x", "--per-class", "0"], "--per-class: must be an integer >= 1, got 0"),
+    ],
+)
+def test_numbers_out_of_range_stop_before_any_work(args, line, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # train without --out would create runs/DATE here
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"clipforge: error: {line}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yaml_numbers_meet_the_same_ranges(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: .nan\n")
+    res = run_cli("train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == "clipforge: error: --lr: must be a positive finite number, got nan"
+    assert not (tmp_path / "run").exists()

@@ -27,7 +27,10 @@ def test_losses_lists_names_with_summaries(capsys):
         (["--loss", "cwcl"], "needs --reference"),
         (["--loss", "distill"], "needs --teacher"),
         (["--loss", "distill", "--teacher", "/no/such/run"], "not found"),
-        (["--loss", "infoloob", "--hopfield-beta", "x"], "'hopfield_beta'"),
+        (
+            ["--loss", "infoloob", "--hopfield-beta", "x"],
+            "--hopfield-beta: must be a finite number >= 0, got 'x'",
+        ),
         (["--loss", "symile"], "pass --data"),
         (["--loss", "symile", "--caption", "all"], "--caption all"),
         (["--loss", "infoloob", "--hopfield-beta", "8", "--hard-negatives", "count"], "blend"),
