@@ -18,6 +18,7 @@ from clipforge.cli.main import build_parser, main
 from clipforge.config import _base_type, check_ranges, from_dict, range_of
 from clipforge.errors import ClipforgeError
 from clipforge.losses import LOSSES, parse_expression
+from clipforge.models import ModelConfig, get_model_config
 from clipforge.ranges import FlagReader, Range, count, flag_name, fraction, integers, positive
 from clipforge.train.builders import check_config
 from clipforge.train.config import TrainConfig
@@ -41,6 +42,7 @@ def _config_classes() -> list[type]:
                 visit(base)  # type: ignore[arg-type]
 
     visit(TrainConfig)
+    visit(ModelConfig)  # reached through --model-args overrides
     for name in LOSSES.names():
         if LOSSES.get(name).options is not None:
             visit(LOSSES.get(name).options)  # type: ignore[arg-type]
@@ -233,3 +235,11 @@ def test_loss_expression_weights(text, needle):
 
 def test_a_zero_weight_term_is_watched_not_trained():
     assert parse_expression("clip+0*alignment") == [(1.0, "clip"), (0.0, "alignment")]
+
+
+@pytest.mark.parametrize("arg", ["vision.layers=-1", "text.mlp_ratio=nan", "embed_dim=0",
+                                 "vision.norm_eps=inf"])  # fmt: skip
+def test_model_args_meet_their_ranges(arg):
+    key, value = arg.split("=")
+    with pytest.raises(ClipforgeError, match=rf"^model arg {key}: must be"):
+        get_model_config("tiny", {key: value})

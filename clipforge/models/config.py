@@ -6,46 +6,48 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from clipforge.config import option
 from clipforge.errors import ClipforgeError
+from clipforge.ranges import count, integers, positive
 from clipforge.registry import Registry
 
 
 @dataclass(frozen=True)
 class VisionConfig:
-    image_size: int = 224
-    patch_size: int = 32
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
+    image_size: int = option(224, check=count)
+    patch_size: int = option(32, check=count)
+    width: int = option(768, check=count)
+    layers: int = option(12, check=count)
+    heads: int = option(12, check=count)
+    mlp_ratio: float = option(4.0, check=positive)
     pool: str = "cls"  # "cls" (class token), "mean" (mean of patch tokens), "map" (attention pool)
     # pool "grid": the mean of all patch tokens and of each cell of a pool_grid x pool_grid
     # partition, concatenated before the projection, so where a feature is stays linear.
-    pool_grid: int = 2
+    pool_grid: int = option(2, check=count)
     pre_norm: bool = True  # LayerNorm after patch embedding (OpenAI CLIP's ln_pre)
     # The fields below let converted peer models (SigLIP) be expressed; defaults are CLIP's.
     class_token: bool = True  # SigLIP has none: positions cover the patches only
     patch_bias: bool = False  # SigLIP's patch embedding has a bias
     proj_type: str = "linear"  # "linear" or "none" (SigLIP: pooled width is the embedding)
     proj_bias: bool = False
-    norm_eps: float = 1e-5  # LayerNorm epsilon (SigLIP: 1e-6)
+    norm_eps: float = option(1e-5, check=positive)  # LayerNorm epsilon (SigLIP: 1e-6)
     stem: str = "patch"  # "patch" (one strided conv, as CLIP) or "conv" (3x3 convolutions)
     pos_init: str = "random"  # "random" or "sincos" (2-D sine-cosine start, still learned)
 
 
 @dataclass(frozen=True)
 class TextConfig:
-    context_length: int = 77
-    vocab_size: int = 49408
-    width: int = 512
-    layers: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
+    context_length: int = option(77, check=integers(2))
+    vocab_size: int = option(49408, check=integers(2))
+    width: int = option(512, check=count)
+    layers: int = option(12, check=count)
+    heads: int = option(8, check=count)
+    mlp_ratio: float = option(4.0, check=positive)
     # The fields below let converted peer models (SigLIP) be expressed; defaults are CLIP's.
     causal: bool = True  # SigLIP's text attention is bidirectional
     pool: str = "argmax"  # "argmax" (end token = largest id) or "last" (last position, SigLIP)
     proj_bias: bool = False  # SigLIP's text head has a bias
-    norm_eps: float = 1e-5
+    norm_eps: float = option(1e-5, check=positive)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ModelConfig:
     (``None``: no cap, as SigLIP was trained).
     """
 
-    embed_dim: int = 512
+    embed_dim: int = option(512, check=count)
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     act: str = "gelu"
@@ -68,9 +70,16 @@ class ModelConfig:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
-    logit_scale_max: float | None = 100.0
+    logit_scale_max: float | None = option(100.0, check=positive)
 
     def validate(self) -> None:
+        # Every number against the range it declares, named as the user writes it: a
+        # model-args override (vision.layers), not a train flag.
+        for prefix, part in (("", self), ("vision.", self.vision), ("text.", self.text)):
+            for f in fields(part):
+                rng, value = f.metadata.get("check"), getattr(part, f.name)
+                if rng is not None and value is not None:
+                    rng.check(value, f"model arg {prefix}{f.name}")
         v = self.vision
         if v.image_size % v.patch_size:
             raise ClipforgeError(
