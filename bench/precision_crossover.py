@@ -9,7 +9,10 @@ heads of 32 channels) it times, alternately so that machine load hits both alike
   weights, the way the evaluator runs bf16.
 
 It prints the bf16/fp32 speed ratio per width, for the conv stem (the preset's) and a
-plain patch stem, and the stem's own share of the bf16 step. ``--precision auto`` uses
+plain patch stem, and the stem's own share of the bf16 step. Last, it times training
+steps of the tiny preset whose caption length is new to the process against steps with
+a length seen before: bf16 kernels are built per shape, and the text tower's shape
+follows the longest caption of each batch. ``--precision auto`` uses
 bf16 above the width where the ratio crosses 1 (``clipforge/precision.py`` holds the
 measured crossover per kind of bf16 hardware).
 
@@ -104,6 +107,37 @@ def case(width: int, stem: str, steps: int, batch: int) -> dict[str, float]:
     }
 
 
+def first_shape_cost(batch: int, repeats: int = 2) -> dict[str, tuple[float, float]]:
+    """Seconds of a training step of the tiny preset whose caption length is new to the
+    process, and of one whose length was seen before, in fp32 and bf16.
+
+    clipforge trims a batch's padded text tail, so the text tower's shapes change with the
+    longest caption of each batch; a bf16 kernel library that builds a kernel per shape pays
+    that once per new length."""
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    opt = build_optimizer(model, 1e-5, 0.05, (0.9, 0.98), 1e-6)
+    size, ctx = model.cfg.vision.image_size, model.cfg.text.context_length
+    images = torch.randn(batch, 3, size, size)
+    out: dict[str, tuple[float, float]] = {}
+    for bf16, lengths in ((False, range(8, 14)), (True, range(14, 20))):
+        new, seen = [], []
+        for n in lengths:
+            tokens = torch.randint(1, 1000, (batch, ctx))
+            tokens[:, n - 1], tokens[:, n:] = 49407, 0  # end token at n - 1, then padding
+            for r in range(1 + repeats):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    o = model(images, tokens)
+                    loss = clip_loss(o.image.float(), o.text.float(), o.scale)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                (seen if r else new).append(time.perf_counter() - t0)
+        out["bf16" if bf16 else "fp32"] = (statistics.median(new), statistics.median(seen))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--widths", default="64,96,128,192,256,384")
@@ -111,6 +145,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-first-shape", action="store_true", help="skip the first-shape timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"bf16 hardware: {bf16_hardware(torch.device('cpu')) or 'none'}; threads {args.threads}")
@@ -121,6 +156,11 @@ def main() -> None:
             r = case(w, stem, args.steps, args.batch)
             print(f"{stem:<6}{w:>6}{r['train']:>16.2f}x{r['infer']:>16.2f}x{r['stem']:>15.2f}x"
                   f"{r['stem share']:>11.0%}{r['train fp32 samples/s']:>16.1f}")  # fmt: skip
+    if not args.no_first_shape:
+        cost = first_shape_cost(args.batch)
+        print("\ntiny preset, training step with a caption length new to the process vs seen:")
+        for k, (new, seen) in cost.items():
+            print(f"  {k}: new length {new:.3f} s, seen length {seen:.3f} s ({new / seen:.2f}x)")
 
 
 if __name__ == "__main__":

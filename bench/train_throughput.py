@@ -29,7 +29,13 @@ from clipforge.train.optim import build_optimizer  # noqa: E402
 
 
 def measure(
-    steps: int, batch: int, threads: int, precision: str, data_only: bool = False, workers: int = 0
+    steps: int,
+    batch: int,
+    threads: int,
+    precision: str,
+    data_only: bool = False,
+    workers: int = 0,
+    warmup: int = 5,
 ) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -56,7 +62,10 @@ def measure(
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, kernels, tokenizer cache
+    # Warm-up: allocator, kernels, tokenizer cache. bf16 kernels are built per shape and the
+    # text tower's shape follows each batch's longest caption, so one step is not enough.
+    for _ in range(warmup):
+        step()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
