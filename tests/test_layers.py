@@ -14,7 +14,7 @@ LAYERS = {
     "ranges": 0,
     "data": 1, "models": 1,
     "losses": 2, "eval": 2, "index": 2,
-    "train": 3,
+    "train": 3, "serve": 3,
     "cli": 4,
 }  # fmt: skip
 

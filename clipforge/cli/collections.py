@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipforge.errors import ClipforgeError
+
+if TYPE_CHECKING:
+    from clipforge.index.search import Searcher
 
 
 def _overwrite_flag(p: argparse.ArgumentParser) -> None:
@@ -213,9 +217,7 @@ def search_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import torch
 
-    from clipforge.data.tokenizer import get_tokenizer
-    from clipforge.index.search import IndexFolder, Searcher, check_query
-    from clipforge.models import load
+    from clipforge.index.search import check_query
 
     if (args.query is None) == (args.image is None):
         raise ClipforgeError("give a text query or --image FILE (one of them)")
@@ -224,12 +226,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.query is not None:
         check_query(args.query)  # before loading anything
     torch.set_num_threads(2)
-    index = IndexFolder(args.index)
-    source = args.model or index.info.get("model")
-    if args.model is None and not Path(str(source)).exists():
-        raise ClipforgeError(f"the index's model {source} is gone; give it with --model")
-    model = load(source)
-    searcher = Searcher(index, model, get_tokenizer(model.cfg.text.context_length), args.precision)
+    searcher = load_searcher(args.index, args.model, args.precision)
     if args.image:
         hits = searcher.image(args.image, args.k, label=args.image)
     else:
@@ -246,4 +243,57 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["embed_parser", "index_parser", "search_parser"]
+def serve_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import integers
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an index: HTTP API and a search page (FastAPI + uvicorn)",
+        description="GET / is a search page; GET /api/search?q=&k=, POST /api/search (image "
+        "upload), POST /api/embed, GET /api/items/ID (thumbnail), GET /healthz, GET /metrics.",
+    )
+    p.add_argument("index", help="index folder (clipforge index --out)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    add_number(p, "--port", integers(1, 65535), 8000, "port")
+    p.add_argument("--model", help="model to embed queries (default: the one that built it)")
+    add_number(p, "--threads", integers(1), 2, "torch threads")
+    _precision_flag(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def load_searcher(index_dir: str, model: str | None, precision: str) -> Searcher:
+    """The index folder with its model loaded (once) and checked by fingerprint."""
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.index.search import IndexFolder, Searcher
+    from clipforge.models import load
+
+    index = IndexFolder(index_dir)
+    source = model or index.info.get("model")
+    if model is None and not Path(str(source)).exists():
+        raise ClipforgeError(f"the index's model {source} is gone; give it with --model")
+    m = load(source)
+    return Searcher(index, m, get_tokenizer(m.cfg.text.context_length), precision)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        import uvicorn
+
+        from clipforge.serve.app import create_app
+    except ImportError:
+        raise ClipforgeError(
+            "clipforge serve needs fastapi and uvicorn: pip install 'clipforge[serve]'"
+        ) from None
+    torch.set_num_threads(args.threads)
+    searcher = load_searcher(args.index, args.model, args.precision)
+    print(
+        f"serving {args.index} ({len(searcher.index.rows)} items) on http://{args.host}:{args.port}/"
+    )
+    uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+__all__ = ["embed_parser", "index_parser", "search_parser", "serve_parser"]

@@ -501,9 +501,9 @@ def _print_table(res: dict) -> None:
 
 
 def _collection_parsers() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
-    from clipforge.cli.collections import embed_parser, index_parser, search_parser
+    from clipforge.cli.collections import embed_parser, index_parser, search_parser, serve_parser
 
-    return (embed_parser, index_parser, search_parser)
+    return (embed_parser, index_parser, search_parser, serve_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
