@@ -86,10 +86,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
     else:
         folder = OutputFolder(
-            out, "embed", overwrite=args.overwrite, inputs=inputs, noun="embeddings",
-            hint="; or --resume to continue an unfinished run",
+            out, "embed", overwrite=args.overwrite, inputs=inputs,
+            noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
         )  # fmt: skip
-        _refuse_other_model(out, args.overwrite)
         folder.prepare()  # in place, like a run folder: --resume continues it
     model = load(args.model)
     info = embed_collection(
@@ -108,19 +107,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_other_model(out: Path, overwrite: bool) -> None:
-    """--overwrite replaces embeddings whole; it never runs into them, so nothing is mixed.
-    Said here so the refusal of a folder of another model's features names it."""
-    f = out / "model.json"
-    if f.is_file() and not overwrite:
-        try:
-            fp = json.loads(f.read_text(encoding="utf-8")).get("fingerprint")
-        except (OSError, ValueError):
-            fp = None
-        raise ClipforgeError(
-            f"{out} holds embeddings of model {fp}; they are not mixed with others: choose a "
-            "new folder, --overwrite to replace them, or --resume to continue that run"
-        )
+def _held_model(out: Path) -> str:
+    """`` of model FINGERPRINT`` for a folder holding embeddings, so a refusal names it."""
+    try:
+        fp = json.loads((out / "model.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" of model {fp}" if fp else ""
 
 
 def _parity(rec: dict) -> str:

@@ -66,8 +66,9 @@ def embed_collection(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any]
     if resume:
-        info = read_json(out / MODEL_FILE, "nothing to resume")
-        done = read_json(out / PROGRESS_FILE, "nothing to resume")
+        again = "nothing to resume; start again with --overwrite"
+        info = read_json(out / MODEL_FILE, again)
+        done = read_json(out / PROGRESS_FILE, again)
         precision = str(info["precision"]["precision"])  # the same arithmetic as before
     embedder = Embedder(
         model, tokenizer, batch_size=batch_size, progress=False, precision=precision

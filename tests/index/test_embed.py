@@ -165,7 +165,8 @@ def test_embedding_into_another_models_folder_is_refused(tmp_path, collection, c
     before = files(emb_dir)
     assert main(["embed", str(other), str(data), "--out", str(emb_dir), *ARGS]) == 2
     err = capsys.readouterr().err
-    assert "holds embeddings" in err and len(err.strip().splitlines()) == 1
+    fp = model_fingerprint(load(model_path))
+    assert f"already holds embeddings of model {fp}" in err and len(err.strip().splitlines()) == 1
     assert main(["embed", str(other), str(data), "--out", str(emb_dir), "--resume", *ARGS]) == 2
     err = capsys.readouterr().err
     assert "not mixed" in err and model_fingerprint(load(other)) in err
