@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -39,15 +38,21 @@ def create_app(searcher: Searcher) -> FastAPI:
     index = searcher.index
     lock = threading.Lock()  # one encoder call at a time: the model is shared
 
-    def encode_texts(texts: list[str]) -> np.ndarray:
+    def run(queries: list[tuple[Any, int, str]], encode: Any) -> list[Any]:
+        """Encode a batch of ``(query, k, target)`` and search each target once; an
+        entry of ``k == 0`` asks for the embedding itself."""
         with lock:
-            return searcher.embedder.text_batch(texts).numpy()
+            vecs = encode([q for q, _, _ in queries]).numpy()
+        out: list[Any] = [vecs[i] for i in range(len(queries))]
+        for where in {t for _, k, t in queries if k}:
+            rows = [i for i, (_, k, t) in enumerate(queries) if k and t == where]
+            found = index.search(vecs[rows], max(queries[i][1] for i in rows), where)
+            for i, hs in zip(rows, found, strict=True):
+                out[i] = [h.to_dict() for h in hs[: queries[i][1]]]
+        return out
 
-    def encode_images(images: list[Image.Image]) -> np.ndarray:
-        with lock:
-            return searcher.embedder.image_batch(images).numpy()
-
-    texts, images = Batcher(encode_texts), Batcher(encode_images)
+    texts = Batcher(lambda qs: run(qs, searcher.embedder.text_batch))
+    images = Batcher(lambda qs: run(qs, searcher.embedder.image_batch))
     target = "images" if "images" in index.indexes else "captions"
 
     @app.middleware("http")
@@ -64,9 +69,6 @@ def create_app(searcher: Searcher) -> FastAPI:
     @app.exception_handler(ClipforgeError)
     async def refused(_: Request, e: ClipforgeError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
-
-    def hits(vec: np.ndarray, k: int, where: str) -> list[dict]:
-        return [h.to_dict() for h in index.search(vec[None], k, where)[0]]
 
     async def read_image(upload: UploadFile) -> Image.Image:
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
@@ -118,9 +120,9 @@ def create_app(searcher: Searcher) -> FastAPI:
         if item is not None:
             if target != "images":
                 raise HTTPException(400, "this index holds no images to compare")
-            return {"item": item, "hits": hits(await images(image_of(item)), k, "images")}
-        vec = await texts(check_query(q or ""))
-        return {"query": q, "hits": hits(vec, k, "captions" if captions else target)}
+            return {"item": item, "hits": await images((image_of(item), k, "images"))}
+        where = "captions" if captions else target
+        return {"query": q, "hits": await texts((check_query(q or ""), k, where))}
 
     @app.post("/api/search")
     async def search_image(
@@ -128,7 +130,7 @@ def create_app(searcher: Searcher) -> FastAPI:
     ) -> dict:
         if target != "images":
             raise HTTPException(400, "this index holds no images to search by image")
-        return {"hits": hits(await images(await read_image(image)), k, "images")}
+        return {"hits": await images((await read_image(image), k, "images"))}
 
     @app.post("/api/embed")
     async def embed(
@@ -137,11 +139,10 @@ def create_app(searcher: Searcher) -> FastAPI:
     ) -> dict:
         if (text is None) == (image is None):
             raise HTTPException(400, "give a text or an image, one of them")
-        vec = (
-            await texts(check_query(text))
-            if text is not None
-            else await images(await read_image(image))
-        )
+        if text is not None:
+            vec = await texts((check_query(text), 0, ""))
+        else:
+            vec = await images((await read_image(image), 0, ""))
         return {"model": index.fingerprint, "embedding": [round(float(v), 6) for v in vec]}
 
     @app.get("/api/items/{item}")

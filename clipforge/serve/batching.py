@@ -2,7 +2,7 @@
 
 The text tower costs about the same for one query as for a dozen, so a request does not
 call it alone: it joins a queue, and one worker thread takes everything queued (up to
-``max_batch``) and encodes it in one batch. Under light load a query waits for nothing;
+``max_batch``), encodes it in one batch and searches the index with all of it at once. Under light load a query waits for nothing;
 under heavy load each encoder call serves many requests.
 """
 
@@ -15,13 +15,12 @@ from concurrent.futures import Future
 from queue import Empty, Queue
 from typing import Any
 
-import numpy as np
-
 
 class Batcher:
-    """Run ``fn(items) -> [len(items), D]`` over batches of items submitted concurrently."""
+    """Run ``fn(items) -> one result per item`` over batches of items submitted
+    concurrently, in a worker thread (the event loop stays free to accept requests)."""
 
-    def __init__(self, fn: Callable[[Sequence[Any]], np.ndarray], max_batch: int = 64) -> None:
+    def __init__(self, fn: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = 64) -> None:
         self.fn = fn
         self.max_batch = max_batch
         self.batches = 0  # encoder calls made
@@ -48,7 +47,7 @@ class Batcher:
                 for _, fut in batch:
                     fut.set_exception(e)
 
-    async def __call__(self, item: Any) -> np.ndarray:
+    async def __call__(self, item: Any) -> Any:
         fut: Future = Future()
         self._queue.put((item, fut))
         return await asyncio.wrap_future(fut)
