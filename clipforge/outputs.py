@@ -1,6 +1,6 @@
 """The one rule for what a command may write over, and how it writes.
 
-Every command that writes files (``train``, ``eval``, ``synth``, ``shard``, ``curate``,
+Every command that writes files (``train``, ``eval``, ``synth``, ``shard``, ``curate``, ``embed``, ``index``,
 ``convert``) checks its output with this module before any work starts:
 
 * a path that does not exist, or an empty folder, is written;

@@ -500,6 +500,12 @@ def _print_table(res: dict) -> None:
         print(f"{k:<{width}}  {fmt(k, v):>7}")
 
 
+def _collection_parsers() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
+    from clipforge.cli.collections import embed_parser, index_parser, search_parser, serve_parser
+
+    return (embed_parser, index_parser, search_parser, serve_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipforge", description="Contrastive language-image learning on a laptop and beyond."
@@ -513,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         _curate_parser,
         _list_parser,
         _convert_parser,
+        *_collection_parsers(),
     )
     for b in builders:
         b(sub)

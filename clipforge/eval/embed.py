@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from clipforge.config import to_dict
@@ -173,6 +174,27 @@ class Embedder:
         self.embedded_images += len(images)
         feats = torch.cat(out) if out else torch.zeros(0, self.model.cfg.embed_dim)
         return self._store(key, feats)
+
+    # -- streaming -------------------------------------------------------------------------
+    def image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``[B, D]`` features of decoded images, uncached: for collections streamed once
+        (``clipforge embed``), where a content cache would only hold memory."""
+        device = next(self.model.parameters()).device
+        if not images:
+            return torch.zeros(0, self.model.cfg.embed_dim)
+        x = torch.stack([self.transform(im) for im in images])
+        with torch.inference_mode():
+            feats = self._encode("image", x.to(device))
+        self.embedded_images += len(images)
+        return feats
+
+    def text_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[B, D]`` features of ``texts``, uncached (see :meth:`image_batch`)."""
+        device = next(self.model.parameters()).device
+        if not texts:
+            return torch.zeros(0, self.model.cfg.embed_dim)
+        with torch.inference_mode():
+            return self._encode("text", self.tokenizer(list(texts)).to(device))
 
     # -- texts -----------------------------------------------------------------------------
     def texts(self, texts: Sequence[str], desc: str = "embed texts") -> torch.Tensor:

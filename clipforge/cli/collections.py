@@ -1,0 +1,292 @@
+"""``clipforge embed``, ``clipforge index`` and ``clipforge search``: a collection from a
+folder to an answered query. Thin: each command checks its output (clipforge.outputs),
+calls clipforge.index and prints what it returns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipforge.errors import ClipforgeError
+
+if TYPE_CHECKING:
+    from clipforge.index.search import Searcher
+
+
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    from clipforge.outputs import OVERWRITE_HELP
+
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def _precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 where the hardware runs it natively and the model is wide "
+        "enough to gain, else fp32; bf16 is checked against fp32 on the first batch",
+    )
+
+
+def embed_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
+    p = sub.add_parser(
+        "embed",
+        help="embed an image folder, a CSV/TSV/JSONL manifest or a text file into EMB_DIR",
+        description="Write float16 embedding shards, a rows table (path, caption, manifest "
+        "columns) and EMB_DIR/model.json (model fingerprint, dim, preprocessing, precision). "
+        "Unreadable images are skipped and counted. A killed run continues with --resume.",
+    )
+    p.add_argument("model", help="run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF)")
+    p.add_argument("data", nargs="?", help="image folder (recursive) or manifest")
+    p.add_argument("--texts", metavar="FILE", help="embed one text per line instead of images")
+    p.add_argument("--out", required=True, help="embedding folder to write")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    _precision_flag(p)
+    add_number(p, "--batch-size", count, 128, "images per encoder batch")
+    add_number(p, "--shard-size", count, 1024, "items per shard (the unit of --resume)")
+    add_number(p, "--threads", count, 2, "torch threads")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--progress", type=_bool, default=True, help="progress bar (default: true)")
+    _overwrite_flag(p)
+    p.set_defaults(func=cmd_embed)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.checkpoint import resolve
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.index.embedding import embed_collection
+    from clipforge.index.items import open_collection
+    from clipforge.models import load
+    from clipforge.outputs import OutputFolder, marker_command
+
+    torch.set_num_threads(args.threads)
+    source = resolve(Path(args.model), "model")
+    items = open_collection(args.data, args.texts)
+    inputs = [source, *(x for x in (args.data, args.texts) if x)]
+    out = Path(args.out)
+    if args.resume:
+        if marker_command(out) != "embed":
+            raise ClipforgeError(f"--resume: {out} is not a `clipforge embed` folder")
+        OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
+    else:
+        folder = OutputFolder(
+            out, "embed", overwrite=args.overwrite, inputs=inputs,
+            noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
+        )  # fmt: skip
+        folder.prepare()  # in place, like a run folder: --resume continues it
+    model = load(args.model)
+    info = embed_collection(
+        model, get_tokenizer(model.cfg.text.context_length), items, out,
+        model_source=str(Path(args.model).resolve()), dtype=args.dtype,
+        precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
+        resume=args.resume, progress=args.progress,
+    )  # fmt: skip
+    rec = info["precision"]
+    print(f"precision {rec['precision']} ({rec['reason']})" + _parity(rec))
+    print(
+        f"embedded {info['rows']} of {info['items']} items ({info['dim']}-d, {info['dtype']}) into {out}"
+    )
+    for reason, n in info["skipped"].items():
+        print(f"  skipped {n}: {reason}")
+    return 0
+
+
+def _held_model(out: Path) -> str:
+    """`` of model FINGERPRINT`` for a folder holding embeddings, so a refusal names it."""
+    try:
+        fp = json.loads((out / "model.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" of model {fp}" if fp else ""
+
+
+def _parity(rec: dict) -> str:
+    parity = [f"{k.split('_')[0]} min cosine {v['min_cosine']}" for k, v in rec.items()
+              if k.endswith("_parity")]  # fmt: skip
+    return f"; bf16 vs fp32 on the first batch: {', '.join(parity)}" if parity else ""
+
+
+def index_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import positive
+
+    p = sub.add_parser(
+        "index",
+        help="build a faiss index of an embedding folder, measuring recall@10 and latency",
+        description="Choose the index from the collection size and --memory (exact flat for "
+        "small collections; HNSW, IVF-Flat, OPQ+IVF-PQ as they grow), measure recall@10 "
+        "against exact search on held-out queries and p50/p99 latency on one core for each "
+        "candidate, and write INDEX_DIR/report.json. --add EMB_DIR2 appends to --out.",
+    )
+    p.add_argument("embeddings", nargs="?", help="embedding folder (clipforge embed --out)")
+    p.add_argument("--out", required=True, help="index folder to write (or to extend with --add)")
+    p.add_argument("--memory", default="2GB", help="memory budget of the index (default: 2GB)")
+    add_number(p, "--max-latency-ms", positive, 10.0, "p99 latency goal per query, one core")
+    p.add_argument(
+        "--add", metavar="EMB_DIR", help="append this embedding folder to the index --out"
+    )
+    _overwrite_flag(p)
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from clipforge.index.planner import parse_memory
+    from clipforge.index.search import IndexFolder, build_index
+    from clipforge.index.store import read_embeddings
+    from clipforge.outputs import OutputFolder, marker_command
+
+    memory = parse_memory(args.memory)
+    if args.add:
+        if args.embeddings:
+            raise ClipforgeError("--add EMB_DIR appends to --out; give no other EMB_DIR")
+        if marker_command(args.out) != "index":
+            raise ClipforgeError(f"--add: {args.out} is not a `clipforge index` folder")
+        folder = OutputFolder(args.out, "index", overwrite=True, inputs=[args.add])
+        old = IndexFolder(args.out)
+        emb = read_embeddings(args.add)
+        with folder.building() as build:  # the old index stays whole until the new one is
+            rows = old.add(emb, build)
+        print(f"added {len(emb.rows)} rows to {args.out}: {rows} rows")
+        return 0
+    if not args.embeddings:
+        raise ClipforgeError("give the embedding folder to index (or --add EMB_DIR)")
+    folder = OutputFolder(args.out, "index", overwrite=args.overwrite, inputs=[args.embeddings])
+    emb = read_embeddings(args.embeddings)
+    with folder.building() as build:
+        report = build_index(emb, build, memory, args.max_latency_ms)
+    for target, r in report.items():
+        print(f"{target}: {r['vectors']} vectors, chosen {r['chosen']} {r['params']}".rstrip())
+        print(
+            f"  {'index':<24} {'params':<12} {'recall@10':>9} {'p50 ms':>8} {'p99 ms':>8} {'MiB':>8}  note"
+        )
+        for c in r["candidates"]:
+            rec = "-" if c["recall_at_10"] is None else f"{c['recall_at_10']:.3f}"
+            p50 = "-" if c["p50_ms"] is None else f"{c['p50_ms']:.3f}"
+            p99 = "-" if c["p99_ms"] is None else f"{c['p99_ms']:.3f}"
+            print(f"  {c['factory']:<24} {c['params']:<12} {rec:>9} {p50:>8} {p99:>8} "
+                  f"{c['memory_bytes'] / 2**20:>8.1f}  {c['note']}")  # fmt: skip
+    print(f"wrote {folder.path / 'report.json'}")
+    return 0
+
+
+def search_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.index.search import MAX_K
+    from clipforge.ranges import integers
+
+    p = sub.add_parser(
+        "search",
+        help="search an index by text, by image, or over its captions",
+        description="Text to image by default; --image FILE for image to image; --captions "
+        "for text to text over the stored captions (no image tower at query time).",
+    )
+    p.add_argument("index", help="index folder (clipforge index --out)")
+    p.add_argument("query", nargs="?", help="text query")
+    p.add_argument("--image", metavar="FILE", help="search by this image instead")
+    p.add_argument("--captions", action="store_true", help="match the text against captions")
+    add_number(p, "-k", integers(1, MAX_K), 10, "results")
+    p.add_argument("--model", help="model to embed the query (default: the one that built it)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _precision_flag(p)
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.index.search import check_query
+
+    if (args.query is None) == (args.image is None):
+        raise ClipforgeError("give a text query or --image FILE (one of them)")
+    if args.image and args.captions:
+        raise ClipforgeError("--captions matches text against captions; it takes no --image")
+    if args.query is not None:
+        check_query(args.query)  # before loading anything
+    torch.set_num_threads(2)
+    searcher = load_searcher(args.index, args.model, args.precision)
+    if args.image:
+        hits = searcher.image(args.image, args.k, label=args.image)
+    else:
+        hits = searcher.text(args.query, args.k, captions=args.captions)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
+        return 0
+    width = max([len(str(h.row.get("path", ""))) for h in hits] + [4])
+    print(f"{'rank':>4}  {'score':>6}  {'path':<{width}}  caption")
+    for h in hits:
+        print(
+            f"{h.rank:>4}  {h.score:>6.3f}  {h.row.get('path', ''):<{width}}  {h.row.get('caption', '')}"
+        )
+    return 0
+
+
+def serve_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import integers
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an index: HTTP API and a search page (FastAPI + uvicorn)",
+        description="GET / is a search page; GET /api/search?q=&k=, POST /api/search (image "
+        "upload), POST /api/embed, GET /api/items/ID (thumbnail), GET /healthz, GET /metrics.",
+    )
+    p.add_argument("index", help="index folder (clipforge index --out)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    add_number(p, "--port", integers(1, 65535), 8000, "port")
+    p.add_argument("--model", help="model to embed queries (default: the one that built it)")
+    add_number(p, "--threads", integers(1), 2, "torch threads")
+    _precision_flag(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def load_searcher(index_dir: str, model: str | None, precision: str) -> Searcher:
+    """The index folder with its model loaded (once) and checked by fingerprint."""
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.index.search import IndexFolder, Searcher
+    from clipforge.models import load
+
+    index = IndexFolder(index_dir)
+    source = model or index.info.get("model")
+    if model is None and not Path(str(source)).exists():
+        raise ClipforgeError(f"the index's model {source} is gone; give it with --model")
+    m = load(source)
+    return Searcher(index, m, get_tokenizer(m.cfg.text.context_length), precision)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        import uvicorn
+
+        from clipforge.serve.app import create_app
+    except ImportError:
+        raise ClipforgeError(
+            "clipforge serve needs fastapi and uvicorn: pip install 'clipforge[serve]'"
+        ) from None
+    torch.set_num_threads(args.threads)
+    searcher = load_searcher(args.index, args.model, args.precision)
+    print(
+        f"serving {args.index} ({len(searcher.index.rows)} items) on http://{args.host}:{args.port}/"
+    )
+    uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+__all__ = ["embed_parser", "index_parser", "search_parser", "serve_parser"]

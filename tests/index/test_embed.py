@@ -1,0 +1,194 @@
+"""`clipforge embed`: shards, rows and model.json; skipped files; resume; refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipforge.cli.main import main
+from clipforge.data.tokenizer import get_tokenizer
+from clipforge.errors import ClipforgeError
+from clipforge.eval.embed import Embedder, model_fingerprint
+from clipforge.index.embedding import embed_collection
+from clipforge.index.items import open_collection
+from clipforge.index.store import read_embeddings
+from clipforge.models import load
+
+ARGS = ["--progress", "false", "--threads", "1"]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file of an embedding folder but the run time in model.json."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "model.json":
+                info = json.loads(data)
+                info.pop("seconds")
+                data = json.dumps(info).encode()
+            out[p.relative_to(folder).as_posix()] = data
+    return out
+
+
+def test_embed_writes_features_rows_and_model_record(collection):
+    root, model_path, _, data, emb_dir, _ = collection
+    emb = read_embeddings(emb_dir)
+    model = load(model_path)
+    info = emb.info
+    assert info["fingerprint"] == model_fingerprint(model)
+    assert (info["dim"], info["dtype"], info["items"], info["rows"]) == (32, "float16", 96, 96)
+    assert info["precision"]["precision"] == "fp32"  # auto: width 32 is below every crossover
+    assert info["preprocessing"]["image_size"] == 16
+    assert np.load(emb_dir / "shards" / "00000.images.npy").dtype == np.float16
+    # Rows: the manifest's path, caption and meta columns, in collection order.
+    assert [r["item"] for r in emb.rows] == list(range(96))
+    first = emb.rows[0]
+    assert Path(first["path"]) == (data / "images" / "train-000000000.png").resolve()
+    assert first["caption"] and first["objects"][0]["colour"]
+    # The features are the one embedder's, rounded to float16: relative error 2^-11 per
+    # entry of a unit vector, so at most 2^-11 absolute.
+    tok = get_tokenizer(model.cfg.text.context_length)
+    ref = Embedder(model, tok, progress=False).image_batch(
+        [Image.open(r["path"]).convert("RGB") for r in emb.rows[:8]]
+    )
+    assert np.abs(emb.images[:8] - ref.numpy()).max() <= 2**-11
+    texts = Embedder(model, tok, progress=False).text_batch([r["caption"] for r in emb.rows[:8]])
+    assert np.abs(emb.texts[:8] - texts.numpy()).max() <= 2**-11
+
+
+def test_embed_float32_folder_skips_unreadable_files_by_reason(tmp_path, collection, capsys):
+    _, model_path, _, data, _, _ = collection
+    folder = tmp_path / "photos"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    src = sorted((data / "images").iterdir())
+    for i, p in enumerate(src[:5]):
+        dest = folder / ("sub/deeper" if i % 2 else "") / p.name
+        dest.write_bytes(p.read_bytes())
+    (folder / "sub" / "notes.png").write_text("not an image")
+    (folder / "cut.png").write_bytes(src[6].read_bytes()[:60])  # truncated
+    out = tmp_path / "emb"
+    assert (
+        main(
+            ["embed", str(model_path), str(folder), "--out", str(out), "--dtype", "float32", *ARGS]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "embedded 5 of 7 items" in printed and "skipped 2: unreadable_image" in printed
+    emb = read_embeddings(out)
+    assert emb.info["skipped"] == {"unreadable_image": 2}
+    assert np.load(out / "shards" / "00000.images.npy").dtype == np.float32
+    assert sorted(Path(r["path"]).name for r in emb.rows) == sorted(p.name for p in src[:5])
+    assert all(r["caption"] == "" for r in emb.rows)  # no sidecars: searchable by image only
+    assert np.allclose(np.linalg.norm(emb.images, axis=1), 1, atol=1e-6)
+
+
+def test_embed_texts_file(tmp_path, collection):
+    _, model_path, _, _, _, _ = collection
+    f = tmp_path / "t.txt"
+    f.write_text("a red circle\n\n  a blue square \nthree green stars\n")
+    out = tmp_path / "emb"
+    assert main(["embed", str(model_path), "--texts", str(f), "--out", str(out), *ARGS]) == 0
+    emb = read_embeddings(out)
+    assert emb.images is None and emb.info["kind"] == "text"
+    assert [r["caption"] for r in emb.rows] == [
+        "a red circle",
+        "a blue square",
+        "three green stars",
+    ]
+    assert [r["path"] for r in emb.rows] == [f"{f}:1", f"{f}:3", f"{f}:4"]
+
+
+def test_resume_after_a_crash_in_any_shard_equals_an_uninterrupted_run(tmp_path, collection):
+    _, model_path, _, data, _, _ = collection
+    model = load(model_path)
+    tok = get_tokenizer(model.cfg.text.context_length)
+    items = open_collection(str(data))
+    kw = dict(model_source="m", shard_size=16, batch_size=8, progress=False)
+    embed_collection(model, tok, items, tmp_path / "whole", **kw)
+    want = files(tmp_path / "whole")
+
+    class Crash(Exception):
+        pass
+
+    for at in (0, 3):
+        out = tmp_path / f"crash{at}"
+
+        def crash(n: int, at: int = at) -> None:
+            if n == at:
+                raise Crash
+
+        with pytest.raises(Crash):
+            embed_collection(model, tok, items, out, on_shard=crash, **kw)
+        embed_collection(model, tok, items, out, resume=True, **kw)
+        assert files(out) == want
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, collection):
+    _, model_path, _, data, _, _ = collection
+    cmd = [sys.executable, "-m", "clipforge", "embed", str(model_path), str(data),
+           "--shard-size", "2", "--batch-size", "2", *ARGS]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([*cmd, "--out", str(whole)], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([*cmd, "--out", str(cut)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((cut / "progress.json").read_text())["shards"] >= 5:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not json.loads((cut / "model.json").read_text())["complete"]
+    with pytest.raises(ClipforgeError, match="unfinished embedding run"):
+        read_embeddings(cut)
+    subprocess.run([*cmd, "--out", str(cut), "--resume"], check=True, env=env, capture_output=True)
+    assert files(cut) == files(whole)
+    assert len(read_embeddings(cut).rows) == 96
+
+
+def test_embedding_into_another_models_folder_is_refused(tmp_path, collection, capsys):
+    root, model_path, other, data, emb_dir, _ = collection
+    before = files(emb_dir)
+    assert main(["embed", str(other), str(data), "--out", str(emb_dir), *ARGS]) == 2
+    err = capsys.readouterr().err
+    fp = model_fingerprint(load(model_path))
+    assert f"already holds embeddings of model {fp}" in err and len(err.strip().splitlines()) == 1
+    assert main(["embed", str(other), str(data), "--out", str(emb_dir), "--resume", *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "not mixed" in err and model_fingerprint(load(other)) in err
+    assert files(emb_dir) == before  # nothing on disk changed
+
+
+def test_resume_of_a_folder_embed_did_not_write_is_refused(tmp_path, collection, capsys):
+    _, model_path, _, data, _, _ = collection
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("mine")
+    assert (
+        main(["embed", str(model_path), str(data), "--out", str(tmp_path / "x"), "--resume"]) == 2
+    )
+    assert "not a `clipforge embed` folder" in capsys.readouterr().err
+    assert (tmp_path / "x" / "f").read_text() == "mine"
+
+
+def test_shards_are_refused_in_one_line(tmp_path, collection, capsys):
+    _, model_path, _, _, _, _ = collection
+    (tmp_path / "a.tar").write_bytes(b"")
+    assert (
+        main(["embed", str(model_path), str(tmp_path / "a.tar"), "--out", str(tmp_path / "e")]) == 2
+    )
+    assert "shards" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

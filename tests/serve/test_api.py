@@ -1,0 +1,149 @@
+"""`clipforge serve`'s API: every route, and a 4xx for every bad input, while it keeps serving."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipforge.errors import ClipforgeError
+from clipforge.serve.app import MAX_UPLOAD_BYTES
+from clipforge.serve.batching import Batcher
+
+
+def png_of(searcher, item: int) -> bytes:
+    return open(searcher.index.rows[item]["path"], "rb").read()
+
+
+def test_text_search_returns_ranked_hits_with_rows(client, searcher):
+    r = client.get("/api/search", params={"q": "a red circle", "k": 5})
+    assert r.status_code == 200
+    hits = r.json()["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    for h in hits:
+        assert h["caption"] == searcher.index.rows[h["id"]]["caption"]
+
+
+def test_caption_search_and_similar_items(client, searcher):
+    caption = searcher.index.rows[3]["caption"]
+    r = client.get("/api/search", params={"q": caption, "k": 1, "captions": True})
+    assert r.json()["hits"][0]["caption"] == caption
+    r = client.get("/api/search", params={"item": 3, "k": 1})
+    # Its own image is the best match up to the float16 rounding of the stored copy.
+    assert r.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_image_upload_search(client, searcher):
+    r = client.post("/api/search", files={"image": ("q.png", png_of(searcher, 4))}, data={"k": "3"})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 3
+    assert r.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_embed_text_and_image(client, searcher):
+    r = client.post("/api/embed", data={"text": "a red circle"})
+    e = np.array(r.json()["embedding"])
+    # Unit vector, entries rounded to 6 decimals: |norm - 1| <= 32 * 5e-7 (dim 32).
+    assert r.json()["model"] == searcher.index.fingerprint and e.shape == (32,)
+    assert abs(np.linalg.norm(e) - 1) <= 32 * 5e-7
+    r = client.post("/api/embed", files={"image": ("q.png", png_of(searcher, 0))})
+    assert len(r.json()["embedding"]) == 32
+
+
+def test_thumbnails_page_health_and_metrics(client):
+    r = client.get("/api/items/2")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size[0] <= 256
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="q"' in page.text and 'id="drop"' in page.text
+    assert client.get("/healthz").json()["rows"] == 96
+    client.get("/api/search", params={"q": "x", "k": 0})
+    m = client.get("/metrics").json()
+    route = m["routes"]["GET /api/search"]
+    assert route["requests"] >= 1 and route["by_status"].get("422", 0) >= 1
+    assert route["p50_ms"] <= route["p99_ms"]
+    assert m["encoder"]["texts"] >= 1
+
+
+def truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "JPEG")
+    return buf.getvalue()[:300]
+
+
+@pytest.mark.parametrize(
+    "call, status, needle",
+    [
+        (lambda c: c.get("/api/search", params={"q": "", "k": 5}), 400, "the query is empty"),
+        (lambda c: c.get("/api/search", params={"q": "x" * 10_000}), 400, "10000 characters"),
+        (lambda c: c.get("/api/search", params={"q": "a", "k": 0}), 422, ""),
+        (lambda c: c.get("/api/search", params={"q": "a", "k": -1}), 422, ""),
+        (lambda c: c.get("/api/search", params={"q": "a", "k": 10**9}), 422, ""),
+        (lambda c: c.get("/api/search"), 400, "give q"),
+        (lambda c: c.get("/api/search", params={"item": 10**6}), 404, "no item 1000000"),
+        (lambda c: c.get("/api/items/96"), 404, "no item 96"),
+        (lambda c: c.get("/api/items/-1"), 404, "no item -1"),
+        (lambda c: c.get("/api/items/abc"), 422, ""),
+        (
+            lambda c: c.post("/api/search", files={"image": ("a.txt", b"hello")}),
+            400,
+            "unreadable image",
+        ),
+        (
+            lambda c: c.post("/api/search", files={"image": ("t.jpg", truncated_jpeg())}),
+            400,
+            "t.jpg",
+        ),
+        (
+            lambda c: c.post("/api/search", files={"image": ("big.png", b"\0" * (50 * 2**20))}),
+            413,
+            "over 10 MB",
+        ),
+        (lambda c: c.post("/api/search"), 422, ""),
+        (lambda c: c.post("/api/embed"), 400, "give a text or an image"),
+        (lambda c: c.post("/api/embed", data={"text": "   "}), 400, "the query is empty"),
+    ],
+)
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, call, status, needle):
+    r = call(client)
+    assert r.status_code == status, r.text
+    assert needle in str(r.json()["detail"])
+    assert client.get("/api/search", params={"q": "a red circle", "k": 1}).status_code == 200
+    assert MAX_UPLOAD_BYTES < 50 * 2**20
+
+
+def test_a_server_for_another_model_is_refused(collection):
+    from clipforge.cli.collections import load_searcher
+
+    _, _, other, _, _, index = collection
+    with pytest.raises(ClipforgeError, match="was built with model"):
+        load_searcher(str(index), str(other), "auto")
+
+
+def test_queries_that_arrive_together_share_one_encoder_call():
+    import asyncio
+
+    release, calls = threading.Event(), []
+
+    def encode(items):
+        calls.append(list(items))
+        release.wait(5)
+        return np.array([[float(i)] for i in items])
+
+    batcher = Batcher(encode)
+
+    async def main():
+        first = asyncio.ensure_future(batcher(0))
+        while not calls:  # the worker is busy with the first query...
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher(i)) for i in range(1, 11)]
+        await asyncio.sleep(0.05)  # ...while ten more queue up
+        release.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(main())
+    assert calls == [[0], list(range(1, 11))]
+    assert first[0] == 0 and [r[0] for r in rest] == list(range(1, 11))
