@@ -7,6 +7,7 @@ At one shot per class ``C`` is the option default.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,10 @@ class LinearProbeOptions:
 
 def probe_tensors(x: torch.Tensor, y: torch.Tensor, c: float, num_classes: int) -> Tensors:
     """Weights ``[C, D]`` and bias ``[C]`` of a logistic regression fitted on ``x, y``."""
-    m = fit_logistic(x.numpy(), y.numpy(), c)
+    with warnings.catch_warnings():
+        # At one shot per class sklearn suspects a regression target; it is not one.
+        warnings.filterwarnings("ignore", message="The number of unique classes")
+        m = fit_logistic(x.numpy(), y.numpy(), c)
     coef = torch.as_tensor(m.coef_, dtype=torch.float32)
     bias = torch.as_tensor(m.intercept_, dtype=torch.float32)
     if coef.shape[0] == 1:  # sklearn's binary form scores class 1 only: split it in halves

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from clipforge.adapt import evaluate, fit, load, make_embedder
+from clipforge.adapt import METHODS, evaluate, fit, load, make_embedder
 from clipforge.adapt.bench import bench, report
 from clipforge.eval.datasets import image_folder
 from clipforge.models import create_model
@@ -33,8 +33,10 @@ def test_a_second_method_on_the_same_shots_embeds_nothing(model, novel_folders):
 def test_save_and_load_give_the_same_logits(model, novel_folders, tmp_path):
     train, test = novel_folders
     emb = make_embedder(model)
-    for m in ("zeroshot", "linear_probe", "zslp", "gda", "tip", "tip_f"):
-        a = fit(m, None, train, shots=4, embedder=emb)
+    for m in METHODS.names():
+        a = fit(
+            m, None, train, shots=4, embedder=emb, **({"max_epochs": 10} if m == "coop" else {})
+        )
         path, side = a.save(tmp_path / f"{m}.safetensors")
         assert side.name == f"{m}.safetensors.json"
         b = load(path, emb)
@@ -70,9 +72,9 @@ def test_test_labels_never_influence_a_choice(model, novel_folders, tmp_path):
     for a, b in zip(names[1:], names[:-1], strict=True):
         (swapped / a).rename(swapped / b)
     tmp.rename(swapped / names[-1])
-    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f"]
+    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f", "coop"]
     emb = make_embedder(model)
-    fast = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}}
+    fast = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}, "coop": {"max_epochs": 10}}
     r1 = bench(emb, image_folder(train), image_folder(test), methods, [4], [0, 1], fast)
     r2 = bench(emb, image_folder(train), image_folder(swapped), methods, [4], [0, 1], fast)
     for m in methods:

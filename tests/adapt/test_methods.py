@@ -127,3 +127,48 @@ def test_select_breaks_ties_toward_the_first_grid_point():
 def test_every_method_is_registered_with_a_summary():
     assert {"zeroshot", "linear_probe", "zslp", "gda", "tip", "tip_f"} <= set(METHODS.names())
     assert all(METHODS.get(m).summary for m in METHODS.names())
+
+
+def test_coop_prompt_with_the_initial_context_is_the_plain_prompt(micro_args):
+    """With 4 context vectors initialised to the embeddings of "a photo of a", the learned
+    prompt's class embedding is the text tower's embedding of "a photo of a <c>."."""
+    from clipforge.adapt.coop import PromptLearner
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args).eval()
+    tok = get_tokenizer(model.cfg.text.context_length)
+    learner = PromptLearner(model, tok, ["red hexagon", "pink circle"], 4, per_class=False)
+    with torch.no_grad():
+        got = learner.class_embeddings()
+        want = model.encode_text(tok(["a photo of a red hexagon.", "a photo of a pink circle."]),
+                                 normalize=True)  # fmt: skip
+    assert torch.allclose(got, want, atol=TOL)
+    csc = PromptLearner(model, tok, ["red hexagon", "pink circle"], 16, per_class=True)
+    assert csc.ctx.shape == (2, 16, model.cfg.text.width)
+
+
+def test_coop_trains_the_context_only_and_leaves_the_towers_untouched(micro_args):
+    from clipforge.adapt import make_embedder
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args)
+    emb = make_embedder(model)
+    before = model_fingerprint(model)
+    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
+    y = torch.tensor([0, 1, 2] * 2)
+    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
+              10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    a = fit_shots("coop", s, epochs=30, lr=0.05)
+    assert model_fingerprint(model) == before == a.params["model_hash"]
+    assert a.params["towers_unchanged"] is True
+    assert all(p.requires_grad for p in model.parameters())  # restored after the fit
+    assert accuracy_of(a, x, y) > 1 / 3  # it learned something of the shots
+    assert a.tensors["ctx"].shape == (4, model.cfg.text.width)
+
+
+def accuracy_of(a, x, y) -> float:
+    return float((a.logits(x).argmax(dim=1) == y).float().mean())

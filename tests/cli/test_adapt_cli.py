@@ -13,7 +13,7 @@ from clipforge.cli.main import main
 
 CLASSES = [("hexagon", "red"), ("circle", "pink"), ("diamond", "grey")]
 # Quick settings for the trained methods; the others take none.
-FAST = {"zslp": "max_epochs=25", "tip_f": "max_epochs=3"}
+FAST = {"zslp": "max_epochs=25", "tip_f": "max_epochs=3", "coop": "max_epochs=10"}
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_help_lists_every_method(capsys):
         assert m in out
 
 
-@pytest.mark.parametrize("method", ["zeroshot", "linear_probe", "zslp", "gda", "tip", "tip_f"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_fit_save_load_eval_round_trip(method, micro_checkpoint, folders, tmp_path, capsys):
     from clipforge.adapt import evaluate, fit, load, make_embedder
 
