@@ -13,7 +13,7 @@ LAYERS = {
     "errors": 0, "registry": 0, "config": 0, "checkpoint": 0, "outputs": 0, "precision": 0,
     "ranges": 0,
     "data": 1, "models": 1,
-    "losses": 2, "eval": 2, "index": 2,
+    "losses": 2, "eval": 2, "index": 2, "adapt": 2,
     "train": 3, "serve": 3,
     "cli": 4,
 }  # fmt: skip

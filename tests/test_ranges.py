@@ -14,6 +14,7 @@ import typing
 
 import pytest
 
+from clipforge.adapt import METHODS
 from clipforge.cli.main import build_parser, main
 from clipforge.config import _base_type, check_ranges, from_dict, range_of
 from clipforge.errors import ClipforgeError
@@ -29,7 +30,8 @@ BAD_YAML = (math.nan, math.inf, 0, -1, 0.0, -1.5)
 
 
 def _config_classes() -> list[type]:
-    """The run config, its sections (recursively) and every objective's options."""
+    """The run config, its sections (recursively), every objective's and every adaptation
+    method's options."""
     out: list[type] = []
 
     def visit(cls: type) -> None:
@@ -46,6 +48,9 @@ def _config_classes() -> list[type]:
     for name in LOSSES.names():
         if LOSSES.get(name).options is not None:
             visit(LOSSES.get(name).options)  # type: ignore[arg-type]
+    for name in METHODS.names():  # few-shot adaptation methods' options
+        if METHODS.get(name).options is not None:
+            visit(METHODS.get(name).options)  # type: ignore[arg-type]
     return out
 
 
@@ -168,7 +173,16 @@ ARGS = _numeric_arguments()
 
 
 def test_the_argument_walk_sees_every_command_with_numbers():
-    assert {c for c, _, _ in ARGS} == {"train", "eval", "synth", "shard", "curate"}
+    assert {c for c, _, _ in ARGS} == {
+        "train",
+        "eval",
+        "synth",
+        "shard",
+        "curate",
+        "adapt-fit",
+        "adapt-eval",
+        "adapt-bench",
+    }
     assert ("train", "--distill-weight") in {(c, f) for c, f, _ in ARGS}
 
 

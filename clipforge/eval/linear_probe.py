@@ -21,7 +21,9 @@ from clipforge.eval.zeroshot import classification_metrics
 C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float):
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float):
+    """L-BFGS multinomial logistic regression with inverse regularisation ``c`` (the
+    probe's solver; ``clipforge.adapt``'s ``linear_probe`` fits with it too)."""
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=1000).fit(x, y)
@@ -44,13 +46,13 @@ def linear_probe(
     xtr, ytr = train.x.numpy(), train.y.numpy()
     val_acc = {}
     for c in grid:
-        pred = _logits(_fit(xtr, ytr, c), val.x.numpy(), num_classes).argmax(dim=1)
+        pred = _logits(fit_logistic(xtr, ytr, c), val.x.numpy(), num_classes).argmax(dim=1)
         val_acc[c] = float((pred == val.y).float().mean())
     # Ties go to the strongest regularisation (first in the grid): the simpler model.
     best = max(grid, key=lambda c: (val_acc[c], -grid.index(c)))
     xall = np.concatenate([xtr, val.x.numpy()])
     yall = np.concatenate([ytr, val.y.numpy()])
-    logits = _logits(_fit(xall, yall, best), test.x.numpy(), num_classes)
+    logits = _logits(fit_logistic(xall, yall, best), test.x.numpy(), num_classes)
     return classification_metrics(logits, test.y), best, val_acc
 
 
