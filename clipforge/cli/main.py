@@ -466,6 +466,47 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lora_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lora", help="LoRA adapters: 'clipforge lora merge RUN --out MODEL.pt'")
+    lora = p.add_subparsers(dest="lora_command", required=True)
+    m = lora.add_parser(
+        "merge",
+        help="fold a LoRA run's adapters into its weights and write a plain checkpoint",
+        description="Read a run folder or checkpoint trained with --lora-rank (or any model "
+        "with --adapters FILE, an adapters.safetensors of such a run), add (alpha / r) B A to "
+        "every adapted weight and write one clipforge checkpoint without adapters.",
+    )
+    m.add_argument("model", help="LoRA run folder or checkpoint (with --adapters: the base)")
+    m.add_argument("--adapters", help="adapters.safetensors to apply to MODEL before merging")
+    m.add_argument("--out", required=True, help="the merged checkpoint (.pt)")
+    _overwrite_flag(m)
+    m.set_defaults(func=_cmd_lora_merge)
+
+
+def _cmd_lora_merge(args: argparse.Namespace) -> int:
+    from clipforge.checkpoint import resolve
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.convert import read_checkpoint
+    from clipforge.models.lora import apply_adapters, is_adapter_key, load_adapters, merge_lora
+    from clipforge.outputs import check_file
+
+    inputs = [args.model, *([args.adapters] if args.adapters else [])]
+    out = check_file(args.out, overwrite=args.overwrite, inputs=inputs)
+    if args.adapters:
+        model = merge_lora(apply_adapters(load(args.model), load_adapters(args.adapters)))
+    else:
+        path = resolve(args.model, "lora merge")
+        n = sum(is_adapter_key(k) for k in read_checkpoint(path).state_dict)
+        if not n:
+            raise ClipforgeError(
+                f"{path} holds no LoRA adapters (train with --lora-rank, or give --adapters)"
+            )
+        model = load(path)  # merges the adapters it holds
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out}")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -513,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         _curate_parser,
         _list_parser,
         _convert_parser,
+        _lora_parser,
     )
     for b in builders:
         b(sub)

@@ -45,6 +45,29 @@ class TrainConfig:
     init: str | None = option(
         None, "start from the weights of this checkpoint or run folder (fine-tuning)"
     )
+    # Fine-tuning: what trains (locked towers, LoRA) and what the image tower sees.
+    lock_image: bool = option(False, "lock the image tower: no gradient, no optimizer state (LiT)")
+    lock_image_unlocked_layers: int = option(
+        0, "with --lock-image, train this many last blocks and the head after them", check=count0
+    )
+    lock_text: bool = option(False, "lock the text tower: no gradient, no optimizer state")
+    lock_text_unlocked_layers: int = option(
+        0, "with --lock-text, train this many last blocks and the head after them", check=count0
+    )
+    freeze_norms: bool = option(False, "freeze the gains and biases of every norm layer")
+    lora_rank: int = option(
+        0, "LoRA rank: train only low-rank adapters of --lora-targets (0 = off)", check=count0
+    )
+    lora_alpha: float = option(
+        16.0, "LoRA scale numerator: adapters add (alpha / rank) B A x", check=positive
+    )
+    lora_targets: str = option(
+        "qkv,proj,fc1,fc2", "layers of every block that get LoRA adapters, from qkv,proj,fc1,fc2"
+    )
+    patch_dropout: float = option(
+        0.0, "share of image patch tokens dropped per sample in training (FLIP); none in eval",
+        check=below_one,
+    )
     image_key: str = option("image", "manifest column holding the image path")
     caption_key: str = option(
         "caption", "manifest column holding the caption (comma-separated: several captions)"
@@ -105,6 +128,10 @@ class TrainConfig:
     grad_clip: float = option(1.0, "clip the global gradient norm (0 = off)", check=non_negative)
     accum_steps: int = option(
         1, "split each batch into this many micro-batches (gradients averaged)", check=count
+    )
+    accum_exact: bool = option(
+        False,
+        "with --accum-steps, gradient caching: embed the batch without a graph, take the full-batch loss, back-propagate each micro-batch (exact large batches)",
     )
     local_loss: bool = option(
         False,

@@ -38,7 +38,9 @@ from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
 from clipforge.models.loading import differing_tensors
 from clipforge.train import checkpoint as train_state
+from clipforge.models.lora import save_adapters
 from clipforge.train import distributed
+from clipforge.train import finetune
 from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
@@ -122,6 +124,7 @@ def _train(
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
     if cfg.init and state is None:
         _init_weights_from(model, cfg.init)
+    trainable = finetune.configure(model, cfg)  # locks, LoRA, patch dropout
     # On its device (and in its dtype) before the optimizer exists, so restored optimizer
     # state lands there too.
     model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
@@ -148,6 +151,8 @@ def _train(
     cfg = folder.create(cfg, parts.model_config, fresh, parts.precision.to_dict())
     if world.is_main and fresh:
         print(f"precision {parts.precision.name} ({parts.precision.reason})", flush=True)
+        if trainable.trainable < trainable.total:
+            print(trainable.describe(), flush=True)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
     log = folder.log(step if state is not None else None)
@@ -224,6 +229,10 @@ def _train(
         result.metrics = run_eval("test")
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
+    if cfg.lora_rank:
+        # final.pt holds them too (loading merges them); this file is the adapters alone.
+        # Before final.pt, which is written last: a finished run has both.
+        save_adapters(model, folder.path / "adapters.safetensors")
     folder.finish(final, {**model_payload(model.state_dict(), parts.model_config), "step": step})
     distributed.barrier(world)
     return result
