@@ -507,6 +507,65 @@ def _cmd_lora_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wise_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import probability
+
+    p = sub.add_parser(
+        "wise",
+        help="weight-space ensemble of a zero-shot and a fine-tuned model (WiSE-FT)",
+        description="Write (1 - alpha) ZS_MODEL + alpha FT_MODEL, weight by weight, as one "
+        "clipforge checkpoint. Both must share an architecture.",
+    )
+    p.add_argument("zero_shot", metavar="ZS_MODEL", help="run folder or checkpoint")
+    p.add_argument("fine_tuned", metavar="FT_MODEL", help="run folder or checkpoint")
+    add_number(p, "--alpha", probability, 0.5, "weight of the fine-tuned model")
+    p.add_argument("--out", required=True, help="the ensembled checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_wise)
+
+
+def _cmd_wise(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.wise import interpolate
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.zero_shot, args.fine_tuned])
+    model = interpolate(load(args.zero_shot), load(args.fine_tuned), args.alpha)
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out} (alpha {args.alpha})")
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the image and text encoders (ONNX)",
+        description="Write image.onnx (pixels -> normalised features), text.onnx (tokens -> "
+        "normalised features) and model.yaml into the folder --out.",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    p.add_argument("--to", required=True, choices=["onnx"])
+    p.add_argument("--out", required=True, help="output folder")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from clipforge.models import load
+    from clipforge.models.export import check_onnx, export_onnx
+    from clipforge.outputs import OutputFolder
+
+    out = OutputFolder(args.out, "export", overwrite=args.overwrite, inputs=[args.model])
+    check_onnx()
+    model = load(args.model)
+    with out.building() as build:
+        files = export_onnx(model, build)
+    for f in files:
+        print(f"wrote {out.final(f)}")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -555,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
         _list_parser,
         _convert_parser,
         _lora_parser,
+        _wise_parser,
+        _export_parser,
     )
     for b in builders:
         b(sub)

@@ -63,10 +63,7 @@ def _lock_tower(tower: nn.Module, locked_blocks: int) -> None:
     keep = {id(p) for blk in list(blocks)[locked_blocks:] for p in blk.parameters()}
     if locked_blocks < len(blocks):
         # The head after the last block (final norm, pooling, projection) trains with it.
-        after = [
-            getattr(tower, n, None)
-            for n in ("norm_post", "norm_final", "attn_pool", "proj")
-        ]
+        after = [getattr(tower, n, None) for n in ("norm_post", "norm_final", "attn_pool", "proj")]
         keep |= {id(p) for m in after if isinstance(m, nn.Module) for p in m.parameters()}
     locked_modules = set()
     for mod_name, m in tower.named_modules():

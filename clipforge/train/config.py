@@ -65,7 +65,8 @@ class TrainConfig:
         "qkv,proj,fc1,fc2", "layers of every block that get LoRA adapters, from qkv,proj,fc1,fc2"
     )
     patch_dropout: float = option(
-        0.0, "share of image patch tokens dropped per sample in training (FLIP); none in eval",
+        0.0,
+        "share of image patch tokens dropped per sample in training (FLIP); none in eval",
         check=below_one,
     )
     image_key: str = option("image", "manifest column holding the image path")

@@ -42,7 +42,9 @@ def check(cfg: TrainConfig, mcfg: ModelConfig) -> None:
         parse_targets(cfg.lora_targets)
         if locks(cfg).any:
             # LoRA already freezes every base weight; a lock on top would say nothing.
-            raise ClipforgeError("--lora-rank trains only adapters; drop the --lock-*/--freeze-norms flags")
+            raise ClipforgeError(
+                "--lora-rank trains only adapters; drop the --lock-*/--freeze-norms flags"
+            )
     if cfg.patch_dropout and mcfg.vision.pool == "grid":
         raise ClipforgeError(
             "--patch-dropout cannot be used with vision.pool=grid (its cells need every patch)"

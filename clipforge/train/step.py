@@ -199,7 +199,9 @@ def _owners(parts: list[Batch]) -> torch.Tensor | None:
         return None
     out, start = [], 0
     for p in parts:
-        own = torch.arange(p.images.shape[0], device=p.images.device) if p.owner is None else p.owner
+        own = (
+            torch.arange(p.images.shape[0], device=p.images.device) if p.owner is None else p.owner
+        )
         out.append(torch.where(own >= 0, own + start, own))
         start += p.images.shape[0]
     return torch.cat(out)

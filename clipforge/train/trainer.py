@@ -37,10 +37,9 @@ from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
 from clipforge.models.loading import differing_tensors
-from clipforge.train import checkpoint as train_state
 from clipforge.models.lora import save_adapters
-from clipforge.train import distributed
-from clipforge.train import finetune
+from clipforge.train import checkpoint as train_state
+from clipforge.train import distributed, finetune
 from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig

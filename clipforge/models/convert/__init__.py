@@ -35,8 +35,8 @@ from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig, get_model_config
 from clipforge.models.convert import arch as _arch
 from clipforge.models.convert import tables as _tables
-from clipforge.models.lora import apply_adapters, is_adapter_key, merge_lora
 from clipforge.models.convert.files import RawCheckpoint, read_raw, write_json, write_state_dict
+from clipforge.models.lora import apply_adapters, is_adapter_key, merge_lora
 
 FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip")
 """Formats :func:`read_checkpoint` reads."""
