@@ -566,6 +566,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stretch_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
+    p = sub.add_parser(
+        "stretch",
+        help="stretch the text context for long captions (Long-CLIP)",
+        description="Keep the first --keep text position embeddings and interpolate the rest "
+        "over --context positions; write the model as one clipforge checkpoint, to fine-tune "
+        "on long captions (--init).",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    add_number(p, "--context", count, 248, "new text context length")
+    add_number(p, "--keep", count, 20, "leading positions kept as trained")
+    p.add_argument("--out", required=True, help="the stretched checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_stretch)
+
+
+def _cmd_stretch(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.stretch import stretch_positions
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.model])
+    model = stretch_positions(load(args.model), args.context, args.keep)
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out} (text context {args.context}, first {args.keep} positions kept)")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -616,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         _lora_parser,
         _wise_parser,
         _export_parser,
+        _stretch_parser,
     )
     for b in builders:
         b(sub)
