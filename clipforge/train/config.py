@@ -46,6 +46,14 @@ class TrainConfig:
         None, "start from the weights of this checkpoint or run folder (fine-tuning)"
     )
     # Fine-tuning: what trains (locked towers, LoRA) and what the image tower sees.
+    lr_layer_decay: float = option(
+        1.0,
+        "layer-wise learning-rate decay: a block d layers below the top trains at lr * this^d (1 = off)",
+        check=fraction,
+    )
+    grad_checkpointing: bool = option(
+        False, "recompute each transformer block's activations in the backward (less memory)"
+    )
     lock_image: bool = option(False, "lock the image tower: no gradient, no optimizer state (LiT)")
     lock_image_unlocked_layers: int = option(
         0, "with --lock-image, train this many last blocks and the head after them", check=count0

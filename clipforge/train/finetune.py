@@ -1,4 +1,5 @@
-"""What a fine-tune trains and sees: locked towers, LoRA adapters, patch dropout.
+"""What a fine-tune trains and sees: locked towers, LoRA adapters, patch dropout (and
+gradient checkpointing, which changes only memory).
 
 :func:`check` runs in :func:`clipforge.train.builders.build`, before the run folder
 exists; :func:`configure` runs on the built model, after ``--init`` and before the
@@ -64,11 +65,14 @@ class Trainable:
 
 
 def configure(model: CLIP, cfg: TrainConfig) -> Trainable:
-    """Lock, adapt and set patch dropout on ``model`` as ``cfg`` says."""
+    """Lock, adapt, and set patch dropout and gradient checkpointing on ``model`` as
+    ``cfg`` says."""
     apply_locks(model, locks(cfg))
     if cfg.lora_rank:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, parse_targets(cfg.lora_targets))
     model.visual.patch_dropout = cfg.patch_dropout
+    for tower in (model.visual, model.text):
+        tower.transformer.checkpointing = cfg.grad_checkpointing
     params = list(model.parameters())
     return Trainable(sum(p.numel() for p in params if p.requires_grad),
                      sum(p.numel() for p in params))  # fmt: skip

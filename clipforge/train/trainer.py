@@ -131,7 +131,9 @@ def _train(
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     # An objective may own parameters (a third-modality encoder): they train with the model.
     trained = torch.nn.ModuleList([model, objective])
-    opt = build_optimizer(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    opt = build_optimizer(
+        trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.lr_layer_decay
+    )
 
     # `positions[r]` is where rank r's stream continues; their sum counts the samples read
     # by all ranks (skipped ones included).
@@ -175,7 +177,7 @@ def _train(
             batch = next(batches)
             lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise decay's factor
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             before = [p.detach().clone() for p in model.parameters()] if log_now else []
             stats = stepper(batch, step)

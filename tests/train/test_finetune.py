@@ -279,3 +279,51 @@ def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all(micro_args):
 def test_patch_dropout_refused_with_grid_pooling(tmp_path, micro_args):
     with pytest.raises(ClipforgeError, match="vision.pool=grid"):
         train(_cfg(tmp_path, {**micro_args, "vision.pool": "grid"}, patch_dropout=0.5))
+
+
+# --- layer-wise learning-rate decay, gradient checkpointing ---------------------------
+
+
+def test_layer_decay_scales_each_block(micro_args):
+    from clipforge.train.optim import param_groups
+
+    model = CLIP(get_model_config("tiny", {**micro_args, "vision.layers": 3}))
+    scale = {}
+    for g in param_groups(torch.nn.ModuleList([model]), 0.05, layer_decay=0.5):
+        for p in g["params"]:
+            scale[id(p)] = g["lr_scale"]
+    named = dict(model.named_parameters())
+    # Image tower of 3 blocks: block 2 is the top (0.5^1), block 0 0.5^3, embeddings 0.5^4.
+    assert scale[id(named["visual.transformer.blocks.2.mlp.fc1.weight"])] == 0.5
+    assert scale[id(named["visual.transformer.blocks.0.attn.qkv.weight"])] == 0.125
+    assert scale[id(named["visual.pos_embed"])] == 0.0625
+    assert scale[id(named["text.transformer.blocks.0.norm1.weight"])] == 0.5
+    assert scale[id(named["text.token_embed.weight"])] == 0.25
+    for head in ("visual.proj.weight", "text.proj.weight", "logit_scale"):
+        assert scale[id(named[head])] == 1.0
+    # Off: the two groups of before (older checkpoints' optimizer state still loads).
+    assert len(param_groups(model, 0.05)) == 2
+
+
+def test_layer_decay_run_uses_the_scaled_rates(tmp_path, micro_args, monkeypatch):
+    seen = _capture(monkeypatch)
+    train(_cfg(tmp_path, micro_args, lr_layer_decay=0.5, steps=2, warmup=1))
+    rates = {g["lr"] / g["lr_scale"] for g in seen["opt"].param_groups}
+    assert len(rates) == 1  # every group at the schedule's rate times its factor
+    assert {g["lr_scale"] for g in seen["opt"].param_groups} == {1.0, 0.5, 0.25}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(micro_args):
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = CLIP(get_model_config("tiny", micro_args)).train()
+        for tower in (model.visual, model.text):
+            tower.transformer.checkpointing = on
+        b = _batch()
+        out = model(b.images, b.tokens[:B])
+        (out.image * out.text).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    # The recomputation runs the same kernels on the same inputs: bit for bit.
+    for n, g in grads[0].items():
+        assert (g is None and grads[1][n] is None) or torch.equal(g, grads[1][n]), n
