@@ -103,6 +103,15 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
         )
+    if cfg.log not in ("jsonl", "tensorboard"):
+        raise ClipforgeError(f"unknown --log {cfg.log!r} (known: jsonl, tensorboard)")
+    if cfg.log == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ClipforgeError(
+                "--log tensorboard needs the tensorboard extra: pip install 'clipforge[tensorboard]'"
+            ) from None
     if cfg.dist_backend not in distributed.BACKENDS:
         raise ClipforgeError(
             f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"

@@ -167,6 +167,10 @@ class TrainConfig:
         0, "data-loading worker processes (0 = in the training process)", check=count0
     )
     log_every: int = option(10, "steps between metric lines", check=count)
+    log: str = option(
+        "jsonl",
+        "metric logs: jsonl (metrics.jsonl, always written) or tensorboard (also RUN/tensorboard/ event files)",
+    )
     eval_every: int = option(
         175, "steps between held-out evaluations (0 = only at the end)", check=count0
     )

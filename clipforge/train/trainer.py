@@ -156,7 +156,7 @@ def _train(
             print(trainable.describe(), flush=True)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
-    log = folder.log(step if state is not None else None)
+    log = folder.log(step if state is not None else None, cfg.log == "tensorboard")
 
     def run_eval(split: str) -> dict[str, float]:
         return _evaluate(model, parts, cfg, split)

@@ -327,3 +327,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(micro_args):
     # The recomputation runs the same kernels on the same inputs: bit for bit.
     for n, g in grads[0].items():
         assert (g is None and grads[1][n] is None) or torch.equal(g, grads[1][n]), n
+
+
+def test_tensorboard_mirrors_the_metrics_log(tmp_path, micro_args):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_cfg(tmp_path, micro_args, log="tensorboard", evals="zeroshot,retrieval",
+                     eval_per_class=1, eval_pairs=20))  # fmt: skip
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    want = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    assert [s for s, _ in losses] == [s for s, _ in want]
+    # Event files store float32.
+    assert all(v == pytest.approx(w, rel=1e-6) for (_, v), (_, w) in zip(losses, want))
+    assert "test/zeroshot/top1" in events.Tags()["scalars"]
+    with pytest.raises(ClipforgeError, match="unknown --log"):
+        train(_cfg(tmp_path, micro_args, "bad", log="wandb"))
