@@ -51,6 +51,11 @@ class TrainConfig:
         "layer-wise learning-rate decay: a block d layers below the top trains at lr * this^d (1 = off)",
         check=fraction,
     )
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay, saved as checkpoints/ema.pt (0 = off)",
+        check=below_one,
+    )
     grad_checkpointing: bool = option(
         False, "recompute each transformer block's activations in the backward (less memory)"
     )

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoint import model_payload
+from clipforge.checkpoint import atomic_save, model_payload
 from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
@@ -44,6 +44,7 @@ from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
+from clipforge.train.ema import WeightEMA
 from clipforge.train.optim import build_optimizer, cosine_lr
 from clipforge.train.run_folder import RunFolder
 from clipforge.train.step import Stepper, norm
@@ -138,8 +139,11 @@ def _train(
     # `positions[r]` is where rank r's stream continues; their sum counts the samples read
     # by all ranks (skipped ones included).
     step, positions, skipped = 0, [0] * world.size, {}
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if state is not None:
         _restore(state, folder.path, model, objective, opt)
+        if ema is not None:
+            ema.load(state["ema"])
         step, skipped = int(state["step"]), dict(state["skipped"])
         positions = distributed.saved_positions(state, world, folder.path)
         train_state.set_rng_state(state["rng"])
@@ -181,6 +185,8 @@ def _train(
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             before = [p.detach().clone() for p in model.parameters()] if log_now else []
             stats = stepper(batch, step)
+            if ema is not None:
+                ema.update(model)
             step += 1
             # Every rank keeps the totals of all ranks, so all take the same decisions below.
             positions, step_skipped = distributed.stream_state(
@@ -212,11 +218,12 @@ def _train(
             if log is not None and eval_now and parts.evals:
                 log.write({"step": step, "split": "val", **run_eval("val")})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                folder.save_last(
-                    train_state.training_state(
-                        model, parts.model_config, opt, objective, step, positions, skipped
-                    )
+                saved = train_state.training_state(
+                    model, parts.model_config, opt, objective, step, positions, skipped
                 )
+                if ema is not None:
+                    saved["ema"] = ema.state
+                folder.save_last(saved)
     bar.close()
     result = TrainResult(folder.path, step, sum(positions), skipped)
     if log is None:
@@ -230,6 +237,9 @@ def _train(
         result.metrics = run_eval("test")
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
+    if ema is not None:  # before final.pt, which is written last
+        atomic_save({**model_payload(ema.state, parts.model_config), "step": step},
+                    folder.path / "checkpoints" / "ema.pt")  # fmt: skip
     if cfg.lora_rank:
         # final.pt holds them too (loading merges them); this file is the adapters alone.
         # Before final.pt, which is written last: a finished run has both.

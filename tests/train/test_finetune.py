@@ -342,7 +342,45 @@ def test_tensorboard_mirrors_the_metrics_log(tmp_path, micro_args):
     want = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     assert [s for s, _ in losses] == [s for s, _ in want]
     # Event files store float32.
-    assert all(v == pytest.approx(w, rel=1e-6) for (_, v), (_, w) in zip(losses, want))
+    assert all(v == pytest.approx(w, rel=1e-6) for (_, v), (_, w) in zip(losses, want, strict=True))
     assert "test/zeroshot/top1" in events.Tags()["scalars"]
     with pytest.raises(ClipforgeError, match="unknown --log"):
         train(_cfg(tmp_path, micro_args, "bad", log="wandb"))
+
+
+def test_weight_ema_follows_the_recurrence(micro_args):
+    from clipforge.train.ema import WeightEMA
+
+    torch.manual_seed(0)
+    model = CLIP(get_model_config("tiny", micro_args))
+    ema = WeightEMA(model, 0.9)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        for k, v in model.state_dict().items():
+            want[k] = 0.9 * want[k] + (1 - 0.9) * v if v.is_floating_point() else v.clone()
+    # d * a + (1 - d) * v: two products and a sum; the in-place form may fuse the last
+    # product into the sum, so allow the rounding of a two-term sum (tests/tolerance.py).
+    for k, w in want.items():
+        if not w.is_floating_point():
+            assert torch.equal(ema.state[k], w), k
+            continue
+        tol = reorder_bound(2, 2 * float(w.abs().max()))
+        assert float((ema.state[k] - w).abs().max()) <= tol, k
+
+
+def test_ema_checkpoint_and_resume(tmp_path, micro_args):
+    # Steps 0 and 1 have the same learning rate under a 2- and a 4-step schedule (warm-up
+    # 1), so the resumed run must equal the whole one bit for bit.
+    kw = dict(ema_decay=0.5, steps=4, ckpt_every=2)
+    whole = train(_cfg(tmp_path, micro_args, "whole", **kw))
+    part = train(_cfg(tmp_path, micro_args, "part", **{**kw, "steps": 2}))
+    resumed = train(_cfg(tmp_path, micro_args, "part", **kw), resume=part, changes={"steps": 4})
+    a, b = load(whole / "checkpoints" / "ema.pt"), load(resumed / "checkpoints" / "ema.pt")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    final = load(whole).state_dict()
+    assert not torch.equal(sa["text.proj.weight"], final["text.proj.weight"])
