@@ -384,3 +384,24 @@ def test_ema_checkpoint_and_resume(tmp_path, micro_args):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     final = load(whole).state_dict()
     assert not torch.equal(sa["text.proj.weight"], final["text.proj.weight"])
+
+
+def test_fine_tuning_flags_on_the_command_line(capsys):
+    from clipforge.cli.main import build_parser, main
+
+    args = build_parser().parse_args(
+        ["train", "--lock-image", "true", "--lock-image-unlocked-layers", "2",
+         "--lora-targets", "qkv,fc1", "--accum-exact", "true", "--patch-dropout", "0.5",
+         "--lr-layer-decay", "0.75", "--ema-decay", "0.999", "--log", "tensorboard"]
+    )  # fmt: skip
+    from clipforge.config import resolve
+
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    cfg = resolve(TrainConfig, None, given)
+    assert cfg.lock_image is True and cfg.lock_image_unlocked_layers == 2
+    assert cfg.accum_exact is True and cfg.lora_targets == "qkv,fc1"
+    assert cfg.patch_dropout == 0.5 and cfg.lr_layer_decay == 0.75 and cfg.ema_decay == 0.999
+    assert main(["train", "--patch-dropout", "1"]) == 2
+    assert "--patch-dropout: must be a number in [0, 1), got 1" in capsys.readouterr().err
+    assert main(["train", "--lora-rank", "-1"]) == 2
+    assert "--lora-rank: must be an integer >= 0" in capsys.readouterr().err
