@@ -466,6 +466,137 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lora_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lora", help="LoRA adapters: 'clipforge lora merge RUN --out MODEL.pt'")
+    lora = p.add_subparsers(dest="lora_command", required=True)
+    m = lora.add_parser(
+        "merge",
+        help="fold a LoRA run's adapters into its weights and write a plain checkpoint",
+        description="Read a run folder or checkpoint trained with --lora-rank (or any model "
+        "with --adapters FILE, an adapters.safetensors of such a run), add (alpha / r) B A to "
+        "every adapted weight and write one clipforge checkpoint without adapters.",
+    )
+    m.add_argument("model", help="LoRA run folder or checkpoint (with --adapters: the base)")
+    m.add_argument("--adapters", help="adapters.safetensors to apply to MODEL before merging")
+    m.add_argument("--out", required=True, help="the merged checkpoint (.pt)")
+    _overwrite_flag(m)
+    m.set_defaults(func=_cmd_lora_merge)
+
+
+def _cmd_lora_merge(args: argparse.Namespace) -> int:
+    from clipforge.checkpoint import resolve
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.convert import read_checkpoint
+    from clipforge.models.lora import apply_adapters, is_adapter_key, load_adapters, merge_lora
+    from clipforge.outputs import check_file
+
+    inputs = [args.model, *([args.adapters] if args.adapters else [])]
+    out = check_file(args.out, overwrite=args.overwrite, inputs=inputs)
+    if args.adapters:
+        model = merge_lora(apply_adapters(load(args.model), load_adapters(args.adapters)))
+    else:
+        path = resolve(args.model, "lora merge")
+        n = sum(is_adapter_key(k) for k in read_checkpoint(path).state_dict)
+        if not n:
+            raise ClipforgeError(
+                f"{path} holds no LoRA adapters (train with --lora-rank, or give --adapters)"
+            )
+        model = load(path)  # merges the adapters it holds
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out}")
+    return 0
+
+
+def _wise_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import probability
+
+    p = sub.add_parser(
+        "wise",
+        help="weight-space ensemble of a zero-shot and a fine-tuned model (WiSE-FT)",
+        description="Write (1 - alpha) ZS_MODEL + alpha FT_MODEL, weight by weight, as one "
+        "clipforge checkpoint. Both must share an architecture.",
+    )
+    p.add_argument("zero_shot", metavar="ZS_MODEL", help="run folder or checkpoint")
+    p.add_argument("fine_tuned", metavar="FT_MODEL", help="run folder or checkpoint")
+    add_number(p, "--alpha", probability, 0.5, "weight of the fine-tuned model")
+    p.add_argument("--out", required=True, help="the ensembled checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_wise)
+
+
+def _cmd_wise(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.wise import interpolate
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.zero_shot, args.fine_tuned])
+    model = interpolate(load(args.zero_shot), load(args.fine_tuned), args.alpha)
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out} (alpha {args.alpha})")
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the image and text encoders (ONNX)",
+        description="Write image.onnx (pixels -> normalised features), text.onnx (tokens -> "
+        "normalised features) and model.yaml into the folder --out.",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    p.add_argument("--to", required=True, choices=["onnx"])
+    p.add_argument("--out", required=True, help="output folder")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from clipforge.models import load
+    from clipforge.models.export import check_onnx, export_onnx
+    from clipforge.outputs import OutputFolder
+
+    out = OutputFolder(args.out, "export", overwrite=args.overwrite, inputs=[args.model])
+    check_onnx()
+    model = load(args.model)
+    with out.building() as build:
+        files = export_onnx(model, build)
+    for f in files:
+        print(f"wrote {out.final(f)}")
+    return 0
+
+
+def _stretch_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
+    p = sub.add_parser(
+        "stretch",
+        help="stretch the text context for long captions (Long-CLIP)",
+        description="Keep the first --keep text position embeddings and interpolate the rest "
+        "over --context positions; write the model as one clipforge checkpoint, to fine-tune "
+        "on long captions (--init).",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    add_number(p, "--context", count, 248, "new text context length")
+    add_number(p, "--keep", count, 20, "leading positions kept as trained")
+    p.add_argument("--out", required=True, help="the stretched checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_stretch)
+
+
+def _cmd_stretch(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.stretch import stretch_positions
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.model])
+    model = stretch_positions(load(args.model), args.context, args.keep)
+    save_checkpoint(model, out, "clipforge")
+    print(f"wrote {out} (text context {args.context}, first {args.keep} positions kept)")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -679,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
         _convert_parser,
         *_collection_parsers(),
         _adapt_parser,
+        _lora_parser,
+        _wise_parser,
+        _export_parser,
+        _stretch_parser,
     )
     for b in builders:
         b(sub)

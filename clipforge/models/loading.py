@@ -27,6 +27,7 @@ def load(
     of weights may be clipforge's, OpenAI's, OpenCLIP's or Hugging Face's (CLIP or SigLIP).
     ``arch`` (a preset name or a :class:`ModelConfig`) replaces the architecture the file
     states or implies; ``overrides`` (dotted keys, e.g. ``{"act": "gelu"}``) adjust it.
+    LoRA adapters in the checkpoint are merged into the weights they adapt.
     Errors name ``what`` the path was given as (``--init``, ``distillation teacher``, ...).
     """
     ckpt = read_checkpoint(resolve(path_or_run, what), arch, overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class QuickGELU(nn.Module):
@@ -79,8 +80,14 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, act, norm_eps) for _ in range(layers)
         )
+        # Gradient checkpointing, a training setting (``--grad-checkpointing``).
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x, causal)
+            if self.checkpointing and torch.is_grad_enabled():
+                # Keeps only each block's input; the backward runs the block again.
+                x = checkpoint(blk, x, causal, use_reentrant=False)
+            else:
+                x = blk(x, causal)
         return x

@@ -90,6 +90,9 @@ class VisionTransformer(nn.Module):
                 self.pos_embed[int(cfg.class_token) :] = sincos_2d(grid, w)
                 if cfg.class_token:
                     self.pos_embed[0] = 0.0
+        # FLIP's patch dropout: the share of patch tokens each training forward drops (a
+        # training setting, not part of the architecture; eval mode sees every patch).
+        self.patch_dropout = 0.0
         self.norm_pre = nn.LayerNorm(w, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.transformer = Transformer(
             w, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps
@@ -117,8 +120,21 @@ class VisionTransformer(nn.Module):
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)
         x = x + self.pos_embed.to(x.dtype)
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)
         x = self.transformer(self.norm_pre(x))
         return x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        # After the position embeddings, so each kept token still says where it was; the
+        # class token always stays. A fresh uniform subset per sample (global torch RNG,
+        # which a checkpoint saves, so resume stays exact).
+        start = int(self.cfg.class_token)
+        b, n, w = x.shape[0], x.shape[1] - start, x.shape[2]
+        keep = max(1, int(n * (1 - self.patch_dropout)))
+        idx = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :keep]
+        patches = x[:, start:].gather(1, idx[..., None].expand(-1, -1, w))
+        return torch.cat([x[:, :start], patches], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.tokens(images)

@@ -24,9 +24,10 @@ from clipforge.losses import LossSpec, get_loss
 from clipforge.losses.base import Objective
 from clipforge.models import ModelConfig, get_model_config
 from clipforge.precision import PRECISIONS, Precision, model_width, resolve
-from clipforge.train import distributed
+from clipforge.train import distributed, finetune
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
+from clipforge.train.step import check_cacheable
 
 
 @dataclass
@@ -64,6 +65,9 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
         )
     if cfg.siglip_chunked and not objective.ring_chunkable:
         raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
+    finetune.check(cfg, mcfg)
+    if cfg.accum_exact:
+        check_cacheable(cfg, objective, world)
     size = mcfg.vision.image_size
     processor = SampleProcessor(
         SeededCrop(size, (cfg.crop_scale, 1.0), flip=cfg.flip),
@@ -99,6 +103,15 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"unknown caption strategy {cfg.caption!r} (known: {', '.join(CAPTION_STRATEGIES)})"
         )
+    if cfg.log not in ("jsonl", "tensorboard"):
+        raise ClipforgeError(f"unknown --log {cfg.log!r} (known: jsonl, tensorboard)")
+    if cfg.log == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ClipforgeError(
+                "--log tensorboard needs the tensorboard extra: pip install 'clipforge[tensorboard]'"
+            ) from None
     if cfg.dist_backend not in distributed.BACKENDS:
         raise ClipforgeError(
             f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"

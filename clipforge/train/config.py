@@ -45,6 +45,43 @@ class TrainConfig:
     init: str | None = option(
         None, "start from the weights of this checkpoint or run folder (fine-tuning)"
     )
+    # Fine-tuning: what trains (locked towers, LoRA) and what the image tower sees.
+    lr_layer_decay: float = option(
+        1.0,
+        "layer-wise learning-rate decay: a block d layers below the top trains at lr * this^d (1 = off)",
+        check=fraction,
+    )
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay, saved as checkpoints/ema.pt (0 = off)",
+        check=below_one,
+    )
+    grad_checkpointing: bool = option(
+        False, "recompute each transformer block's activations in the backward (less memory)"
+    )
+    lock_image: bool = option(False, "lock the image tower: no gradient, no optimizer state (LiT)")
+    lock_image_unlocked_layers: int = option(
+        0, "with --lock-image, train this many last blocks and the head after them", check=count0
+    )
+    lock_text: bool = option(False, "lock the text tower: no gradient, no optimizer state")
+    lock_text_unlocked_layers: int = option(
+        0, "with --lock-text, train this many last blocks and the head after them", check=count0
+    )
+    freeze_norms: bool = option(False, "freeze the gains and biases of every norm layer")
+    lora_rank: int = option(
+        0, "LoRA rank: train only low-rank adapters of --lora-targets (0 = off)", check=count0
+    )
+    lora_alpha: float = option(
+        16.0, "LoRA scale numerator: adapters add (alpha / rank) B A x", check=positive
+    )
+    lora_targets: str = option(
+        "qkv,proj,fc1,fc2", "layers of every block that get LoRA adapters, from qkv,proj,fc1,fc2"
+    )
+    patch_dropout: float = option(
+        0.0,
+        "share of image patch tokens dropped per sample in training (FLIP); none in eval",
+        check=below_one,
+    )
     image_key: str = option("image", "manifest column holding the image path")
     caption_key: str = option(
         "caption", "manifest column holding the caption (comma-separated: several captions)"
@@ -106,6 +143,10 @@ class TrainConfig:
     accum_steps: int = option(
         1, "split each batch into this many micro-batches (gradients averaged)", check=count
     )
+    accum_exact: bool = option(
+        False,
+        "with --accum-steps, gradient caching: embed the batch without a graph, take the full-batch loss, back-propagate each micro-batch (exact large batches)",
+    )
     local_loss: bool = option(
         False,
         "under torchrun, each process computes only its rows' loss terms against the gathered batch (less memory, same gradients)",
@@ -131,6 +172,10 @@ class TrainConfig:
         0, "data-loading worker processes (0 = in the training process)", check=count0
     )
     log_every: int = option(10, "steps between metric lines", check=count)
+    log: str = option(
+        "jsonl",
+        "metric logs: jsonl (metrics.jsonl, always written) or tensorboard (also RUN/tensorboard/ event files)",
+    )
     eval_every: int = option(
         175, "steps between held-out evaluations (0 = only at the end)", check=count0
     )

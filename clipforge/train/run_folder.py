@@ -47,8 +47,18 @@ class MetricsLog:
     finishes, whether the first part died while finishing or ended at fewer steps.
     """
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(
+        self, path: Path, resume_step: int | None, tensorboard: Path | None = None
+    ) -> None:
         self.path = path
+        # TensorBoard event files mirror the log (``--log tensorboard``); metrics.jsonl
+        # stays the source of truth. A resumed run purges the events after its checkpoint,
+        # as the JSONL is truncated there.
+        self.board = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(tensorboard), purge_step=resume_step)
         if resume_step is not None and path.exists():
             keep = []
             for line in path.read_text().splitlines():
@@ -62,6 +72,17 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            split = record.get("split")
+            for key, value in record.items():
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
+                    tag = f"{split}/{key}" if split else key
+                    self.board.add_scalar(tag, value, record["step"])
+            self.board.flush()
 
 
 def new_run_dir(out: str | None) -> Path:
@@ -185,8 +206,9 @@ class RunFolder:
                 self.precision.write_text(json.dumps(precision, indent=2) + "\n")
         return cfg
 
-    def log(self, resume_step: int | None) -> MetricsLog | None:
-        return MetricsLog(self.metrics, resume_step) if self.main else None
+    def log(self, resume_step: int | None, tensorboard: bool = False) -> MetricsLog | None:
+        board = self.path / "tensorboard" if tensorboard else None
+        return MetricsLog(self.metrics, resume_step, board) if self.main else None
 
     def save_last(self, state: dict[str, Any]) -> None:
         if self.main:

@@ -87,6 +87,8 @@ class Stepper:
         """One step on this rank's rows ``batch``; ``step`` (0-based) names it in errors."""
         cfg, world = self.cfg, self.world
         self.optimizer.zero_grad(set_to_none=True)
+        if cfg.accum_exact:
+            return self._finish(self._cached(batch, step))
         loss_sum = 0.0
         for k in range(cfg.accum_steps):
             part = _to(batch.rows(slice(k * self.micro, (k + 1) * self.micro)), world.device)
@@ -103,8 +105,12 @@ class Stepper:
                     )
                 (loss / cfg.accum_steps).backward()
             loss_sum += float(logged) / cfg.accum_steps
+        return self._finish(loss_sum)
+
+    def _finish(self, loss: float) -> StepResult:
+        cfg = self.cfg
         # DDP holds only the model; an objective's own parameters are averaged here.
-        distributed.average_gradients(self.objective.parameters(), world)
+        distributed.average_gradients(self.objective.parameters(), self.world)
         params = self.trained.parameters()
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -113,7 +119,92 @@ class Stepper:
         )
         self.optimizer.step()
         self.objective.after_step(self.model)
-        return StepResult(loss_sum, grad_norm)
+        return StepResult(loss, grad_norm)
+
+    def _cached(self, batch: Batch, step: int) -> float:
+        """Gradient caching (Gao et al., 2021): the full-batch loss, built in micro-batches.
+
+        Pass 1 embeds every micro-batch without a graph. The loss of the whole batch is
+        taken on those embeddings as leaves, and its backward leaves ``dL/d embedding``
+        on them (and the temperature's gradient on the model). Pass 2 runs each
+        micro-batch again with a graph and back-propagates ``<embedding, dL/d embedding>``,
+        whose gradient is that micro-batch's exact share of the chain rule. Only one
+        micro-batch's activations are held at a time; the logits are those of the full
+        batch. The second pass replays the first one's random draws (patch dropout), and
+        the first pass's batch-norm statistics updates are undone, so the running
+        statistics move as with plain accumulation.
+        """
+        cfg, world, model = self.cfg, self.world, self.model
+        k = cfg.accum_steps
+        parts = [_to(batch.rows(slice(i * self.micro, (i + 1) * self.micro)), world.device)
+                 for i in range(k)]  # fmt: skip
+        buffers = [b.detach().clone() for b in model.buffers()]
+        rng, images, texts = [], [], []
+        with torch.no_grad(), torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
+            for part in parts:
+                rng.append(torch.get_rng_state())
+                out = model(part.images, part.tokens)
+                images.append(out.image)
+                texts.append(out.text)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        keep = (lambda x: x) if images[0].dtype == torch.float64 else (lambda x: x.float())
+        image = keep(torch.cat(images)).requires_grad_()
+        text = keep(torch.cat(texts)).requires_grad_()
+        with torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
+            f = Features(image, text, model.logit_scale_exp(), model.logit_bias,
+                         _owners(parts), torch.cat([p.weights for p in parts]))  # fmt: skip
+            loss = self.objective(f)
+        if not torch.isfinite(loss):
+            raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
+        loss.backward()
+        assert image.grad is not None and text.grad is not None
+        d_image = image.grad.split([p.images.shape[0] for p in parts])
+        d_text = text.grad.split([p.tokens.shape[0] for p in parts])
+        for i, part in enumerate(parts):
+            torch.set_rng_state(rng[i])
+            with contextlib.nullcontext() if i + 1 == k else distributed.no_sync(self.ddp):
+                with torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
+                    out = self.ddp(part.images, part.tokens)
+                surrogate = (out.image * d_image[i].to(out.image.dtype)).sum() + (
+                    out.text * d_text[i].to(out.text.dtype)
+                ).sum()
+                surrogate.backward()
+        return float(loss.detach())
+
+
+def check_cacheable(cfg: TrainConfig, objective: Objective, world: World) -> None:
+    """Refuse ``--accum-exact`` in one line where gradient caching cannot be exact."""
+    if cfg.accum_steps < 2:
+        raise ClipforgeError("--accum-exact needs --accum-steps of 2 or more")
+    if world.size > 1:
+        raise ClipforgeError(
+            "--accum-exact runs in one process (under torchrun the gathered batch already "
+            "gives full-batch gradients)"
+        )
+    terms = list(getattr(objective, "terms", [objective]))
+    for term in terms:
+        reads_more = term.batch_keys or type(term).prepare is not Objective.prepare
+        if reads_more or any(p.requires_grad for p in term.parameters()):
+            raise ClipforgeError(
+                f"--accum-exact needs an objective of the embeddings alone; --loss {cfg.loss!r} "
+                "also reads the raw batch or trains its own parameters"
+            )
+
+
+def _owners(parts: list[Batch]) -> torch.Tensor | None:
+    """The owner map of the micro-batches' texts laid end to end, rows offset to the batch."""
+    if all(p.owner is None for p in parts):
+        return None
+    out, start = [], 0
+    for p in parts:
+        own = (
+            torch.arange(p.images.shape[0], device=p.images.device) if p.owner is None else p.owner
+        )
+        out.append(torch.where(own >= 0, own + start, own))
+        start += p.images.shape[0]
+    return torch.cat(out)
 
 
 def _to(part: Batch, device: torch.device) -> Batch:

@@ -31,18 +31,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoint import model_payload
+from clipforge.checkpoint import atomic_save, model_payload
 from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
 from clipforge.models.loading import differing_tensors
+from clipforge.models.lora import save_adapters
 from clipforge.train import checkpoint as train_state
-from clipforge.train import distributed
+from clipforge.train import distributed, finetune
 from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
+from clipforge.train.ema import WeightEMA
 from clipforge.train.optim import build_optimizer, cosine_lr
 from clipforge.train.run_folder import RunFolder
 from clipforge.train.step import Stepper, norm
@@ -122,6 +124,7 @@ def _train(
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
     if cfg.init and state is None:
         _init_weights_from(model, cfg.init)
+    trainable = finetune.configure(model, cfg)  # locks, LoRA, patch dropout
     # On its device (and in its dtype) before the optimizer exists, so restored optimizer
     # state lands there too.
     model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
@@ -129,13 +132,18 @@ def _train(
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     # An objective may own parameters (a third-modality encoder): they train with the model.
     trained = torch.nn.ModuleList([model, objective])
-    opt = build_optimizer(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    opt = build_optimizer(
+        trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.lr_layer_decay
+    )
 
     # `positions[r]` is where rank r's stream continues; their sum counts the samples read
     # by all ranks (skipped ones included).
     step, positions, skipped = 0, [0] * world.size, {}
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if state is not None:
         _restore(state, folder.path, model, objective, opt)
+        if ema is not None:
+            ema.load(state["ema"])
         step, skipped = int(state["step"]), dict(state["skipped"])
         positions = distributed.saved_positions(state, world, folder.path)
         train_state.set_rng_state(state["rng"])
@@ -148,9 +156,11 @@ def _train(
     cfg = folder.create(cfg, parts.model_config, fresh, parts.precision.to_dict())
     if world.is_main and fresh:
         print(f"precision {parts.precision.name} ({parts.precision.reason})", flush=True)
+        if trainable.trainable < trainable.total:
+            print(trainable.describe(), flush=True)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
-    log = folder.log(step if state is not None else None)
+    log = folder.log(step if state is not None else None, cfg.log == "tensorboard")
 
     def run_eval(split: str) -> dict[str, float]:
         return _evaluate(model, parts, cfg, split)
@@ -171,10 +181,12 @@ def _train(
             batch = next(batches)
             lr = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise decay's factor
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             before = [p.detach().clone() for p in model.parameters()] if log_now else []
             stats = stepper(batch, step)
+            if ema is not None:
+                ema.update(model)
             step += 1
             # Every rank keeps the totals of all ranks, so all take the same decisions below.
             positions, step_skipped = distributed.stream_state(
@@ -206,11 +218,12 @@ def _train(
             if log is not None and eval_now and parts.evals:
                 log.write({"step": step, "split": "val", **run_eval("val")})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                folder.save_last(
-                    train_state.training_state(
-                        model, parts.model_config, opt, objective, step, positions, skipped
-                    )
+                saved = train_state.training_state(
+                    model, parts.model_config, opt, objective, step, positions, skipped
                 )
+                if ema is not None:
+                    saved["ema"] = ema.state
+                folder.save_last(saved)
     bar.close()
     result = TrainResult(folder.path, step, sum(positions), skipped)
     if log is None:
@@ -224,6 +237,13 @@ def _train(
         result.metrics = run_eval("test")
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
+    if ema is not None:  # before final.pt, which is written last
+        atomic_save({**model_payload(ema.state, parts.model_config), "step": step},
+                    folder.path / "checkpoints" / "ema.pt")  # fmt: skip
+    if cfg.lora_rank:
+        # final.pt holds them too (loading merges them); this file is the adapters alone.
+        # Before final.pt, which is written last: a finished run has both.
+        save_adapters(model, folder.path / "adapters.safetensors")
     folder.finish(final, {**model_payload(model.state_dict(), parts.model_config), "step": step})
     distributed.barrier(world)
     return result

@@ -36,6 +36,7 @@ from clipforge.models.config import ModelConfig, get_model_config
 from clipforge.models.convert import arch as _arch
 from clipforge.models.convert import tables as _tables
 from clipforge.models.convert.files import RawCheckpoint, read_raw, write_json, write_state_dict
+from clipforge.models.lora import apply_adapters, is_adapter_key, merge_lora
 
 FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip")
 """Formats :func:`read_checkpoint` reads."""
@@ -222,14 +223,27 @@ def read_checkpoint(
     if overrides:
         cfg = cfg.with_overrides(overrides)
     cfg.validate()
-    return Checkpoint(Path(path), fmt, cfg, import_tensors(raw.tensors, fmt, cfg, raw.path))
+    # LoRA adapters (clipforge names only) pass through beside the mapped tensors.
+    adapters = {k: v for k, v in raw.tensors.items() if fmt == "clipforge" and is_adapter_key(k)}
+    tensors = {k: v for k, v in raw.tensors.items() if k not in adapters}
+    return Checkpoint(
+        Path(path), fmt, cfg, {**import_tensors(tensors, fmt, cfg, raw.path), **adapters}
+    )
 
 
 def model_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> CLIP:
-    """A :class:`CLIP` for ``cfg`` holding ``state_dict`` (clipforge names), in eval mode."""
+    """A :class:`CLIP` for ``cfg`` holding ``state_dict`` (clipforge names), in eval mode.
+
+    LoRA adapters in ``state_dict`` (a LoRA run's checkpoint) are merged into the weights
+    they adapt, so every reader gets one plain model that computes what was trained.
+    """
+    base = {k: v for k, v in state_dict.items() if not is_adapter_key(k)}
+    adapters = {k: v for k, v in state_dict.items() if is_adapter_key(k)}
     with torch.device("meta"):  # the weights are replaced at once: skip random init
-        model = CLIP(cfg, init_logit_bias=0.0 if "logit_bias" in state_dict else None)
-    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+        model = CLIP(cfg, init_logit_bias=0.0 if "logit_bias" in base else None)
+    model.load_state_dict(base, strict=True, assign=True)
+    if adapters:
+        merge_lora(apply_adapters(model, adapters))
     return model.eval()
 
 

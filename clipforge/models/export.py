@@ -1,0 +1,95 @@
+"""ONNX export of the two encoders, for serving without PyTorch.
+
+``image.onnx`` maps ``pixels [B, 3, H, W]`` (preprocessed as the model's ``mean``/``std``
+say) to L2-normalised ``features [B, D]``; ``text.onnx`` maps ``tokens [B, context]``
+(int64, the tokenizer's output) to ``features [B, D]``. Both take any batch size. The
+text tower exports without the trimming of the padded tail it does in PyTorch (a
+data-dependent shape); the result is the same, because the end token cannot see later
+positions under causal attention. ``model.yaml`` beside them records the architecture,
+so a server knows the image size, context length and normalisation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.checkpoint import plain_config
+from clipforge.errors import ClipforgeError
+from clipforge.models.clip import CLIP
+
+ONNX_FILES = ("image.onnx", "text.onnx", "model.yaml")
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels, normalize=True)
+
+
+class _TextEncoder(nn.Module):
+    """The text tower with the end-token position taken by a one-hot product instead of
+    indexing by a data-dependent argmax, which the exporter traces as one graph."""
+
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.text = model.text
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t, cfg = self.text, self.text.cfg
+        x = t.token_embed(tokens) + t.pos_embed[: tokens.shape[1]]
+        x = t.transformer(x, causal=cfg.causal)
+        if cfg.pool == "argmax":
+            pick = F.one_hot(tokens.argmax(dim=-1), tokens.shape[1]).to(x.dtype)
+        else:  # "last"
+            pick = F.one_hot(torch.full_like(tokens[:, 0], tokens.shape[1] - 1), tokens.shape[1])
+            pick = pick.to(x.dtype)
+        x = t.norm_final(torch.einsum("bt,btd->bd", pick, x))
+        return F.normalize(t.proj(x), dim=-1)
+
+
+def check_onnx() -> None:
+    """Refuse in one line when the exporter's packages are missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ClipforgeError(
+            "ONNX export needs the onnx extra: pip install 'clipforge[onnx]'"
+        ) from None
+
+
+def export_onnx(model: CLIP, out: str | Path) -> list[Path]:
+    """Write ``image.onnx``, ``text.onnx`` and ``model.yaml`` of ``model`` into the folder
+    ``out`` (which must exist); returns the files written."""
+    check_onnx()
+    import yaml
+
+    out = Path(out)
+    model = model.float().eval()
+    v, t = model.cfg.vision, model.cfg.text
+    pixels = torch.zeros(2, 3, v.image_size, v.image_size)
+    tokens = torch.zeros(2, t.context_length, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = 1, t.vocab_size - 1
+    batch = torch.export.Dim("batch", min=1)
+    jobs = (
+        (_ImageEncoder(model), pixels, "pixels", "image.onnx"),
+        (_TextEncoder(model), tokens, "tokens", "text.onnx"),
+    )
+    for module, example, name, file in jobs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's progress notes, not ours
+            program = torch.onnx.export(
+                module, (example,), input_names=[name], output_names=["features"],
+                dynamic_shapes={name: {0: batch}}, dynamo=True, verbose=False,
+            )  # fmt: skip
+        program.save(str(out / file))
+    (out / "model.yaml").write_text(yaml.safe_dump(plain_config(model.cfg), sort_keys=False))
+    return [out / f for f in ONNX_FILES]
