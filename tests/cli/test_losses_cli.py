@@ -35,6 +35,10 @@ def test_losses_lists_names_with_summaries(capsys):
         (["--loss", "symile", "--caption", "all"], "--caption all"),
         (["--loss", "infoloob", "--hopfield-beta", "8", "--hard-negatives", "count"], "blend"),
         (["--loss", "clip+cwcl", "--hard-negatives", "count"], "'cwcl' does not support"),
+        (["--loss", "clip+ot", "--caption", "all"], "'ot' does not support --caption all"),
+        (["--loss", "filip", "--hard-negatives", "count"], "'filip' does not support"),
+        (["--loss", "clip+filip", "--model-args", "vision.pool=grid"], "grid pooling"),
+        (["--loss", "alip", "--alip-teacher", "/no/such/run"], "not found"),
     ],
 )
 def test_objective_errors_are_one_line(tmp_path, args, needle, capsys):
@@ -67,9 +71,10 @@ def test_yaml_config_selects_a_loss_expression(tmp_path, monkeypatch, capsys):
     [
         ("clip+ot", ["--caption-noise", "0.3", "--ot-iters", "20"]),
         ("alip", ["--caption-noise", "0.3", "--alip-ema-decay", "0.5"]),
+        ("clip+filip", []),
     ],
 )
-def test_noisy_pair_objectives_train_two_steps(tmp_path, monkeypatch, loss, flags):
+def test_new_objectives_train_two_steps(tmp_path, monkeypatch, loss, flags):
     monkeypatch.setattr("clipforge.train.plots.plot_curve", lambda *a, **k: None)
     out = tmp_path / "run"
     args = ["train", "--loss", loss, *flags, "--model-args", MICRO_ARGS_CLI, "--steps", "2",
