@@ -167,17 +167,70 @@ class SampleProcessor:
         return Item(position, image, picked, weight, negatives=negatives, extra=extra)
 
 
+# Keeps the noise draws apart from the crop (offset 0) and hard-negative (1 << 40) ones.
+_NOISE_STREAM = 1 << 41
+
+
+def noisy_positions(positions: list[int], p: float, seed: int) -> list[bool]:
+    """Which samples get another sample's caption under ``--caption-noise p``.
+
+    Each sample decides on its own, from a generator seeded by its position, so the
+    choice does not depend on what else is in the batch and a resumed run repeats it.
+    """
+    if p <= 0:
+        return [False] * len(positions)
+    return [random.Random(seed * 1_000_003 + pos + _NOISE_STREAM).random() < p for pos in positions]
+
+
+def swap_captions(items: list[Item], p: float, seed: int) -> list[Item]:
+    """``items`` with a fraction ``p`` of their captions moved to other samples of the batch.
+
+    The noisy samples (:func:`noisy_positions`) pass their captions round in a ring, so
+    each gets the captions of the next noisy one and no caption is lost or duplicated: the
+    corrupted-pairs setting of the noisy-correspondence papers. A lone noisy sample in a
+    batch takes a copy of the captions of another sample drawn by its generator (nobody
+    to swap with). Hard negatives stay with their image: they still contradict it.
+    """
+    flagged = [i for i, noisy in enumerate(noisy_positions([it.position for it in items], p, seed))
+               if noisy]  # fmt: skip
+    if not flagged or len(items) < 2:
+        return items
+    out = list(items)
+    if len(flagged) == 1:
+        (i,) = flagged
+        rnd = random.Random(seed * 1_000_003 + items[i].position + _NOISE_STREAM)
+        rnd.random()  # the draw that flagged it
+        j = rnd.choice([k for k in range(len(items)) if k != i])
+        out[i] = replace(items[i], texts=list(items[j].texts))
+        return out
+    for a, b in zip(flagged, flagged[1:] + flagged[:1], strict=True):
+        out[a] = replace(items[a], texts=list(items[b].texts))
+    return out
+
+
 class Collator:
-    """Items -> Batch: stack, normalise and tokenize once per batch (cheaper than per item)."""
+    """Items -> Batch: stack, normalise and tokenize once per batch (cheaper than per item).
+
+    ``caption_noise`` > 0 corrupts that fraction of the pairs first (:func:`swap_captions`),
+    seeded by ``seed`` and the samples' positions, for noisy-correspondence experiments.
+    """
 
     def __init__(
-        self, tokenizer: Tokenizer, mean: tuple[float, ...], std: tuple[float, ...]
+        self,
+        tokenizer: Tokenizer,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        caption_noise: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.mean = mean
         self.std = std
+        self.caption_noise = caption_noise
+        self.seed = seed
 
     def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
+        items = swap_captions(items, self.caption_noise, self.seed)
         images = normalize(torch.stack([it.image for it in items]), self.mean, self.std)  # type: ignore[misc]
         weights = torch.tensor([it.weight for it in items])
         extra = {k: torch.stack([it.extra[k] for it in items]) for k in items[0].extra}

@@ -33,7 +33,10 @@ class Features:
     other key ``B`` rows; the distributed gather relies on that convention. Keys in use:
     ``ref_image``/``text_ref`` (CWCL's reference), ``teacher_image``/``text_teacher`` (a
     live distillation teacher), ``teacher_image``/``teacher_text`` (stored teacher
-    embeddings, one caption per image, so ``B`` rows), ``third`` (Symile's third view).
+    embeddings, one caption per image, so ``B`` rows), ``third`` (Symile's third view),
+    ``image_tokens``/``text_tokens``/``text_token_mask`` (per-token features, for
+    objectives that declare ``needs_tokens``), ``alip_image``/``text_alip`` (ALIP's
+    teacher).
     """
 
     image: torch.Tensor  # [B, D], L2-normalised
@@ -88,11 +91,15 @@ class Objective(nn.Module):
     whole batch, so that the shares of all processes add up to the plain loss. Only such
     objectives can run with ``--local-loss``. ``ring_chunkable``: the objective is the
     plain sigmoid loss, which ``--siglip-chunked`` computes by passing texts round a ring.
+    ``needs_tokens``: the trainer runs the model with ``with_tokens=True`` and puts the
+    per-token features in ``Features.extra`` as ``image_tokens`` ``[B, N, D]``,
+    ``text_tokens`` ``[T, L, D]`` and ``text_token_mask`` ``[T, L]`` (late interaction).
     """
 
     batch_keys: tuple[str, ...] = ()
     computes_shares: bool = False
     ring_chunkable: bool = False
+    needs_tokens: bool = False
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}

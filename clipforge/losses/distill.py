@@ -22,7 +22,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, weighted_mean
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
-from clipforge.losses.towers import embed, freeze
+from clipforge.losses.towers import ema_update, embed, freeze
 from clipforge.models import load
 from clipforge.ranges import below_one, non_negative, positive, probability
 
@@ -135,10 +135,7 @@ class DistillObjective(Objective):
     def after_step(self, model: nn.Module) -> None:
         if self.mode != "ema" or self.teacher is None:
             return
-        for t, s in zip(self.teacher.parameters(), model.parameters(), strict=True):
-            t.lerp_(s.detach(), 1 - self.ema_decay)
-        for t, s in zip(self.teacher.buffers(), model.buffers(), strict=True):
-            t.copy_(s)
+        ema_update(self.teacher, model, self.ema_decay)
 
     def train(self, mode: bool = True) -> DistillObjective:
         super().train(mode)

@@ -17,6 +17,16 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
+    """Move ``teacher``'s parameters ``1 - decay`` of the way to ``model``'s; copy buffers
+    (an average of, say, batch-norm statistics is not a statistic of anything)."""
+    for t, s in zip(teacher.parameters(), model.parameters(), strict=True):
+        t.lerp_(s.detach(), 1 - decay)
+    for t, s in zip(teacher.buffers(), model.buffers(), strict=True):
+        t.copy_(s)
+
+
+@torch.no_grad()
 def embed(
     model: nn.Module, images: torch.Tensor, tokens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

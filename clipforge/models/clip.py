@@ -19,6 +19,10 @@ class CLIPOutput(NamedTuple):
     text: torch.Tensor  # [B, D], L2-normalised
     scale: torch.Tensor  # scalar: exp(logit_scale), clamped at 100
     bias: torch.Tensor | None  # scalar logit bias, for sigmoid losses
+    # With forward(..., with_tokens=True): per-token features for late interaction.
+    image_tokens: torch.Tensor | None = None  # [B, n_patches, D], L2-normalised
+    text_tokens: torch.Tensor | None = None  # [B, context, D], L2-normalised
+    text_mask: torch.Tensor | None = None  # [B, context] bool: the caption's own tokens
 
 
 class CLIP(nn.Module):
@@ -81,10 +85,26 @@ class CLIP(nn.Module):
         cap = self.cfg.logit_scale_max
         return self.logit_scale.exp() if cap is None else self.logit_scale.exp().clamp(max=cap)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor, with_tokens: bool = False
+    ) -> CLIPOutput:
+        """Normalised embeddings and the temperature; ``with_tokens`` adds the per-token
+        features of both towers (:class:`CLIPOutput`), computed in the same passes."""
+        if not with_tokens:
+            return CLIPOutput(
+                self.encode_image(images, normalize=True),
+                self.encode_text(tokens, normalize=True),
+                self.logit_scale_exp(),
+                self.logit_bias,
+            )
+        image, image_tokens = self.visual(images.to(self.logit_scale.dtype), with_tokens=True)
+        text, text_tokens, mask = self.text(tokens, with_tokens=True)
         return CLIPOutput(
-            self.encode_image(images, normalize=True),
-            self.encode_text(tokens, normalize=True),
+            F.normalize(image, dim=-1),
+            F.normalize(text, dim=-1),
             self.logit_scale_exp(),
             self.logit_bias,
+            F.normalize(image_tokens, dim=-1),
+            F.normalize(text_tokens, dim=-1),
+            mask,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import TextConfig
@@ -28,7 +29,15 @@ class TextTransformer(nn.Module):
         self.proj = nn.Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, with_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The caption embedding ``[T, embed_dim]``; with ``with_tokens`` also every
+        position's projected feature ``[T, context_length, embed_dim]`` and the mask of
+        the caption's own tokens (start to end token; padding False), from the same pass.
+        The features are padded back to the full context so that batches of different
+        caption lengths stack (the distributed gather needs equal shapes)."""
+        full = tokens.shape[1]
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         if self.cfg.pool == "argmax" and self.cfg.causal:
             # The end token has the largest id of the vocabulary, so argmax finds it.
@@ -44,5 +53,9 @@ class TextTransformer(nn.Module):
         length = tokens.shape[1]
         x = self.token_embed(tokens) + self.pos_embed[:length].to(self.token_embed.weight.dtype)
         x = self.transformer(x, causal=self.cfg.causal)
-        x = self.norm_final(x[rows, pos])
-        return self.proj(x)
+        pooled = self.proj(self.norm_final(x[rows, pos]))
+        if not with_tokens:
+            return pooled
+        feats = F.pad(self.proj(self.norm_final(x)), (0, 0, 0, full - length))
+        mask = torch.arange(full, device=tokens.device)[None, :] <= pos[:, None]
+        return pooled, feats, mask

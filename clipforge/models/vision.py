@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.errors import ClipforgeError
 from clipforge.models.config import VisionConfig
 from clipforge.models.posembed import sincos_2d
 from clipforge.models.transformer import MLP, Transformer
@@ -136,8 +137,31 @@ class VisionTransformer(nn.Module):
         patches = x[:, start:].gather(1, idx[..., None].expand(-1, -1, w))
         return torch.cat([x[:, :start], patches], dim=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def token_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Each patch token of ``tokens()`` output ``x`` projected like a pooled embedding
+        ``[B, n_patches, embed_dim]``: the per-token view that late interaction (FILIP)
+        scores."""
+        if self.cfg.pool == "grid":
+            raise ClipforgeError(
+                "token features need a projection of one token; grid pooling projects the "
+                "concatenated cell means (use vision.pool=mean, cls or map)"
+            )
+        patches = x[:, int(self.cfg.class_token) :]
+        if self.cfg.pool == "mean":  # tokens() left them unnormalised for the mean
+            patches = self.norm_post(patches)
+        return self.proj(patches)
+
+    def forward(
+        self, images: torch.Tensor, with_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The image embedding ``[B, embed_dim]``; with ``with_tokens`` also
+        :meth:`token_features`, from the same pass."""
         x = self.tokens(images)
+        if with_tokens:
+            return self._pool(x), self.token_features(x)
+        return self._pool(x)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.pool == "cls":
             pooled = x[:, 0]
         elif self.attn_pool is not None:

@@ -83,7 +83,7 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
     precision = resolve(cfg.precision, model_width(mcfg), world.device, use="train")
     return RunParts(
         mcfg, spec, objective, tokenizer, build_source(cfg, size), processor,
-        Collator(tokenizer, mcfg.mean, mcfg.std), evals, precision,
+        Collator(tokenizer, mcfg.mean, mcfg.std, cfg.caption_noise, cfg.seed), evals, precision,
     )  # fmt: skip
 
 

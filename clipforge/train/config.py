@@ -96,6 +96,11 @@ class TrainConfig:
         "",
         "hard-negative captions per sample, comma list of attribute,relation,count,shape (shapes world) or 'given' (meta hard_negatives of the data)",
     )
+    caption_noise: float = option(
+        0.0,
+        "swap this fraction of captions between the samples of each batch, seeded (noisy-pair experiments)",
+        check=probability,
+    )
     hard_negative_weight: float = option(
         1.0, "multiply the softmax weight of hard-negative columns (clip loss)", check=positive
     )

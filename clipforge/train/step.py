@@ -39,10 +39,24 @@ def batch_loss(
     :mod:`clipforge.train.distributed`. The logged loss is the same on every rank.
     """
     extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
-    out = model(part.images, part.tokens)
+    tokens = getattr(objective, "needs_tokens", False)
+    out = (
+        model(part.images, part.tokens, with_tokens=True)
+        if tokens
+        else model(part.images, part.tokens)
+    )
+
     # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
     # keeps float64.
-    image, text = (x if x.dtype == torch.float64 else x.float() for x in (out.image, out.text))
+    def loss_dtype(x: torch.Tensor) -> torch.Tensor:
+        return x if x.dtype == torch.float64 else x.float()
+
+    image, text = loss_dtype(out.image), loss_dtype(out.text)
+    if tokens:
+        extra["image_tokens"] = loss_dtype(out.image_tokens)
+        extra["text_tokens"] = loss_dtype(out.text_tokens)
+        # As numbers, not bools: the distributed gather moves floating-point rows.
+        extra["text_token_mask"] = out.text_mask.to(text.dtype)
     f = Features(image, text, out.scale, out.bias, part.owner, part.weights, extra)
     if chunked:
         share = siglip_ring_share(f, world)

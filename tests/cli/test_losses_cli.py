@@ -35,6 +35,10 @@ def test_losses_lists_names_with_summaries(capsys):
         (["--loss", "symile", "--caption", "all"], "--caption all"),
         (["--loss", "infoloob", "--hopfield-beta", "8", "--hard-negatives", "count"], "blend"),
         (["--loss", "clip+cwcl", "--hard-negatives", "count"], "'cwcl' does not support"),
+        (["--loss", "clip+ot", "--caption", "all"], "'ot' does not support --caption all"),
+        (["--loss", "filip", "--hard-negatives", "count"], "'filip' does not support"),
+        (["--loss", "clip+filip", "--model-args", "vision.pool=grid"], "grid pooling"),
+        (["--loss", "alip", "--alip-teacher", "/no/such/run"], "not found"),
     ],
 )
 def test_objective_errors_are_one_line(tmp_path, args, needle, capsys):
@@ -60,3 +64,23 @@ def test_yaml_config_selects_a_loss_expression(tmp_path, monkeypatch, capsys):
     # CLOOB's fixed temperature: exp of log 30 stored in float32 (its rounding u |t| is a
     # relative error of exp(t)) and exp's own rounding.
     assert row["logit_scale"] == pytest.approx(30.0, rel=reorder_bound(1, 1 + math.log(30)))
+
+
+@pytest.mark.parametrize(
+    "loss, flags",
+    [
+        ("clip+ot", ["--caption-noise", "0.3", "--ot-iters", "20"]),
+        ("alip", ["--caption-noise", "0.3", "--alip-ema-decay", "0.5"]),
+        ("clip+filip", []),
+    ],
+)
+def test_new_objectives_train_two_steps(tmp_path, monkeypatch, loss, flags):
+    monkeypatch.setattr("clipforge.train.plots.plot_curve", lambda *a, **k: None)
+    out = tmp_path / "run"
+    args = ["train", "--loss", loss, *flags, "--model-args", MICRO_ARGS_CLI, "--steps", "2",
+            "--batch-size", "8", "--warmup", "1", "--log-every", "1", "--eval-every", "0",
+            "--eval-per-class", "1", "--eval-pairs", "16", "--progress", "false", "--threads", "1"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
