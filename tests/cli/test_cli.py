@@ -26,7 +26,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "--model-args", "vision.image_size=30"], "not divisible by patch size"),
         (["train", "--steps", "lots"], "--steps: must be an integer >= 1, got 'lots'"),
         (["eval", "/no/such/run"], "/no/such/run"),
-        (["train", "--model-args", "vision.heads=0"], "heads >= 1"),
+        (
+            ["train", "--model-args", "vision.heads=0"],
+            "model arg vision.heads: must be an integer >= 1",
+        ),
     ],
 )
 def test_errors_are_one_line_exit_2(args, needle, capsys):
