@@ -182,6 +182,12 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "adapt-fit",
         "adapt-eval",
         "adapt-bench",
+        "wise",
+        "stretch",
+        "embed",
+        "index",
+        "search",
+        "serve",
     }
     assert ("train", "--distill-weight") in {(c, f) for c, f, _ in ARGS}
 

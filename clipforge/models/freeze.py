@@ -78,8 +78,16 @@ def _lock_tower(tower: nn.Module, locked_blocks: int) -> None:
             _hold_eval(m)
 
 
-def _hold_eval(m: nn.Module) -> None:
-    # model.train() reaches every child through its own train(); answering it with eval
-    # keeps the locked statistics from moving however often the loop switches modes.
+class LockedBatchNorm2d(nn.BatchNorm2d):
+    """A batch norm of a locked tower: always in eval mode, so it normalises with the
+    running statistics it was loaded with and never updates them."""
+
+    def train(self, mode: bool = True) -> LockedBatchNorm2d:
+        return super().train(False)
+
+
+def _hold_eval(m: nn.BatchNorm2d) -> None:
+    # A class swap, not a new module: same tensors and state-dict keys, and every
+    # model.train() the loop makes reaches it through its own train(), which says eval.
+    m.__class__ = LockedBatchNorm2d
     m.eval()
-    m.train = lambda mode=True: nn.Module.train(m, False)  # type: ignore[method-assign]

@@ -86,7 +86,14 @@ def test_locked_parameters_stay_bit_identical(
         if trained:
             assert not torch.equal(after[name], before[name]), name
             assert p in seen["opt"].state, name
-    # A locked conv stem's batch norms keep the statistics they were loaded with.
+    # A locked conv stem's batch norms stay in eval mode (a copy too: the evaluator's
+    # bf16 encoder and an EMA teacher are copies) and keep their loaded statistics.
+    if flags.get("lock_image"):
+        copied = copy.deepcopy(seen["model"]).train()
+        norms = [
+            m for m in copied.visual.patch_embed.modules() if isinstance(m, torch.nn.BatchNorm2d)
+        ]
+        assert norms and not any(m.training for m in norms)
     if flags.get("lock_image") and not flags.get("lock_image_unlocked_layers"):
         for k in before:
             if "running_" in k:
