@@ -561,6 +561,8 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--shots", type=_counts("--shots"), default=[1, 2, 4, 8, 16],
                    help="comma-separated shots per class (default: 1,2,4,8,16)")  # fmt: skip
     add_number(b, "--seeds", count, 3, "seeds 0..N-1 of the few-shot draw")
+    b.add_argument("--options", action="append", default=[], metavar="METHOD:K=V,...",
+                   help="options of one method, e.g. coop:class_specific=true (repeatable)")  # fmt: skip
     b.add_argument("--out", required=True, help="output folder")
     _overwrite_flag(b)
     b.set_defaults(func=_cmd_adapt_bench)
@@ -631,11 +633,22 @@ def _cmd_adapt_eval(args: argparse.Namespace) -> int:
 def _cmd_adapt_bench(args: argparse.Namespace) -> int:
     from clipforge.adapt import make_embedder
     from clipforge.adapt.bench import bench, resolve_methods, write
+    from clipforge.adapt.harness import options_of
+    from clipforge.config import parse_kv
     from clipforge.eval.datasets import image_folder
     from clipforge.outputs import OutputFolder
 
     source, _ = _adapt_inputs(args)
     methods = resolve_methods(args.methods)
+    options = {}
+    for spec in args.options:
+        method, sep, kv = spec.partition(":")
+        if not sep or method not in methods:
+            raise ClipforgeError(
+                f"--options {spec!r}: expected METHOD:K=V,... for one of --methods"
+            )
+        options[method] = parse_kv(kv, "--options")
+        options_of(method, options[method])  # a bad option fails before any work
     root = Path(args.data)
     train_dir, test_dir = root, Path(args.test) if args.test else root / "test"
     if not args.test:
@@ -647,8 +660,8 @@ def _cmd_adapt_bench(args: argparse.Namespace) -> int:
     train, test = image_folder(train_dir), image_folder(test_dir)
     with out.building(keep=("cache",)) as build:
         emb = make_embedder(args.model, args.cache or out.kept("cache"), progress=True)
-        results = bench(emb, train, test, methods, args.shots, list(range(args.seeds)))
-        results["model"] = str(args.model)
+        results = bench(emb, train, test, methods, args.shots, list(range(args.seeds)), options)
+        results["model"], results["options"] = str(args.model), options
         write(results, build, f"clipforge adapt bench: {train_dir} -> {test_dir}")
     for m, rows in results["methods"].items():
         cells = "  ".join(f"{k}:{100 * r['top1']['mean']:.1f}+-{100 * r['top1']['std']:.1f}"
