@@ -505,7 +505,15 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
     from clipforge.ranges import count, count0
 
-    listing = "\n".join(f"  {n:<13} {METHODS.get(n).summary}" for n in METHODS.names())
+    def _entry(name: str) -> str:
+        import dataclasses
+
+        spec = METHODS.get(name)
+        opts = [f.name for f in dataclasses.fields(spec.options)] if spec.options else []
+        tail = f"\n  {'':<13} options: {', '.join(opts)}" if opts else ""
+        return f"  {name:<13} {spec.summary}{tail}"
+
+    listing = "\n".join(_entry(n) for n in METHODS.names())
     a = sub.add_parser(
         "adapt",
         help="few-shot adaptation of a frozen model: 'adapt fit', 'adapt eval', 'adapt bench'",
@@ -514,7 +522,8 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
         "  clipforge adapt fit MODEL --data FOLDER --method M --shots K --out A.safetensors\n"
         "  clipforge adapt eval MODEL --adapter A.safetensors --data TEST_FOLDER\n"
         "  clipforge adapt bench MODEL --data FOLDER --methods all --shots 1,16 --seeds 3 "
-        "--out DIR\nMethods (--method):\n" + listing,
+        "--out DIR\nMethod options: fit --options K=V,...; bench --options METHOD:K=V,... "
+        "(repeatable).\nMethods (--method):\n" + listing,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.set_defaults(func=lambda args: a.print_help() or 0)
