@@ -103,7 +103,7 @@ def report(results: dict[str, Any], title: str) -> str:
 
 def plot(results: dict[str, Any], out: Path) -> Path:
     """Accuracy against shots (log axis), one line per method, bars = spread over seeds."""
-    from clipforge.eval.plots import _save, plt
+    from clipforge.eval.plots import plt  # the evaluator's headless matplotlib
 
     fig, ax = plt.subplots(figsize=(6, 4))
     shots = results["shots"]
@@ -117,7 +117,11 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("test top-1 (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def write(results: dict[str, Any], folder: Path, title: str) -> list[Path]:
