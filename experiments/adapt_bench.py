@@ -14,6 +14,8 @@ Two tasks, each written as image folders (train/ and test/) and run through
   ("zero" .. "nine"); half of each class trains, half tests (seeded).
 
 Prints each report and the wall time of each bench (embedding included).
+``--options coop:class_specific=true`` passes options to one method (the README's CoOp
+CSC row: ``--methods coop --shots 1,16 --options coop:class_specific=true``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 from clipforge.adapt import make_embedder  # noqa: E402
 from clipforge.adapt.bench import bench, resolve_methods, write  # noqa: E402
 from clipforge.adapt.shapes_task import write_novel_classes  # noqa: E402
+from clipforge.config import parse_kv  # noqa: E402
 from clipforge.data.shapes.scenes import NUMBER_WORDS  # noqa: E402
 from clipforge.eval.datasets import image_folder  # noqa: E402
 
@@ -68,10 +71,19 @@ def main() -> None:
     ap.add_argument("--methods", default="all")
     ap.add_argument("--tasks", default="shapes-novel,digits")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--options", action="append", default=[], metavar="METHOD:K=V,...",
+        help="options of one method, e.g. coop:class_specific=true (repeatable)",
+    )  # fmt: skip
+    ap.add_argument("--cache", help="embedding cache (default: OUT/cache)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    emb = make_embedder(args.model, out / "cache")
+    emb = make_embedder(args.model, args.cache or out / "cache")
+    options = {}
+    for spec in args.options:
+        method, _, kv = spec.partition(":")
+        options[method] = parse_kv(kv, "--options")
     size = emb.model.cfg.vision.image_size
     shots = [int(s) for s in args.shots.split(",")]
     methods = resolve_methods(args.methods)
@@ -84,7 +96,8 @@ def main() -> None:
                 write_digits(data, size)
         start = time.perf_counter()
         res = bench(emb, image_folder(data / "train"), image_folder(data / "test"), methods,
-                    shots, list(range(args.seeds)))  # fmt: skip
+                    shots, list(range(args.seeds)), options)  # fmt: skip
+        res["options"] = options
         res["model"], res["seconds"] = str(args.model), round(time.perf_counter() - start, 1)
         write(res, out / task, f"{task}: {args.model}")
         print((out / task / "report.md").read_text())

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from clipforge.adapt.base import METHODS
 from clipforge.adapt.harness import check_classes, fit_shots, prepare, scores, shots_of
 from clipforge.eval.datasets import ClassificationData
@@ -52,11 +54,14 @@ def bench(
     out: dict[str, Any] = {"methods": {}, "shots": list(shots), "seeds": list(seeds),
                            "classes": list(train.classnames), "test_images": len(test.labels),
                            "train_images": len(train.labels)}  # fmt: skip
+    bar = tqdm(total=len(methods) * len(shots) * len(seeds), desc="fit", unit="fit",
+               disable=not embedder.progress, leave=False)  # fmt: skip
     for m in methods:
         rows: dict[str, Any] = {}
         for k in shots:
             per_seed = []
             for seed in seeds:
+                bar.set_postfix_str(f"{m} {k} shots seed {seed}")
                 a = fit_shots(m, shots_of(prep, k, seed, embedder), **options.get(m, {}))
                 if not per_seed:
                     check_classes(a, test)
@@ -64,6 +69,7 @@ def bench(
                 params = {n: v for n, v in a.params.items() if n != "scale"}
                 per_seed.append({"seed": seed, **s, "fit_seconds": a.info["fit_seconds"],
                                  "params": params})  # fmt: skip
+                bar.update()
             rows[str(k)] = {
                 "top1": _stats([r["top1"] for r in per_seed]),
                 "ece": _stats([r["ece"] for r in per_seed]),
@@ -71,6 +77,7 @@ def bench(
                 "seeds": per_seed,
             }
         out["methods"][m] = rows
+    bar.close()
     return out
 
 
@@ -96,7 +103,7 @@ def report(results: dict[str, Any], title: str) -> str:
 
 def plot(results: dict[str, Any], out: Path) -> Path:
     """Accuracy against shots (log axis), one line per method, bars = spread over seeds."""
-    from clipforge.eval.plots import _save, plt
+    from clipforge.eval.plots import plt  # the evaluator's headless matplotlib
 
     fig, ax = plt.subplots(figsize=(6, 4))
     shots = results["shots"]
@@ -110,7 +117,11 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("test top-1 (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def write(results: dict[str, Any], folder: Path, title: str) -> list[Path]:

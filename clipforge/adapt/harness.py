@@ -117,6 +117,8 @@ def fit(
     the method's options (``clipforge adapt --help`` lists them)."""
     METHODS.get(method)  # an unknown name fails before anything is embedded
     options_of(method, opts)
+    if embedder is None and model is None:
+        raise ClipforgeError("fit needs a model or an embedder")
     emb = embedder or make_embedder(model, cache_dir)
     prep = prepare(emb, as_data(train_set))
     return fit_shots(method, shots_of(prep, shots, seed, emb), **opts)

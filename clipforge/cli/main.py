@@ -642,7 +642,15 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
     from clipforge.ranges import count, count0
 
-    listing = "\n".join(f"  {n:<13} {METHODS.get(n).summary}" for n in METHODS.names())
+    def _entry(name: str) -> str:
+        import dataclasses
+
+        spec = METHODS.get(name)
+        opts = [f.name for f in dataclasses.fields(spec.options)] if spec.options else []
+        tail = f"\n  {'':<13} options: {', '.join(opts)}" if opts else ""
+        return f"  {name:<13} {spec.summary}{tail}"
+
+    listing = "\n".join(_entry(n) for n in METHODS.names())
     a = sub.add_parser(
         "adapt",
         help="few-shot adaptation of a frozen model: 'adapt fit', 'adapt eval', 'adapt bench'",
@@ -651,7 +659,8 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
         "  clipforge adapt fit MODEL --data FOLDER --method M --shots K --out A.safetensors\n"
         "  clipforge adapt eval MODEL --adapter A.safetensors --data TEST_FOLDER\n"
         "  clipforge adapt bench MODEL --data FOLDER --methods all --shots 1,16 --seeds 3 "
-        "--out DIR\nMethods (--method):\n" + listing,
+        "--out DIR\nMethod options: fit --options K=V,...; bench --options METHOD:K=V,... "
+        "(repeatable).\nMethods (--method):\n" + listing,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.set_defaults(func=lambda args: a.print_help() or 0)
@@ -698,6 +707,8 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--shots", type=_counts("--shots"), default=[1, 2, 4, 8, 16],
                    help="comma-separated shots per class (default: 1,2,4,8,16)")  # fmt: skip
     add_number(b, "--seeds", count, 3, "seeds 0..N-1 of the few-shot draw")
+    b.add_argument("--options", action="append", default=[], metavar="METHOD:K=V,...",
+                   help="options of one method, e.g. coop:class_specific=true (repeatable)")  # fmt: skip
     b.add_argument("--out", required=True, help="output folder")
     _overwrite_flag(b)
     b.set_defaults(func=_cmd_adapt_bench)
@@ -768,11 +779,22 @@ def _cmd_adapt_eval(args: argparse.Namespace) -> int:
 def _cmd_adapt_bench(args: argparse.Namespace) -> int:
     from clipforge.adapt import make_embedder
     from clipforge.adapt.bench import bench, resolve_methods, write
+    from clipforge.adapt.harness import options_of
+    from clipforge.config import parse_kv
     from clipforge.eval.datasets import image_folder
     from clipforge.outputs import OutputFolder
 
     source, _ = _adapt_inputs(args)
     methods = resolve_methods(args.methods)
+    options = {}
+    for spec in args.options:
+        method, sep, kv = spec.partition(":")
+        if not sep or method not in methods:
+            raise ClipforgeError(
+                f"--options {spec!r}: expected METHOD:K=V,... for one of --methods"
+            )
+        options[method] = parse_kv(kv, "--options")
+        options_of(method, options[method])  # a bad option fails before any work
     root = Path(args.data)
     train_dir, test_dir = root, Path(args.test) if args.test else root / "test"
     if not args.test:
@@ -784,8 +806,8 @@ def _cmd_adapt_bench(args: argparse.Namespace) -> int:
     train, test = image_folder(train_dir), image_folder(test_dir)
     with out.building(keep=("cache",)) as build:
         emb = make_embedder(args.model, args.cache or out.kept("cache"), progress=True)
-        results = bench(emb, train, test, methods, args.shots, list(range(args.seeds)))
-        results["model"] = str(args.model)
+        results = bench(emb, train, test, methods, args.shots, list(range(args.seeds)), options)
+        results["model"], results["options"] = str(args.model), options
         write(results, build, f"clipforge adapt bench: {train_dir} -> {test_dir}")
     for m, rows in results["methods"].items():
         cells = "  ".join(f"{k}:{100 * r['top1']['mean']:.1f}+-{100 * r['top1']['std']:.1f}"

@@ -86,3 +86,29 @@ def test_test_labels_never_influence_a_choice(model, novel_folders, tmp_path):
     acc2 = [s["top1"] for m in methods for s in r2["methods"][m]["4"]["seeds"]]
     assert acc1 != acc2  # the test labels did change what is measured
     assert "| tip |" in report(r1, "t")
+
+
+def test_zeroshot_descriptions_average_the_described_prompts(model, novel_folders, tmp_path):
+    import json
+
+    from clipforge.errors import ClipforgeError
+
+    train, _ = novel_folders
+    emb = make_embedder(model)
+    desc = tmp_path / "desc.json"
+    desc.write_text(json.dumps({"red hexagon": ["six sides", "six corners"]}))
+    a = fit("zeroshot", None, train, shots=2, embedder=emb, descriptions=str(desc))
+    data = image_folder(train)
+    plain = emb.classifier(data.classnames, data.templates)
+    i = data.classnames.index("red hexagon")
+    prompts = ["a photo of a red hexagon.", "a photo of a red hexagon, which has six sides",
+               "a photo of a red hexagon, which has six corners"]  # fmt: skip
+    want = torch.nn.functional.normalize(emb.texts(prompts).mean(dim=0), dim=-1)
+    # The same float32 features averaged in another order: a few ulps.
+    assert torch.allclose(a.tensors["text"][i], want, atol=1e-6)
+    others = [j for j in range(len(data.classnames)) if j != i]
+    assert torch.allclose(a.tensors["text"][others], plain[others], atol=1e-6)
+    assert a.params["descriptions"] == 2
+    desc.write_text(json.dumps({"blue moon": ["craters"]}))
+    with pytest.raises(ClipforgeError, match="unknown class"):
+        fit("zeroshot", None, train, shots=2, embedder=emb, descriptions=str(desc))

@@ -59,13 +59,20 @@ def test_bench_writes_results_report_and_plot(micro_checkpoint, folders, tmp_pat
     out = tmp_path / "bench"
     root = folders[0].parent
     assert main(["adapt", "bench", str(micro_checkpoint), "--data", str(root), "--methods",
-                 "zeroshot,gda,tip", "--shots", "1,4", "--seeds", "2", "--out", str(out)]) == 0  # fmt: skip
+                 "zeroshot,gda,tip", "--shots", "1,4", "--seeds", "2", "--out", str(out),
+                 "--options", "tip:alpha=2,beta=3"]) == 0  # fmt: skip
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == {"zeroshot", "gda", "tip"}
     for rows in res["methods"].values():
         assert set(rows) == {"1", "4"}
         assert len(rows["4"]["seeds"]) == 2 and "ece" in rows["4"] and "fit_seconds" in rows["4"]
     assert res["methods"]["gda"]["1"]["seeds"][0]["params"]["selection"].startswith("defaults")
+    # At one shot the option values are what the adapter uses.
+    assert {k: res["methods"]["tip"]["1"]["seeds"][0]["params"][k] for k in ("alpha", "beta")} == {
+        "alpha": 2,
+        "beta": 3,
+    }
+    assert res["options"] == {"tip": {"alpha": 2, "beta": 3}}
     assert "| gda |" in (out / "report.md").read_text()
     assert (out / "accuracy_vs_shots.png").stat().st_size > 0
     assert (out / ".clipforge-output").read_text().strip() == "adapt bench"

@@ -130,9 +130,10 @@ def test_ctrl_c_with_workers_exits_promptly_and_resumes(tmp_path):
         assert proc.returncode == 130 and "clipforge: error" not in err, err
         assert "interrupted" in err
         # A hang check, not a timing claim: the exit takes about a second with or without
-        # workers; a worker stuck at exit cost 5 s per worker (PyTorch's join timeout)
-        # before, so 5 s leaves the loaded machine room and still catches that.
-        assert took < 5.0, f"{took:.1f} s from Ctrl-C to exit"
+        # workers (5.8 s measured at a load average of 13); a worker stuck at exit costs
+        # PyTorch's 5 s join timeout per worker, 10 s with two on top of that second, so 9 s
+        # still catches it and leaves a loaded machine room.
+        assert took < 9.0, f"{took:.1f} s from Ctrl-C to exit"
         assert _wait_gone(workers, 5.0) == []
     step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     # The interrupted run continues from its checkpoint; --steps ends it a few steps on.
