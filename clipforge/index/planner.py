@@ -196,10 +196,10 @@ def plan(
     if best is None:
         from clipforge.errors import ClipforgeError
 
-        need = min(c.memory_bytes for c in tried)
+        small = min(tried, key=lambda c: c.memory_bytes)
         raise ClipforgeError(
-            f"--memory: no index fits {memory_bytes / 2**20:.0f} MiB; the smallest candidate "
-            f"({min(tried, key=lambda c: c.memory_bytes).factory}) needs {need / 2**20:.0f} MiB"
+            f"--memory: no index fits {_size(memory_bytes)}; the smallest candidate "
+            f"({small.factory}) needs {_size(small.memory_bytes)}"
         )
     chosen, index = best
     if q:
@@ -220,6 +220,13 @@ def plan(
         "candidates": [asdict(c) for c in tried],
     }
     return (index, order), report
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _better(a: Candidate, b: Candidate, max_latency_ms: float) -> bool:
