@@ -166,7 +166,8 @@ ARGS = _numeric_arguments()
 
 
 def test_the_argument_walk_sees_every_command_with_numbers():
-    assert {c for c, _, _ in ARGS} == {"train", "eval", "synth", "shard", "curate"}
+    assert {c for c, _, _ in ARGS} == {"train", "eval", "synth", "shard", "curate", "embed", "index",
+                                       "search", "serve"}  # fmt: skip
     assert ("train", "--distill-weight") in {(c, f) for c, f, _ in ARGS}
 
 
