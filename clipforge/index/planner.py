@@ -187,8 +187,11 @@ def plan(
             cand.tried.append(m)
             cand.params, cand.recall_at_10 = setting, m["recall_at_10"]
             cand.p50_ms, cand.p99_ms = m["p50_ms"], m["p99_ms"]
-            if recall >= RECALL_GOAL or m["p99_ms"] > max_latency_ms:
-                break  # reached the goal, or a larger setting can only be slower
+            # Stop at the goal, or once the typical query is over the limit: a larger
+            # setting is only slower. Not on p99 alone, which one scheduling hiccup of a
+            # busy machine can push over the limit at any setting.
+            if recall >= RECALL_GOAL or m["p50_ms"] > max_latency_ms:
+                break
         ok = (cand.recall_at_10 or 0) >= RECALL_GOAL and (cand.p99_ms or 0) <= max_latency_ms
         cand.note = "meets the goal" if ok else "misses the recall or latency goal"
         if best is None or _better(cand, best[0], max_latency_ms):
