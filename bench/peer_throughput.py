@@ -117,14 +117,17 @@ def run_case(name: str, batch: int, args: argparse.Namespace, device: torch.devi
     ours = create_model(preset, over).to(device)
     peer = openclip_twin(ours.cpu()).to(device)
     ours.to(device)
-    for text in args.text.split(","):
-        images, tokens = batch_inputs(ours, batch, text, device)
-        ours.eval(), peer.eval()
+    inputs = {text: batch_inputs(ours, batch, text, device) for text in args.text.split(",")}
+    # Parity before any timed training step: the two models train apart from then on.
+    ours.eval(), peer.eval()
+    diffs = {}
+    for text, (images, tokens) in inputs.items():
         with torch.inference_mode():
             a = ours.encode_image(images[:4]), ours.encode_text(tokens[:4])
             b = peer.encode_image(images[:4]), peer.encode_text(tokens[:4])
-        diff = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
-        print(f"\n{name} batch {batch}, {text} text: max feature difference {diff:.1e}")
+        diffs[text] = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+    for text, (images, tokens) in inputs.items():
+        print(f"\n{name} batch {batch}, {text} text: max feature difference {diffs[text]:.1e}")
         print(f"{'mode':<22} {'clipforge/s':>12} {'openclip/s':>12} {'ratio':>7}")
         flops = _train_flops(ours, images, tokens) if args.peak_tflops else 0.0
         for precision in args.precision.split(","):

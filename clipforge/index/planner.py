@@ -99,11 +99,14 @@ def _latencies(index: Any, queries: np.ndarray, k: int) -> np.ndarray:
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        times = np.empty(len(queries))
-        for i in range(len(queries)):
-            t = time.perf_counter()
-            index.search(queries[i : i + 1], k)
-            times[i] = (time.perf_counter() - t) * 1e3
+        # Each query's time is the best of 3 runs: the spread across queries (what p99
+        # is about) stays, a busy machine's scheduling hiccups are left out.
+        times = np.full(len(queries), np.inf)
+        for _ in range(3):
+            for i in range(len(queries)):
+                t = time.perf_counter()
+                index.search(queries[i : i + 1], k)
+                times[i] = min(times[i], (time.perf_counter() - t) * 1e3)
     finally:
         faiss.omp_set_num_threads(threads)
     return times
@@ -187,8 +190,11 @@ def plan(
             cand.tried.append(m)
             cand.params, cand.recall_at_10 = setting, m["recall_at_10"]
             cand.p50_ms, cand.p99_ms = m["p50_ms"], m["p99_ms"]
-            if recall >= RECALL_GOAL or m["p99_ms"] > max_latency_ms:
-                break  # reached the goal, or a larger setting can only be slower
+            # Stop at the goal, or once the typical query is over the limit: a larger
+            # setting is only slower. Not on p99 alone, which one scheduling hiccup of a
+            # busy machine can push over the limit at any setting.
+            if recall >= RECALL_GOAL or m["p50_ms"] > max_latency_ms:
+                break
         ok = (cand.recall_at_10 or 0) >= RECALL_GOAL and (cand.p99_ms or 0) <= max_latency_ms
         cand.note = "meets the goal" if ok else "misses the recall or latency goal"
         if best is None or _better(cand, best[0], max_latency_ms):
@@ -196,10 +202,10 @@ def plan(
     if best is None:
         from clipforge.errors import ClipforgeError
 
-        need = min(c.memory_bytes for c in tried)
+        small = min(tried, key=lambda c: c.memory_bytes)
         raise ClipforgeError(
-            f"--memory: no index fits {memory_bytes / 2**20:.0f} MiB; the smallest candidate "
-            f"({min(tried, key=lambda c: c.memory_bytes).factory}) needs {need / 2**20:.0f} MiB"
+            f"--memory: no index fits {_size(memory_bytes)}; the smallest candidate "
+            f"({small.factory}) needs {_size(small.memory_bytes)}"
         )
     chosen, index = best
     if q:
@@ -222,14 +228,22 @@ def plan(
     return (index, order), report
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _better(a: Candidate, b: Candidate, max_latency_ms: float) -> bool:
     """Whether ``a`` serves better than ``b``: meeting the goal first, then lower p99."""
 
     def key(c: Candidate) -> tuple[bool, bool, float]:
-        fast = (c.p99_ms or 0.0) <= max_latency_ms
-        ok = fast and (c.recall_at_10 or 0.0) >= RECALL_GOAL
-        # Among those meeting the goal the fastest; otherwise the most accurate.
-        return (not ok, not fast, (c.p99_ms or 0.0) if ok else -(c.recall_at_10 or 0.0))
+        accurate = (c.recall_at_10 or 0.0) >= RECALL_GOAL
+        ok = accurate and (c.p99_ms or 0.0) <= max_latency_ms
+        # Meeting both goals first, then the recall goal alone: the fastest of those;
+        # where none reaches the recall goal, the most accurate.
+        return (not ok, not accurate, (c.p99_ms or 0.0) if accurate else -(c.recall_at_10 or 0.0))
 
     return key(a) < key(b)
 
