@@ -4,8 +4,10 @@
 
 Trains the ``tiny`` preset on the shapes world with ``--caption-noise P`` (a seeded
 fraction P of each batch's captions passed round among other samples) once per
-objective: ``clip`` (also at P = 0, the clean reference), ``clip+ot`` (Norton-style
-targets realigned by Sinkhorn, with a bucket for pairs that match nothing) and ``alip``
+objective: ``clip`` (also at P = 0, the clean reference), ``clip+ot``, ``ot`` and ``ot
+--ot-alpha 0`` (Norton-style targets realigned by Sinkhorn, with a bucket for pairs that
+match nothing; added to the given pairs, alone, and the given pairs less what the
+bucket took) and ``alip``
 (CLIP with each pair weighted by its consistency under an EMA teacher). Same seed, same
 stream, same noise for every objective. Held-out zero-shot top-1 (40 colour x shape
 classes) is measured every ``--eval-every`` steps (the curve, on the validation scenes)
@@ -23,12 +25,14 @@ from pathlib import Path
 from clipforge.config import from_dict
 from clipforge.train import TrainConfig, train
 
-# (label, caption noise or None for --noise, TrainConfig overrides)
-RUNS: list[tuple[str, float | None, dict]] = [
-    ("clip (no noise)", 0.0, {"loss": "clip"}),
-    ("clip", None, {"loss": "clip"}),
-    ("clip+ot", None, {"loss": "clip+ot"}),
-    ("alip", None, {"loss": "alip"}),
+# (label, folder, caption noise or None for --noise, TrainConfig overrides)
+RUNS: list[tuple[str, str, float | None, dict]] = [
+    ("clip (no noise)", "clip", 0.0, {"loss": "clip"}),
+    ("clip", "clip", None, {"loss": "clip"}),
+    ("clip+ot", "clip_ot", None, {"loss": "clip+ot"}),
+    ("ot", "ot", None, {"loss": "ot"}),
+    ("ot --ot-alpha 0", "ot_alpha0", None, {"loss": "ot", "ot_alpha": 0.0}),
+    ("alip", "alip", None, {"loss": "alip"}),
 ]
 
 
@@ -45,15 +49,17 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma list of labels to run (default: all)")
+    ap.add_argument("--skip", default="", help="comma list of labels to leave out")
     a = ap.parse_args()
     out = Path(a.out)
     only = {s.strip() for s in a.only.split(",") if s.strip()}
+    skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     results = []
-    for label, noise, over in RUNS:
-        if only and label not in only:
+    for label, name, noise, over in RUNS:
+        if (only and label not in only) or label in skip:
             continue
         p = a.noise if noise is None else noise
-        folder = out / f"{label.split(' ')[0].replace('+', '_')}_p{p:g}"
+        folder = out / f"{name}_p{p:g}"
         t0 = time.perf_counter()
         if not (folder / "checkpoints" / "final.pt").exists():
             cfg = from_dict(TrainConfig, dict(
