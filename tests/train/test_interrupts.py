@@ -97,6 +97,14 @@ def _wait_for_workers(proc: subprocess.Popen, run: Path) -> dict[int, str]:
     pytest.fail(f"no checkpoint and two workers after {STARTUP:.0f} s")
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether ``pid`` ignores SIGINT, from the SigIgn mask of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return False
+
+
 def _wait_gone(workers: dict[int, str], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while (alive := _alive(workers)) and time.monotonic() < deadline:
@@ -115,25 +123,21 @@ def test_sigkill_takes_the_workers_with_it(tmp_path):
         assert _wait_gone(workers, 5.0) == []
 
 
-def test_ctrl_c_with_workers_exits_promptly_and_resumes(tmp_path):
+def test_ctrl_c_with_workers_leaves_it_to_the_trainer_and_resumes(tmp_path):
     run = tmp_path / "run"
     with _run(_cmd(run, 100_000)) as proc:
         workers = _wait_for_workers(proc, run)
-        t0 = time.monotonic()
+        # A worker that took the group's Ctrl-C stopped serving and then hung at exit until
+        # PyTorch's 5 s join timeout; workers leave SIGINT to the trainer instead.
+        assert all(_ignores_sigint(pid) for pid in workers)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail("no exit 30 s after Ctrl-C")
-        took = time.monotonic() - t0
         err = proc.stderr.read() if proc.stderr else ""
         assert proc.returncode == 130 and "clipforge: error" not in err, err
         assert "interrupted" in err
-        # A hang check, not a timing claim: the exit takes about a second with or without
-        # workers (5.8 s measured at a load average of 13); a worker stuck at exit costs
-        # PyTorch's 5 s join timeout per worker, 10 s with two on top of that second, so 9 s
-        # still catches it and leaves a loaded machine room.
-        assert took < 9.0, f"{took:.1f} s from Ctrl-C to exit"
         assert _wait_gone(workers, 5.0) == []
     step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     # The interrupted run continues from its checkpoint; --steps ends it a few steps on.
