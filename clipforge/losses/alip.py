@@ -9,7 +9,6 @@ weights go through the same per-sample ``weights`` path as a data set's own.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, first_positive
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
-from clipforge.losses.towers import ema_update, embed, freeze
+from clipforge.losses.towers import TeacherTower, embed, freeze
 from clipforge.models import load
 from clipforge.ranges import below_one, non_negative
 
@@ -50,7 +49,7 @@ def consistency(
     return (i2t + t2i) / 2
 
 
-class AlipObjective(Objective):
+class AlipObjective(TeacherTower, Objective):
     """CLIP with each image's terms weighted by ``consistency ** power`` under a teacher.
 
     ``teacher``: ``"ema"`` (the student's moving average, ``ema_decay`` per step; it
@@ -77,21 +76,6 @@ class AlipObjective(Objective):
         if self.mode == "frozen":
             self.teacher = freeze(load(teacher, what="alip teacher"))
         self._last: dict[str, float] = {}
-
-    def attach(self, model: nn.Module) -> None:
-        if self.mode == "ema":
-            self.teacher = freeze(copy.deepcopy(model))
-
-    @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
-        if self.mode == "ema" and self.teacher is not None:
-            ema_update(self.teacher, model, self.ema_decay)
-
-    def train(self, mode: bool = True) -> AlipObjective:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.teacher is None:

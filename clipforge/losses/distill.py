@@ -8,7 +8,6 @@ data (MobileCLIP's reinforced data set: ``Sample.meta["teacher_image"]`` and
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.losses.base import Features, Objective, weighted_mean
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
-from clipforge.losses.towers import ema_update, embed, freeze
+from clipforge.losses.towers import TeacherTower, embed, freeze
 from clipforge.models import load
 from clipforge.ranges import below_one, non_negative, positive, probability
 
@@ -79,7 +78,7 @@ def feature_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
 
 
-class DistillObjective(Objective):
+class DistillObjective(TeacherTower, Objective):
     """``(1 - w) CLIP + w KD + w_f (feature cosine)``, as MobileCLIP mixes them.
 
     As ``KL(P || Q) = CE(P, Q) - H(P)``, the first two terms are, up to a constant, the
@@ -126,22 +125,6 @@ class DistillObjective(Objective):
         elif self.mode == "data":
             self.batch_keys = ("teacher_image", "teacher_text")
         self._last: dict[str, float] = {}
-
-    def attach(self, model: nn.Module) -> None:
-        if self.mode == "ema":
-            self.teacher = freeze(copy.deepcopy(model))
-
-    @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
-        if self.mode != "ema" or self.teacher is None:
-            return
-        ema_update(self.teacher, model, self.ema_decay)
-
-    def train(self, mode: bool = True) -> DistillObjective:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # frozen or averaged: never in training mode
-        return self
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.teacher is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +27,31 @@ def ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
         t.lerp_(s.detach(), 1 - decay)
     for t, s in zip(teacher.buffers(), model.buffers(), strict=True):
         t.copy_(s)
+
+
+class TeacherTower:
+    """The teacher handling an objective with a ``teacher`` tower shares (distillation,
+    ALIP): with ``mode == "ema"`` the teacher starts as a frozen copy of the student and
+    follows it by :func:`ema_update` after each step; it is never in training mode."""
+
+    mode: str
+    teacher: nn.Module | None
+    ema_decay: float
+
+    def attach(self, model: nn.Module) -> None:
+        if self.mode == "ema":
+            self.teacher = freeze(copy.deepcopy(model))
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        if self.mode == "ema" and self.teacher is not None:
+            ema_update(self.teacher, model, self.ema_decay)
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)  # type: ignore[misc]
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen or averaged: never in training mode
+        return self
 
 
 @torch.no_grad()
