@@ -27,9 +27,9 @@ from clipforge.train.distributed import World
 from clipforge.train.step import batch_loss
 from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI, TEST_THREADS
 from tests.tolerance import reorder_bound
+from tests.train.batches import B, mixed_batch
 
 WORLD = 3
-B = 12
 # name -> (loss, hard negatives and weights?, local loss?, chunked?)
 CASES = {
     "clip": ("clip", False, False, False),
@@ -61,21 +61,7 @@ def dist_env(rank: int, size: int, port: int) -> None:
 
 
 def _batch(hard: bool) -> Batch:
-    """A global batch; with ``hard``: two captions for rows 1 and 6, hard negatives from
-    rows 0, 3, 5 and 9 (the ranks hold 7, 6 and 5 texts) and sample weights."""
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(B, 3, 16, 16, generator=g)
-    if not hard:
-        tokens = torch.randint(1, 400, (B, 24), generator=g)
-        return Batch(images, tokens, torch.ones(B), [""] * B, B)
-    owner = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1]
-    text_row = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 0, 3, 5, 9]
-    tokens = torch.randint(1, 400, (len(owner), 24), generator=g)
-    weights = torch.rand(B, generator=g) + 0.5
-    return Batch(
-        images, tokens, weights, [""] * len(owner), B, {},
-        torch.tensor(owner), torch.tensor(text_row),
-    )  # fmt: skip
+    return mixed_batch(hard)
 
 
 def _step(

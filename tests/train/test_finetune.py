@@ -18,6 +18,7 @@ from clipforge.train.distributed import World
 from clipforge.train.optim import build_optimizer
 from clipforge.train.step import Stepper
 from tests.tolerance import reorder_bound
+from tests.train.batches import B, mixed_batch
 
 
 def _cfg(tmp_path, micro_args, name="run", **kw) -> TrainConfig:
@@ -177,7 +178,6 @@ def test_lora_merge_command(tmp_path, micro_args, base_run, capsys):
 
 # --- exact accumulation (gradient caching) -------------------------------------------
 
-B = 12
 # Terms behind one entry of the loss or a gradient, summed along the chain
 # (tests/tolerance.py): B samples x 24 tokens, MLP widths up to 4 x 32, the B x 2B logits;
 # rounded up to 10^4, as in tests/train/test_distributed.py. The contrastive gradient is
@@ -186,19 +186,7 @@ TERMS, CANCEL = 10_000, 1_000
 
 
 def _batch() -> Batch:
-    """Two captions for rows 1 and 6, hard negatives of rows 0, 3, 5 and 9 at the end
-    (so the micro-batches' texts laid end to end are a permutation of the batch's), and
-    sample weights."""
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(B, 3, 16, 16, generator=g)
-    owner = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, -1, -1, -1, -1]
-    text_row = [0, 1, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 0, 3, 5, 9]
-    tokens = torch.randint(1, 400, (len(owner), 24), generator=g)
-    weights = torch.rand(B, generator=g) + 0.5
-    return Batch(
-        images, tokens, weights, [""] * len(owner), B, {},
-        torch.tensor(owner), torch.tensor(text_row),
-    )  # fmt: skip
+    return mixed_batch(hard=True)
 
 
 def _grads(loss: str, accum: int, exact: bool, micro_args, dropout: float = 0.0):
