@@ -42,6 +42,32 @@ OVERWRITE_HELP = (
 )
 
 
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_file` that a killed writer left anywhere
+    in ``folder`` (``.NAME.tmp-PID`` whose process is gone); return what was deleted.
+
+    A command that continues its own output (a resumed embedding or training run) calls
+    this first, so the folder holds exactly what an uninterrupted run writes.
+    """
+    gone = []
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if tmp.is_file() and pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.

@@ -15,6 +15,7 @@ from clipforge.outputs import (
     check_file,
     input_path,
     marker_command,
+    remove_stale_temporaries,
 )
 
 
@@ -139,3 +140,20 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write(tmp_path / "a.json", b"bytes")
     assert (tmp_path / "a.json").read_bytes() == b"bytes"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_resumed_writer_removes_only_dead_writers_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead, alive = int(done.stdout), os.getpid()
+    (tmp_path / "shards").mkdir()
+    stale = tmp_path / "shards" / f".00003.npy.tmp-{dead}"
+    live = tmp_path / f".progress.json.tmp-{alive}"
+    keep = tmp_path / "notes.tmp-1"  # not one of atomic_file's names
+    for p in (stale, live, keep):
+        p.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and keep.exists()

@@ -35,7 +35,7 @@ from clipforge.index.store import (
     write_json,
 )
 from clipforge.models import CLIP
-from clipforge.outputs import atomic_write
+from clipforge.outputs import atomic_write, remove_stale_temporaries
 
 # Settings a resumed run must share with the run it continues: any of them changes what
 # is computed or how it is cut into shards.
@@ -66,6 +66,7 @@ def embed_collection(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any]
     if resume:
+        remove_stale_temporaries(out)  # a shard file a kill caught half-written
         again = "nothing to resume; start again with --overwrite"
         info = read_json(out / MODEL_FILE, again)
         done = read_json(out / PROGRESS_FILE, again)

@@ -33,7 +33,13 @@ from clipforge import checkpoint as ckpt
 from clipforge.config import from_dict, load_yaml, save_yaml, to_dict
 from clipforge.errors import ClipforgeError
 from clipforge.models import ModelConfig
-from clipforge.outputs import OutputFolder, atomic_write, mark, marker_command
+from clipforge.outputs import (
+    OutputFolder,
+    atomic_write,
+    mark,
+    marker_command,
+    remove_stale_temporaries,
+)
 from clipforge.train import distributed
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -195,6 +201,8 @@ class RunFolder:
         elif marker_command(self.path) is None:
             mark(self.path, "train")  # a resumed run from before folders were marked
         self.last.parent.mkdir(parents=True, exist_ok=True)
+        if not fresh:
+            remove_stale_temporaries(self.path)  # a checkpoint a kill caught half-written
         if not fresh and self.saved is not None and cfg.steps != self.saved.steps:
             save_yaml(replace(self.saved, steps=cfg.steps), self.config)
         if fresh:
