@@ -10,6 +10,8 @@ The choice and its reason are printed and saved, so a run says what it did.
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,39 @@ def bf16_hardware(device: torch.device) -> str | None:
     return None
 
 
+# A CPU whose flags announce bf16 can still run it slowly: a hypervisor may hide the units
+# oneDNN needs, or deny AMX tile permission, and bf16 then goes through emulated kernels.
+# On an AVX2-only EPYC a 384-square bf16 matmul ran at 0.01-0.05x of fp32 (one thread);
+# native bf16 units run it faster than fp32. Below this measured ratio ``auto`` stays in
+# fp32; the gap is far wider than the machine's 25% run-to-run noise.
+MIN_MATMUL_SPEEDUP = 1.0
+
+
+@functools.cache
+def bf16_matmul_speedup(size: int = 384, rounds: int = 5) -> float:
+    """How many times faster a ``size``-square bf16 matmul runs than fp32 on one CPU
+    thread (best of ``rounds``; milliseconds where bf16 is native, about a second where it
+    is emulated). Measured once per process."""
+    # One thread: with two, a loaded machine's thread wake-ups dominated the fp32 time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(size, size, generator=g)
+        return _best_matmul(x, rounds) / _best_matmul(x.bfloat16(), rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best_matmul(a: torch.Tensor, rounds: int) -> float:
+    times = []
+    for _ in range(rounds + 1):  # the first call builds the kernel
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
 def resolve(requested: str, width: int, device: torch.device, use: str = "train") -> Precision:
     """The precision to run ``requested`` (one of :data:`PRECISIONS`) with, for a model
     whose widest tower is ``width`` channels, on ``device``, for ``use`` (train or infer)."""
@@ -79,6 +114,14 @@ def resolve(requested: str, width: int, device: torch.device, use: str = "train"
         return Precision(
             "fp32", f"auto: width {width} is below the bf16 crossover {need} on {kind}"
         )
+    if device.type == "cpu":
+        speedup = bf16_matmul_speedup()
+        if speedup < MIN_MATMUL_SPEEDUP:
+            return Precision(
+                "fp32",
+                f"auto: the CPU reports {kind}, but a bf16 matmul ran at {speedup:.2f}x of "
+                "fp32 here (emulated kernels)",
+            )
     return Precision("bf16", f"auto: {kind}, width {width} >= crossover {need}")
 
 

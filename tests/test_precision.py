@@ -25,6 +25,7 @@ def test_explicit_precisions_are_kept_and_unknown_refused():
 
 
 def test_auto_follows_hardware_and_crossover_width(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda: 3.0)
     monkeypatch.setattr(precision, "bf16_hardware", lambda device: None)
     assert resolve("auto", 4096, CPU).name == "fp32"
     monkeypatch.setattr(precision, "bf16_hardware", lambda device: "AMX-BF16")
@@ -32,6 +33,22 @@ def test_auto_follows_hardware_and_crossover_width(monkeypatch):
     below, at = resolve("auto", need - 1, CPU), resolve("auto", need, CPU)
     assert (below.name, at.name) == ("fp32", "bf16")
     assert str(need) in below.reason and "AMX-BF16" in at.reason
+
+
+def test_auto_stays_in_fp32_where_bf16_measures_slow(monkeypatch):
+    # Flags that announce bf16 are not enough: emulated bf16 matmuls measure 0.02-0.05x.
+    monkeypatch.setattr(precision, "bf16_hardware", lambda device: "AMX-BF16")
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda: 0.04)
+    got = resolve("auto", 4096, CPU)
+    assert got.name == "fp32" and "0.04x" in got.reason and "AMX-BF16" in got.reason
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda: 4.0)
+    assert resolve("auto", 4096, CPU).name == "bf16"
+
+
+def test_matmul_probe_measures_a_positive_ratio_once():
+    precision.bf16_matmul_speedup.cache_clear()
+    first = precision.bf16_matmul_speedup()
+    assert first > 0 and precision.bf16_matmul_speedup() == first  # cached: one measurement
 
 
 def test_hardware_probe_names_a_crossover_row():
@@ -91,6 +108,7 @@ def test_a_broken_bf16_path_falls_back_to_fp32(micro_args):
 
 def test_auto_choice_is_saved_as_the_resolved_config(tmp_path, micro_args, monkeypatch):
     monkeypatch.setattr(precision, "bf16_hardware", lambda device: "AMX-BF16")
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda: 3.0)
     monkeypatch.setitem(CROSSOVER, "AMX-BF16", {"train": 1, "infer": 1})
     cfg = TrainConfig(
         model_args=micro_args, batch_size=8, steps=4, warmup=1, log_every=2, ckpt_every=2,
