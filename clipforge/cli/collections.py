@@ -236,6 +236,88 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def link_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.index.link import MODES
+    from clipforge.ranges import Range, integers
+
+    p = sub.add_parser(
+        "link",
+        help="record linkage: cluster the rows of an embedding folder that show the same thing",
+        description="Join each row to its -k nearest rows whose cosine is at least --threshold "
+        "and print the connected components. --mode both (default) pools the image and caption "
+        "embeddings (their normalised mean), as in CLIPPINGS. With --truth COLUMN (a manifest "
+        "column naming each row's true group) print pairwise precision, recall and F1; without "
+        "--threshold, choose it on a validation half of the groups and report the other half.",
+    )
+    p.add_argument("embeddings", help="embedding folder (clipforge embed --out)")
+    p.add_argument("--mode", default="both", choices=list(MODES))
+    p.add_argument(
+        "--threshold",
+        type=Range(low=-1, high=1).reader("--threshold"),
+        default=None,
+        metavar="FLOAT",
+        help="cosine at or above which two rows are linked (a number in [-1, 1]; "
+        "default: chosen on a validation half, which needs --truth)",
+    )
+    add_number(p, "-k", integers(1, 1000), 10, "nearest neighbours considered per row")
+    p.add_argument("--truth", metavar="COLUMN", help="row column holding each row's true group")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write each row with its cluster here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _overwrite_flag(p)
+    p.set_defaults(func=cmd_link)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from clipforge.index import link
+    from clipforge.index.store import read_embeddings
+    from clipforge.outputs import atomic_write, check_file
+
+    if args.threshold is None and not args.truth:
+        raise ClipforgeError("give --threshold, or --truth COLUMN to choose it on validation rows")
+    if args.out:
+        check_file(args.out, overwrite=args.overwrite, inputs=[args.embeddings])
+    emb = read_embeddings(args.embeddings)
+    x = link.vectors(emb, args.mode)
+    truth = link.truth_of(emb, args.truth) if args.truth else None
+    summary: dict = {"mode": args.mode, "k": args.k, "rows": len(x)}
+    say = (lambda _: None) if args.json else print
+    if args.threshold is None:
+        assert truth is not None
+        tuned = link.tune(x, truth, args.k)
+        summary.update(tuned)
+        threshold = tuned["threshold"]
+        t = tuned["test"]
+        say(f"threshold {threshold} (best F1 {tuned['validation_f1']} on "
+              f"{tuned['validation_rows']} validation rows)")  # fmt: skip
+        say(f"test ({tuned['test_rows']} rows): precision {t['precision']:.4f} "
+              f"recall {t['recall']:.4f} F1 {t['f1']:.4f}")  # fmt: skip
+    else:
+        threshold = args.threshold
+    labels, _, _ = link.link(x, threshold, args.k)
+    sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
+    summary.update(
+        threshold=threshold, clusters=len(sizes), linked_rows=int(sizes[sizes > 1].sum())
+    )
+    say(f"{args.mode}: {len(sizes)} clusters of {len(x)} rows at threshold {threshold}; "
+          f"{int((sizes > 1).sum())} hold more than one row ({summary['linked_rows']} rows), "
+          f"the largest {int(sizes.max())}")  # fmt: skip
+    if truth is not None and args.threshold is not None:
+        s = link.pair_scores(labels, truth)
+        summary["all"] = s.to_dict()
+        say(f"all rows: precision {s.precision:.4f} recall {s.recall:.4f} F1 {s.f1:.4f}")
+    if args.out:
+        lines = [json.dumps({**r, "cluster": int(c)}, default=str) + "\n"
+                 for r, c in zip(emb.rows, labels, strict=True)]  # fmt: skip
+        atomic_write(args.out, "".join(lines))
+        say(f"wrote {args.out}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def serve_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
     from clipforge.ranges import integers
@@ -289,4 +371,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["embed_parser", "index_parser", "search_parser", "serve_parser"]
+__all__ = ["embed_parser", "index_parser", "link_parser", "search_parser", "serve_parser"]
