@@ -42,10 +42,19 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
         "columns) and EMB_DIR/model.json (model fingerprint, dim, preprocessing, precision). "
         "Unreadable images are skipped and counted. A killed run continues with --resume.",
     )
-    p.add_argument("model", help="run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF)")
-    p.add_argument("data", nargs="?", help="image folder (recursive) or manifest")
+    p.add_argument(
+        "model", nargs="?", help="run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF)"
+    )
+    p.add_argument("data", nargs="?", help="image folder (recursive), manifest or tar shards")
     p.add_argument("--texts", metavar="FILE", help="embed one text per line instead of images")
-    p.add_argument("--out", required=True, help="embedding folder to write")
+    p.add_argument("--out", help="embedding folder to write")
+    p.add_argument(
+        "--update",
+        metavar="EMB_DIR",
+        help="re-embed the collection of this embedding folder with --model NEW, replacing it "
+        "whole when done (an index of it must then be built again)",
+    )
+    p.add_argument("--model", dest="new_model", metavar="NEW", help="the model of --update")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     _precision_flag(p)
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
@@ -76,6 +85,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
+    if args.update:
+        return _update(args)
+    if args.new_model:
+        raise ClipforgeError("--model NEW goes with --update EMB_DIR; give the model first")
+    if not args.model or not args.out:
+        raise ClipforgeError("give MODEL, DATA (or --texts FILE) and --out EMB_DIR")
     source = resolve(Path(args.model), "model")
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
@@ -95,8 +110,76 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model, get_tokenizer(model.cfg.text.context_length), items, out,
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
-        resume=args.resume, progress=args.progress,
+        resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
     )  # fmt: skip
+    _report(info, out)
+    return 0
+
+
+def _source(data: str | None, texts: str | None) -> dict[str, str | None]:
+    """Where the collection is, as absolute paths (a shard pattern keeps its braces)."""
+
+    def absolute(p: str | None) -> str | None:
+        return None if p is None else str(Path(p).absolute())
+
+    return {"data": absolute(data), "texts": absolute(texts)}
+
+
+def _update(args: argparse.Namespace) -> int:
+    """``clipforge embed --update EMB_DIR --model NEW``: the same collection, re-embedded
+    by another model into a new folder that replaces EMB_DIR whole when complete."""
+    from clipforge.checkpoint import resolve
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.index.embedding import embed_collection
+    from clipforge.index.items import open_collection
+    from clipforge.index.store import read_embeddings
+    from clipforge.models import load
+    from clipforge.outputs import OutputFolder, marker_command
+
+    if args.model or args.data or args.texts or args.out or args.resume:
+        raise ClipforgeError(
+            "--update EMB_DIR re-embeds that folder's own collection; give only --model NEW"
+        )
+    if not args.new_model:
+        raise ClipforgeError("--update EMB_DIR needs --model NEW, the model to embed it with")
+    emb_dir = Path(args.update)
+    if marker_command(emb_dir) != "embed":
+        raise ClipforgeError(f"--update: {emb_dir} is not a `clipforge embed` folder")
+    old = read_embeddings(emb_dir)
+    src = old.info.get("source")
+    if not isinstance(src, dict):
+        raise ClipforgeError(
+            f"--update: {emb_dir} does not record where its collection is; embed it again "
+            "with MODEL DATA --out"
+        )
+    items = open_collection(src.get("data"), src.get("texts"))
+    if items.digest != old.info.get("collection"):
+        raise ClipforgeError(
+            f"--update: the collection of {emb_dir} ({src.get('data') or src.get('texts')}) "
+            f"has changed since it was embedded ({old.info.get('items')} items then, "
+            f"{len(items)} now); embed it into a new folder"
+        )
+    model_source = resolve(Path(args.new_model), "--model")
+    inputs = [model_source, *(x for x in src.values() if x)]
+    folder = OutputFolder(emb_dir, "embed", overwrite=True, inputs=inputs)
+    model = load(args.new_model)
+    if model_fingerprint(model) == old.fingerprint:
+        print(f"{emb_dir} is already embedded with model {old.fingerprint}; nothing to do")
+        return 0
+    with folder.building() as build:  # the old embeddings stay whole until the new ones are
+        info = embed_collection(
+            model, get_tokenizer(model.cfg.text.context_length), items, build,
+            model_source=str(Path(args.new_model).resolve()), dtype=old.info["dtype"],
+            precision=args.precision, batch_size=args.batch_size,
+            shard_size=int(old.info["shard_size"]), progress=args.progress, source=src,
+        )  # fmt: skip
+    print(f"model {old.fingerprint} -> {info['fingerprint']}: build its index again")
+    _report(info, emb_dir)
+    return 0
+
+
+def _report(info: dict, out: Path) -> None:
     rec = info["precision"]
     print(f"precision {rec['precision']} ({rec['reason']})" + _parity(rec))
     print(
@@ -104,7 +187,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
     for reason, n in info["skipped"].items():
         print(f"  skipped {n}: {reason}")
-    return 0
 
 
 def _held_model(out: Path) -> str:

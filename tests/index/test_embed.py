@@ -192,3 +192,50 @@ def test_shards_are_refused_in_one_line(tmp_path, collection, capsys):
     )
     assert "shards" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_update_re_embeds_the_same_rows_with_the_new_model(tmp_path, collection, capsys):
+    _, model_path, other, data, _, _ = collection
+    emb, fresh, idx = tmp_path / "emb", tmp_path / "fresh", tmp_path / "idx"
+    args = [*ARGS, "--shard-size", "32"]
+    assert main(["embed", str(model_path), str(data), "--out", str(emb), *args]) == 0
+    assert main(["index", str(emb), "--out", str(idx)]) == 0
+    before = read_embeddings(emb)
+    assert main(["embed", "--update", str(emb), "--model", str(other), *ARGS]) == 0
+    assert model_fingerprint(load(other)) in capsys.readouterr().out
+    after = read_embeddings(emb)
+    assert after.fingerprint == model_fingerprint(load(other)) != before.fingerprint
+    assert [r["path"] for r in after.rows] == [r["path"] for r in before.rows]
+    # The same arithmetic as embedding the collection with the new model from scratch
+    # (same shards, same batches): equal to the bit.
+    assert main(["embed", str(other), str(data), "--out", str(fresh), *args]) == 0
+    want = read_embeddings(fresh)
+    assert np.array_equal(after.images, want.images) and np.array_equal(after.texts, want.texts)
+    assert after.rows == want.rows
+    # The old index is of the old model: the updated embeddings are not appended to it.
+    capsys.readouterr()
+    assert main(["index", "--add", str(emb), "--out", str(idx)]) == 2
+    assert "embeddings are of model" in capsys.readouterr().err
+    # Updating to the model it already has changes nothing.
+    kept = files(emb)
+    assert main(["embed", "--update", str(emb), "--model", str(other), *ARGS]) == 0
+    assert "nothing to do" in capsys.readouterr().out and files(emb) == kept
+
+
+def test_update_refusals_are_one_line(tmp_path, collection, capsys):
+    _, model_path, other, data, emb_dir, _ = collection
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("mine")
+    cases = [
+        (["--update", str(tmp_path / "x"), "--model", str(other)], "not a `clipforge embed`"),
+        (["--update", str(emb_dir)], "needs --model NEW"),
+        (["--update", str(emb_dir), "--model", str(other), "--out", "o"], "give only --model"),
+        ([str(model_path), str(data), "--model", str(other)], "goes with --update"),
+        (["--update", str(emb_dir), "--model", str(tmp_path / "nope.pt")], "not found"),
+    ]
+    before = files(emb_dir)
+    for argv, message in cases:
+        assert main(["embed", *argv, *ARGS]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert files(emb_dir) == before and (tmp_path / "x" / "f").read_text() == "mine"
