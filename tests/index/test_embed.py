@@ -184,14 +184,32 @@ def test_resume_of_a_folder_embed_did_not_write_is_refused(tmp_path, collection,
     assert (tmp_path / "x" / "f").read_text() == "mine"
 
 
-def test_shards_are_refused_in_one_line(tmp_path, collection, capsys):
-    _, model_path, _, _, _, _ = collection
-    (tmp_path / "a.tar").write_bytes(b"")
-    assert (
-        main(["embed", str(model_path), str(tmp_path / "a.tar"), "--out", str(tmp_path / "e")]) == 2
-    )
-    assert "shards" in capsys.readouterr().err
-    assert not (tmp_path / "e").exists()
+def test_webdataset_shards_embed_like_the_manifest_they_were_made_from(tmp_path, collection):
+    _, model_path, _, data, emb_dir, _ = collection
+    shards, out = tmp_path / "shards", tmp_path / "emb"
+    assert main(["shard", str(data), "--out", str(shards), "--shard-size", "40"]) == 0
+    args = [*ARGS, "--shard-size", "32"]  # the embedding's own shards, as the fixture's
+    assert main(["embed", str(model_path), str(shards), "--out", str(out), *args]) == 0
+    got, want = read_embeddings(out), read_embeddings(emb_dir)
+    # `clipforge shard` copies the PNG bytes: the same pixels, batches and arithmetic.
+    assert np.array_equal(got.images, want.images) and np.array_equal(got.texts, want.texts)
+    assert [r["caption"] for r in got.rows] == [r["caption"] for r in want.rows]
+    assert [r["objects"] for r in got.rows] == [r["objects"] for r in want.rows]
+    tars = sorted(shards.glob("*.tar"))
+    assert len(tars) == 3 and got.rows[40]["path"].startswith(f"{tars[1]}:")
+
+
+def test_a_damaged_shard_is_skipped_and_counted(tmp_path, collection, capsys):
+    _, model_path, _, data, _, _ = collection
+    shards, out = tmp_path / "shards", tmp_path / "emb"
+    assert main(["shard", str(data), "--out", str(shards), "--shard-size", "40"]) == 0
+    last = sorted(shards.glob("*.tar"))[-1]  # 16 samples
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["embed", str(model_path), str(shards), "--out", str(out), *ARGS]) == 0
+    emb = read_embeddings(out)
+    assert emb.info["skipped"] == {"truncated_shard": 1}
+    assert 80 <= len(emb.rows) < 96 and "skipped 1: truncated_shard" in capsys.readouterr().out
 
 
 def test_update_re_embeds_the_same_rows_with_the_new_model(tmp_path, collection, capsys):
