@@ -188,6 +188,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "index",
         "search",
         "serve",
+        "link",
     }
     assert ("train", "--distill-weight") in {(c, f) for c, f, _ in ARGS}
 

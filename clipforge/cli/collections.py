@@ -42,10 +42,19 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
         "columns) and EMB_DIR/model.json (model fingerprint, dim, preprocessing, precision). "
         "Unreadable images are skipped and counted. A killed run continues with --resume.",
     )
-    p.add_argument("model", help="run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF)")
-    p.add_argument("data", nargs="?", help="image folder (recursive) or manifest")
+    p.add_argument(
+        "model", nargs="?", help="run folder or checkpoint (clipforge, OpenAI, OpenCLIP, HF)"
+    )
+    p.add_argument("data", nargs="?", help="image folder (recursive), manifest or tar shards")
     p.add_argument("--texts", metavar="FILE", help="embed one text per line instead of images")
-    p.add_argument("--out", required=True, help="embedding folder to write")
+    p.add_argument("--out", help="embedding folder to write")
+    p.add_argument(
+        "--update",
+        metavar="EMB_DIR",
+        help="re-embed the collection of this embedding folder with --model NEW, replacing it "
+        "whole when done (an index of it must then be built again)",
+    )
+    p.add_argument("--model", dest="new_model", metavar="NEW", help="the model of --update")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     _precision_flag(p)
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
@@ -76,6 +85,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
+    if args.update:
+        return _update(args)
+    if args.new_model:
+        raise ClipforgeError("--model NEW goes with --update EMB_DIR; give the model first")
+    if not args.model or not args.out:
+        raise ClipforgeError("give MODEL, DATA (or --texts FILE) and --out EMB_DIR")
     source = resolve(Path(args.model), "model")
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
@@ -95,8 +110,76 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model, get_tokenizer(model.cfg.text.context_length), items, out,
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
-        resume=args.resume, progress=args.progress,
+        resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
     )  # fmt: skip
+    _report(info, out)
+    return 0
+
+
+def _source(data: str | None, texts: str | None) -> dict[str, str | None]:
+    """Where the collection is, as absolute paths (a shard pattern keeps its braces)."""
+
+    def absolute(p: str | None) -> str | None:
+        return None if p is None else str(Path(p).absolute())
+
+    return {"data": absolute(data), "texts": absolute(texts)}
+
+
+def _update(args: argparse.Namespace) -> int:
+    """``clipforge embed --update EMB_DIR --model NEW``: the same collection, re-embedded
+    by another model into a new folder that replaces EMB_DIR whole when complete."""
+    from clipforge.checkpoint import resolve
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.index.embedding import embed_collection
+    from clipforge.index.items import open_collection
+    from clipforge.index.store import read_embeddings
+    from clipforge.models import load
+    from clipforge.outputs import OutputFolder, marker_command
+
+    if args.model or args.data or args.texts or args.out or args.resume:
+        raise ClipforgeError(
+            "--update EMB_DIR re-embeds that folder's own collection; give only --model NEW"
+        )
+    if not args.new_model:
+        raise ClipforgeError("--update EMB_DIR needs --model NEW, the model to embed it with")
+    emb_dir = Path(args.update)
+    if marker_command(emb_dir) != "embed":
+        raise ClipforgeError(f"--update: {emb_dir} is not a `clipforge embed` folder")
+    old = read_embeddings(emb_dir)
+    src = old.info.get("source")
+    if not isinstance(src, dict):
+        raise ClipforgeError(
+            f"--update: {emb_dir} does not record where its collection is; embed it again "
+            "with MODEL DATA --out"
+        )
+    items = open_collection(src.get("data"), src.get("texts"))
+    if items.digest != old.info.get("collection"):
+        raise ClipforgeError(
+            f"--update: the collection of {emb_dir} ({src.get('data') or src.get('texts')}) "
+            f"has changed since it was embedded ({old.info.get('items')} items then, "
+            f"{len(items)} now); embed it into a new folder"
+        )
+    model_source = resolve(Path(args.new_model), "--model")
+    inputs = [model_source, *(x for x in src.values() if x)]
+    folder = OutputFolder(emb_dir, "embed", overwrite=True, inputs=inputs)
+    model = load(args.new_model)
+    if model_fingerprint(model) == old.fingerprint:
+        print(f"{emb_dir} is already embedded with model {old.fingerprint}; nothing to do")
+        return 0
+    with folder.building() as build:  # the old embeddings stay whole until the new ones are
+        info = embed_collection(
+            model, get_tokenizer(model.cfg.text.context_length), items, build,
+            model_source=str(Path(args.new_model).resolve()), dtype=old.info["dtype"],
+            precision=args.precision, batch_size=args.batch_size,
+            shard_size=int(old.info["shard_size"]), progress=args.progress, source=src,
+        )  # fmt: skip
+    print(f"model {old.fingerprint} -> {info['fingerprint']}: build its index again")
+    _report(info, emb_dir)
+    return 0
+
+
+def _report(info: dict, out: Path) -> None:
     rec = info["precision"]
     print(f"precision {rec['precision']} ({rec['reason']})" + _parity(rec))
     print(
@@ -104,7 +187,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
     for reason, n in info["skipped"].items():
         print(f"  skipped {n}: {reason}")
-    return 0
 
 
 def _held_model(out: Path) -> str:
@@ -236,6 +318,88 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def link_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.index.link import MODES
+    from clipforge.ranges import Range, integers
+
+    p = sub.add_parser(
+        "link",
+        help="record linkage: cluster the rows of an embedding folder that show the same thing",
+        description="Join each row to its -k nearest rows whose cosine is at least --threshold "
+        "and print the connected components. --mode both (default) pools the image and caption "
+        "embeddings (their normalised mean), as in CLIPPINGS. With --truth COLUMN (a manifest "
+        "column naming each row's true group) print pairwise precision, recall and F1; without "
+        "--threshold, choose it on a validation half of the groups and report the other half.",
+    )
+    p.add_argument("embeddings", help="embedding folder (clipforge embed --out)")
+    p.add_argument("--mode", default="both", choices=list(MODES))
+    p.add_argument(
+        "--threshold",
+        type=Range(low=-1, high=1).reader("--threshold"),
+        default=None,
+        metavar="FLOAT",
+        help="cosine at or above which two rows are linked (a number in [-1, 1]; "
+        "default: chosen on a validation half, which needs --truth)",
+    )
+    add_number(p, "-k", integers(1, 1000), 10, "nearest neighbours considered per row")
+    p.add_argument("--truth", metavar="COLUMN", help="row column holding each row's true group")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write each row with its cluster here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _overwrite_flag(p)
+    p.set_defaults(func=cmd_link)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from clipforge.index import link
+    from clipforge.index.store import read_embeddings
+    from clipforge.outputs import atomic_write, check_file
+
+    if args.threshold is None and not args.truth:
+        raise ClipforgeError("give --threshold, or --truth COLUMN to choose it on validation rows")
+    if args.out:
+        check_file(args.out, overwrite=args.overwrite, inputs=[args.embeddings])
+    emb = read_embeddings(args.embeddings)
+    x = link.vectors(emb, args.mode)
+    truth = link.truth_of(emb, args.truth) if args.truth else None
+    summary: dict = {"mode": args.mode, "k": args.k, "rows": len(x)}
+    say = (lambda _: None) if args.json else print
+    if args.threshold is None:
+        assert truth is not None
+        tuned = link.tune(x, truth, args.k)
+        summary.update(tuned)
+        threshold = tuned["threshold"]
+        t = tuned["test"]
+        say(f"threshold {threshold} (best F1 {tuned['validation_f1']} on "
+              f"{tuned['validation_rows']} validation rows)")  # fmt: skip
+        say(f"test ({tuned['test_rows']} rows): precision {t['precision']:.4f} "
+              f"recall {t['recall']:.4f} F1 {t['f1']:.4f}")  # fmt: skip
+    else:
+        threshold = args.threshold
+    labels, _, _ = link.link(x, threshold, args.k)
+    sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
+    summary.update(
+        threshold=threshold, clusters=len(sizes), linked_rows=int(sizes[sizes > 1].sum())
+    )
+    say(f"{args.mode}: {len(sizes)} clusters of {len(x)} rows at threshold {threshold}; "
+          f"{int((sizes > 1).sum())} hold more than one row ({summary['linked_rows']} rows), "
+          f"the largest {int(sizes.max())}")  # fmt: skip
+    if truth is not None and args.threshold is not None:
+        s = link.pair_scores(labels, truth)
+        summary["all"] = s.to_dict()
+        say(f"all rows: precision {s.precision:.4f} recall {s.recall:.4f} F1 {s.f1:.4f}")
+    if args.out:
+        lines = [json.dumps({**r, "cluster": int(c)}, default=str) + "\n"
+                 for r, c in zip(emb.rows, labels, strict=True)]  # fmt: skip
+        atomic_write(args.out, "".join(lines))
+        say(f"wrote {args.out}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def serve_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
     from clipforge.ranges import integers
@@ -289,4 +453,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["embed_parser", "index_parser", "search_parser", "serve_parser"]
+__all__ = ["embed_parser", "index_parser", "link_parser", "search_parser", "serve_parser"]

@@ -266,7 +266,12 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
         help="write shapes-world samples to disk as PNG + CSV/JSONL or webdataset shards",
     )
     p.add_argument("--out", required=True, help="output folder")
-    add_number(p, "--n", count, 1000, "number of samples")
+    add_number(p, "--n", count, 1000, "number of samples (of scenes, with --copies)")
+    add_number(
+        p, "--copies", count, 1,
+        "render each scene this many times, with other crops and captions, naming the scene "
+        "in the meta column 'group' (a record-linkage set for clipforge link)",
+    )  # fmt: skip
     p.add_argument("--format", default="csv", choices=["csv", "jsonl", "wds"])
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     # The shapes world draws nothing below 8 pixels (ShapesWorld refuses it).
@@ -279,12 +284,16 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from clipforge.data.shapes import ShapesWorld
+    from clipforge.data.shapes.duplicates import duplicates
     from clipforge.data.writers import write_manifest, write_shards
     from clipforge.outputs import OutputFolder
 
     out = OutputFolder(args.out, "synth", overwrite=args.overwrite)
     world = ShapesWorld(args.image_size, split=args.split, seed=args.seed)
-    samples = (world.sample(i) for i in range(args.n))
+    if args.copies > 1:
+        samples = duplicates(world, args.n, args.copies)
+    else:
+        samples = (world.sample(i) for i in range(args.n))
     with out.building() as build:
         if args.format == "wds":
             shards = write_shards(
@@ -294,10 +303,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             manifest = write_manifest(
                 samples, build, fmt=args.format, name=args.split, progress=True
             )
+    n = args.n * args.copies
     if args.format == "wds":
-        print(f"wrote {args.n} samples in {len(shards)} shards to {out.path}")
+        print(f"wrote {n} samples in {len(shards)} shards to {out.path}")
     else:
-        print(f"wrote {args.n} samples: {out.final(manifest)}")
+        print(f"wrote {n} samples: {out.final(manifest)}")
     return 0
 
 
@@ -632,9 +642,15 @@ def _print_table(res: dict) -> None:
 
 
 def _collection_parsers() -> tuple[Callable[[argparse._SubParsersAction], None], ...]:
-    from clipforge.cli.collections import embed_parser, index_parser, search_parser, serve_parser
+    from clipforge.cli.collections import (
+        embed_parser,
+        index_parser,
+        link_parser,
+        search_parser,
+        serve_parser,
+    )
 
-    return (embed_parser, index_parser, search_parser, serve_parser)
+    return (embed_parser, index_parser, search_parser, serve_parser, link_parser)
 
 
 def _adapt_parser(sub: argparse._SubParsersAction) -> None:

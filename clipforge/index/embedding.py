@@ -55,11 +55,14 @@ def embed_collection(
     shard_size: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    source: dict[str, str | None] | None = None,
     on_shard: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Embed ``items`` into the folder ``out`` (already checked and marked by the caller);
     return the final ``model.json`` record. With ``resume`` continue the run recorded
-    there. ``on_shard(n)`` is called after shard ``n`` is recorded (tests use it)."""
+    there. ``source`` (``{"data": ..., "texts": ...}``, as :func:`.items.open_collection`
+    takes them) is recorded, so that ``clipforge embed --update`` can open the collection
+    again. ``on_shard(n)`` is called after shard ``n`` is recorded (tests use it)."""
     if dtype not in DTYPES:
         raise ClipforgeError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -99,6 +102,7 @@ def embed_collection(
         info = {
             **fresh,
             "model": model_source,
+            "source": source,
             "dim": model.cfg.embed_dim,
             "items": len(items),
             "preprocessing": _preprocessing(model),

@@ -1,4 +1,5 @@
-"""The items of a collection to embed: images (a folder, a manifest) or texts (a file).
+"""The items of a collection to embed: images (a folder, a manifest, webdataset shards) or
+texts (a file).
 
 Each item has a stable position, a row of metadata (``path``, ``caption`` and any manifest
 column) that is known without decoding anything, and, for images, a decoder that raises
@@ -22,7 +23,7 @@ from clipforge.data.readers import (
     decode_image,
     open_dataset,
 )
-from clipforge.data.sample import SampleError
+from clipforge.data.sample import Sample, SampleError
 from clipforge.errors import ClipforgeError
 
 
@@ -78,6 +79,64 @@ class ImageCollection(Collection):
         return decode_image(path, str(path))
 
 
+class ShardCollection(Collection):
+    """The samples of webdataset tar shards (``clipforge shard`` writes them), read through
+    :class:`~clipforge.data.readers.ShardDataset` as a stream.
+
+    Positions come from the tar headers alone (no member read), a damaged shard's
+    ``truncated_shard`` item counting as one, as in training. The embedding run asks for
+    items in order, so each is read and decoded once, by one pass over the shards; a
+    request behind the stream restarts it at that position (the reader skips what comes
+    before without reading it). A row's ``path`` is ``SHARD:KEY``.
+    """
+
+    def __init__(self, ds: ShardDataset) -> None:
+        self.ds = ds
+        self.labels: list[str] = []  # SHARD:KEY of each position (SHARD for an error item)
+        for shard in ds.shards:
+            for item in ds.read_shard(shard, want=lambda _: False):
+                self.labels.append(
+                    shard if isinstance(item, SampleError) else f"{shard}:{item.key}"
+                )
+        self._stream: Any = None
+        self._next = 0  # the position the stream yields next
+        self._item: tuple[int, Sample | SampleError] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _get(self, i: int) -> Sample | SampleError:
+        if self._item is not None and self._item[0] == i:
+            return self._item[1]
+        if self._stream is None or i < self._next:
+            self._stream, self._next = self.ds.iter_samples(start=i), i
+        while self._next <= i:
+            item = next(self._stream)
+            self._next += 1
+        self._item = (i, item)
+        return item
+
+    def row(self, i: int) -> dict[str, Any]:
+        item = self._get(i)
+        if isinstance(item, SampleError):
+            return {"path": self.labels[i], "caption": ""}
+        return {"path": self.labels[i], "caption": item.texts[0], **item.meta}
+
+    def image(self, i: int) -> Image.Image:
+        item = self._get(i)
+        if isinstance(item, SampleError):
+            raise item
+        return item.image
+
+    @property
+    def digest(self) -> str:
+        # From the headers: hashing row() would decode every image once more.
+        h = hashlib.sha1(self.kind.encode())
+        for label in self.labels:
+            h.update(label.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+
 class TextCollection(Collection):
     """One text per non-blank line of a UTF-8 file (``--texts FILE``)."""
 
@@ -110,14 +169,13 @@ def open_collection(data: str | os.PathLike[str] | None, texts: str | None = Non
             raise ClipforgeError("give DATA or --texts FILE, not both")
         return TextCollection(texts)
     if data is None:
-        raise ClipforgeError("give DATA (an image folder or a CSV/TSV/JSONL manifest) or --texts")
+        raise ClipforgeError(
+            "give DATA (an image folder, a CSV/TSV/JSONL manifest or tar shards) or --texts"
+        )
     ds = open_dataset(data)
     if isinstance(ds, ShardDataset):
-        raise ClipforgeError(
-            f"{data}: webdataset shards cannot be embedded yet; give the image folder or "
-            "manifest they were made from"
-        )
+        return ShardCollection(ds)
     return ImageCollection(ds)
 
 
-__all__ = ["Collection", "ImageCollection", "TextCollection", "open_collection"]
+__all__ = ["Collection", "ImageCollection", "ShardCollection", "TextCollection", "open_collection"]

@@ -75,7 +75,8 @@ def build_index(
         _write_faiss(index, out / "captions.faiss")
         save_array(out / "captions.ids.npy", captioned[ids])
     atomic_write(out / "rows.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in emb.rows))
-    write_json(out / "model.json", {**emb.info, "rows": len(emb.rows)})
+    part = {"fingerprint": emb.fingerprint, "rows": len(emb.rows)}
+    write_json(out / "model.json", {**emb.info, "rows": len(emb.rows), "parts": [part]})
     write_json(out / "report.json", report)
     return report
 
@@ -102,6 +103,7 @@ class IndexFolder:
             raise ClipforgeError(
                 f"{self.path / 'rows.jsonl'} is damaged ({e}); build it again"
             ) from None
+        self._check_parts()
         self.indexes: dict[str, tuple[Any, np.ndarray]] = {}
         for target in TARGETS:
             if target in self.report:
@@ -110,6 +112,24 @@ class IndexFolder:
     @property
     def fingerprint(self) -> str:
         return str(self.info["fingerprint"])
+
+    def _check_parts(self) -> None:
+        """Refuse an index whose parts (its first build, each ``--add``) were embedded by
+        different models: their features live in different spaces, so one query's scores
+        against them are not comparable, and no single model can embed the queries."""
+        parts = self.info.get("parts") or [
+            {"fingerprint": self.fingerprint, "rows": len(self.rows)}
+        ]
+        rows: dict[str, int] = {}
+        for p in parts:
+            fp = str(p.get("fingerprint"))
+            rows[fp] = rows.get(fp, 0) + int(p.get("rows", 0))
+        if len(rows) > 1 or self.fingerprint not in rows:
+            mix = ", ".join(f"{n} rows of model {fp}" for fp, n in rows.items())
+            raise ClipforgeError(
+                f"{self.path} mixes embeddings of different models ({mix}; the index says "
+                f"{self.fingerprint}); build it again from one model's embeddings"
+            )
 
     def _read(self, target: str) -> tuple[Any, np.ndarray]:
         faiss = _faiss()
@@ -170,7 +190,9 @@ class IndexFolder:
             save_array(out / f"{target}.ids.npy", np.concatenate([ids, new_ids + base]))
         rows = self.rows + emb.rows
         atomic_write(out / "rows.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
-        write_json(out / "model.json", {**self.info, "rows": len(rows)})
+        parts = self.info.get("parts") or [{"fingerprint": self.fingerprint, "rows": base}]
+        parts = [*parts, {"fingerprint": emb.fingerprint, "rows": len(emb.rows)}]
+        write_json(out / "model.json", {**self.info, "rows": len(rows), "parts": parts})
         report = dict(self.report)
         report["added"] = [*self.report.get("added", []), {"rows": len(emb.rows)}]
         write_json(out / "report.json", report)

@@ -184,11 +184,76 @@ def test_resume_of_a_folder_embed_did_not_write_is_refused(tmp_path, collection,
     assert (tmp_path / "x" / "f").read_text() == "mine"
 
 
-def test_shards_are_refused_in_one_line(tmp_path, collection, capsys):
-    _, model_path, _, _, _, _ = collection
-    (tmp_path / "a.tar").write_bytes(b"")
-    assert (
-        main(["embed", str(model_path), str(tmp_path / "a.tar"), "--out", str(tmp_path / "e")]) == 2
-    )
-    assert "shards" in capsys.readouterr().err
-    assert not (tmp_path / "e").exists()
+def test_webdataset_shards_embed_like_the_manifest_they_were_made_from(tmp_path, collection):
+    _, model_path, _, data, emb_dir, _ = collection
+    shards, out = tmp_path / "shards", tmp_path / "emb"
+    assert main(["shard", str(data), "--out", str(shards), "--shard-size", "40"]) == 0
+    args = [*ARGS, "--shard-size", "32"]  # the embedding's own shards, as the fixture's
+    assert main(["embed", str(model_path), str(shards), "--out", str(out), *args]) == 0
+    got, want = read_embeddings(out), read_embeddings(emb_dir)
+    # `clipforge shard` copies the PNG bytes: the same pixels, batches and arithmetic.
+    assert np.array_equal(got.images, want.images) and np.array_equal(got.texts, want.texts)
+    assert [r["caption"] for r in got.rows] == [r["caption"] for r in want.rows]
+    assert [r["objects"] for r in got.rows] == [r["objects"] for r in want.rows]
+    tars = sorted(shards.glob("*.tar"))
+    assert len(tars) == 3 and got.rows[40]["path"].startswith(f"{tars[1]}:")
+
+
+def test_a_damaged_shard_is_skipped_and_counted(tmp_path, collection, capsys):
+    _, model_path, _, data, _, _ = collection
+    shards, out = tmp_path / "shards", tmp_path / "emb"
+    assert main(["shard", str(data), "--out", str(shards), "--shard-size", "40"]) == 0
+    last = sorted(shards.glob("*.tar"))[-1]  # 16 samples
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["embed", str(model_path), str(shards), "--out", str(out), *ARGS]) == 0
+    emb = read_embeddings(out)
+    assert emb.info["skipped"] == {"truncated_shard": 1}
+    assert 80 <= len(emb.rows) < 96 and "skipped 1: truncated_shard" in capsys.readouterr().out
+
+
+def test_update_re_embeds_the_same_rows_with_the_new_model(tmp_path, collection, capsys):
+    _, model_path, other, data, _, _ = collection
+    emb, fresh, idx = tmp_path / "emb", tmp_path / "fresh", tmp_path / "idx"
+    args = [*ARGS, "--shard-size", "32"]
+    assert main(["embed", str(model_path), str(data), "--out", str(emb), *args]) == 0
+    assert main(["index", str(emb), "--out", str(idx)]) == 0
+    before = read_embeddings(emb)
+    assert main(["embed", "--update", str(emb), "--model", str(other), *ARGS]) == 0
+    assert model_fingerprint(load(other)) in capsys.readouterr().out
+    after = read_embeddings(emb)
+    assert after.fingerprint == model_fingerprint(load(other)) != before.fingerprint
+    assert [r["path"] for r in after.rows] == [r["path"] for r in before.rows]
+    # The same arithmetic as embedding the collection with the new model from scratch
+    # (same shards, same batches): equal to the bit.
+    assert main(["embed", str(other), str(data), "--out", str(fresh), *args]) == 0
+    want = read_embeddings(fresh)
+    assert np.array_equal(after.images, want.images) and np.array_equal(after.texts, want.texts)
+    assert after.rows == want.rows
+    # The old index is of the old model: the updated embeddings are not appended to it.
+    capsys.readouterr()
+    assert main(["index", "--add", str(emb), "--out", str(idx)]) == 2
+    assert "embeddings are of model" in capsys.readouterr().err
+    # Updating to the model it already has changes nothing.
+    kept = files(emb)
+    assert main(["embed", "--update", str(emb), "--model", str(other), *ARGS]) == 0
+    assert "nothing to do" in capsys.readouterr().out and files(emb) == kept
+
+
+def test_update_refusals_are_one_line(tmp_path, collection, capsys):
+    _, model_path, other, data, emb_dir, _ = collection
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("mine")
+    cases = [
+        (["--update", str(tmp_path / "x"), "--model", str(other)], "not a `clipforge embed`"),
+        (["--update", str(emb_dir)], "needs --model NEW"),
+        (["--update", str(emb_dir), "--model", str(other), "--out", "o"], "give only --model"),
+        ([str(model_path), str(data), "--model", str(other)], "goes with --update"),
+        (["--update", str(emb_dir), "--model", str(tmp_path / "nope.pt")], "not found"),
+    ]
+    before = files(emb_dir)
+    for argv, message in cases:
+        assert main(["embed", *argv, *ARGS]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert files(emb_dir) == before and (tmp_path / "x" / "f").read_text() == "mine"

@@ -130,3 +130,24 @@ def test_a_text_collection_is_searched_over_its_texts(tmp_path, collection, caps
     assert code == 0 and json.loads(out)[0]["caption"] == "a blue square"
     code, _, err = search(capsys, str(idx), "--image", str(f))
     assert code == 2
+
+
+def test_an_index_mixing_models_is_refused_by_search_and_serve(tmp_path, collection, capsys):
+    _, _, other, _, _, index = collection
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy)
+    info = json.loads((copy / "model.json").read_text())
+    assert info["parts"] == [{"fingerprint": info["fingerprint"], "rows": 96}]
+    # As if 32 of its rows had come from another model's embeddings.
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import load
+
+    theirs = model_fingerprint(load(other))
+    info["parts"] = [{"fingerprint": info["fingerprint"], "rows": 64},
+                     {"fingerprint": theirs, "rows": 32}]  # fmt: skip
+    (copy / "model.json").write_text(json.dumps(info))
+    code, _, err = search(capsys, str(copy), "a red circle")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "mixes embeddings of different models" in err and f"32 rows of model {theirs}" in err
+    assert main(["serve", str(copy), "--port", "1"]) == 2  # refused before it listens
+    assert "mixes embeddings" in capsys.readouterr().err
