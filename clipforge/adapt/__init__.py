@@ -6,7 +6,7 @@
 registers itself in :data:`METHODS`; importing the package imports them all.
 """
 
-from clipforge.adapt import coop, gda, linear_probe, tip, tip_f, zeroshot, zslp  # noqa: F401
+from clipforge.adapt import cocoop, coop, gda, linear_probe, tip, tip_f, zeroshot, zslp  # noqa: F401
 from clipforge.adapt.base import METHODS, Adapter, Shots, load
 from clipforge.adapt.harness import evaluate, fit, fit_shots, make_embedder, prepare, shots_of
 

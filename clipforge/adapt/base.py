@@ -4,7 +4,8 @@
 A method is a pair of pure functions registered under its name: ``fit(shots, options)``
 returns the adapter's tensors and its chosen hyper-parameters; ``logits(tensors, params,
 x)`` scores normalised image features. Because inference is a function of saved tensors
-and JSON numbers only, every adapter saves and loads the same way (safetensors + a JSON
+and JSON numbers only (plus the frozen model, for the methods that declare
+``needs_model``), every adapter saves and loads the same way (safetensors + a JSON
 sidecar) and ``clipforge adapt eval`` needs no method-specific code.
 
 Model selection never sees test data: :func:`fit` is given the training images only.
@@ -73,13 +74,19 @@ Params = dict[str, Any]
 
 @dataclass(frozen=True)
 class Method:
-    """A registered adaptation method (see the module docstring)."""
+    """A registered adaptation method (see the module docstring).
+
+    With ``needs_model``, scoring also runs the frozen model (CoCoOp's per-image prompts go
+    through the text tower): ``logits`` is called as ``logits(tensors, params, x, model)``,
+    and the adapter must have been fitted or loaded with its model.
+    """
 
     summary: str
     fit: Callable[[Shots, Any], tuple[Tensors, Params]]
-    logits: Callable[[Tensors, Params, torch.Tensor], torch.Tensor]
+    logits: Callable[..., torch.Tensor]
     options: type | None = None
     paper: str = ""
+    needs_model: bool = False
 
 
 METHODS: Registry[Method] = Registry("adaptation method")
@@ -168,8 +175,15 @@ class Adapter:
     embedder: Any = None
 
     def logits(self, x: Any) -> torch.Tensor:
+        spec = METHODS.get(self.method)
+        if spec.needs_model and self.embedder is None:
+            raise ClipforgeError(
+                f"{self.method} scores with the model's towers: load the adapter with its model"
+            )
         feats = self._features(x)
-        return METHODS.get(self.method).logits(self.tensors, self.params, feats)
+        if spec.needs_model:
+            return spec.logits(self.tensors, self.params, feats, self.embedder.model)
+        return spec.logits(self.tensors, self.params, feats)
 
     def _features(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.dim() == 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from clipforge.adapt import METHODS, Shots, fit_shots
@@ -11,6 +12,8 @@ from clipforge.adapt.base import carve_validation, draw_shots, select
 from clipforge.adapt.gda import gda_classifier
 from clipforge.adapt.tip import cache_logits
 from clipforge.adapt.zeroshot import described_prompts
+from clipforge.errors import ClipforgeError
+from tests.tolerance import reorder_bound
 
 # Sums of a handful of float32 products of unit-size numbers: rounding stays below
 # 1e-6 relative (a few ulps of 2^-24 each), so 1e-5 leaves an order of magnitude.
@@ -172,3 +175,65 @@ def test_coop_trains_the_context_only_and_leaves_the_towers_untouched(micro_args
 
 def accuracy_of(a, x, y) -> float:
     return float((a.logits(x).argmax(dim=1) == y).float().mean())
+
+
+def test_cocoop_with_a_zero_meta_net_is_coop_with_the_same_context(micro_args):
+    """pi(x) = 0 for every image: each image's prompts are CoOp's, so the logits are
+    scale * x T(v)^T with CoOp's class embeddings of the same context."""
+    from clipforge.adapt.cocoop import conditional_logits, init_tensors, meta_bias
+    from clipforge.adapt.coop import PromptLearner, coop_logits
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args).eval()
+    tok = get_tokenizer(model.cfg.text.context_length)
+    names = ["red hexagon", "pink circle", "grey diamond"]
+    learner = PromptLearner(model, tok, names, 4, per_class=False)
+    with torch.no_grad():
+        learner.ctx.add_(0.1 * torch.randn_like(learner.ctx))  # not the initial words
+        t = init_tensors(learner, micro_args["embed_dim"], 4)
+        t["meta.w1"].zero_(), t["meta.b1"].zero_()
+        x = torch.nn.functional.normalize(torch.randn(5, micro_args["embed_dim"]), dim=-1)
+        assert torch.equal(meta_bias(t, x), torch.zeros(5, model.cfg.text.width))
+        got = conditional_logits(model.text, t, 10.0, x, chunk=2)  # chunks of 2, 2, 1
+        want = coop_logits({"text": learner.class_embeddings()}, {"scale": 10.0}, x)
+    # The prompts are the same numbers; the tower runs them in batches of 6 and 3 rows
+    # instead of 3, which may sum in another order: each embedding entry is a chain of
+    # about (width + mlp) * layers products of unit-size terms, and the logit a further
+    # embed_dim-term dot product scaled by 10, so reorder_bound of those counts.
+    w = model.cfg.text.width
+    n = (w + int(model.cfg.text.mlp_ratio * w)) * model.cfg.text.layers + micro_args["embed_dim"]
+    assert torch.allclose(got, want, atol=reorder_bound(n, 10.0), rtol=0)
+    # A non-zero meta-net output changes each image's prompts, so its logits (not a
+    # constant: the tower's first LayerNorm would remove a shift equal in every channel).
+    t["meta.b2"] += torch.randn(model.cfg.text.width)
+    with torch.no_grad():
+        assert not torch.allclose(conditional_logits(model.text, t, 10.0, x), want, atol=1e-3)
+
+
+def test_cocoop_trains_context_and_meta_net_only(micro_args):
+    from clipforge.adapt import make_embedder
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args)
+    emb = make_embedder(model)
+    before = model_fingerprint(model)
+    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
+    y = torch.tensor([0, 1, 2] * 2)
+    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
+              10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    a = fit_shots("cocoop", s, steps=30, lr=0.05, batch=4, reduction=4)
+    assert model_fingerprint(model) == before == a.params["model_hash"]
+    assert a.params["towers_unchanged"] is True
+    assert all(p.requires_grad for p in model.parameters())  # restored after the fit
+    assert a.tensors["meta.w2"].abs().sum() > 0  # the zero output layer was trained
+    assert accuracy_of(a, x, y) > 1 / 3
+    # Without its model the adapter refuses to score, even given features.
+    from clipforge.adapt import Adapter
+
+    bare = Adapter(a.method, a.tensors, a.params, a.info)
+    with pytest.raises(ClipforgeError, match="load the adapter with its model"):
+        bare.logits(x)
