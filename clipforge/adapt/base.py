@@ -78,7 +78,9 @@ class Method:
 
     With ``needs_model``, scoring also runs the frozen model (CoCoOp's per-image prompts go
     through the text tower): ``logits`` is called as ``logits(tensors, params, x, model)``,
-    and the adapter must have been fitted or loaded with its model.
+    and the adapter must have been fitted or loaded with its model. ``ood(tensors, params,
+    x)``, where a method has one, gives named out-of-distribution scores of features
+    (higher = in distribution); :func:`clipforge.adapt.harness.evaluate_ood` reports them.
     """
 
     summary: str
@@ -87,6 +89,7 @@ class Method:
     options: type | None = None
     paper: str = ""
     needs_model: bool = False
+    ood: Callable[[Tensors, Params, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 METHODS: Registry[Method] = Registry("adaptation method")
@@ -184,6 +187,15 @@ class Adapter:
         if spec.needs_model:
             return spec.logits(self.tensors, self.params, feats, self.embedder.model)
         return spec.logits(self.tensors, self.params, feats)
+
+    def ood_scores(self, x: Any) -> dict[str, torch.Tensor]:
+        """Named OOD scores of ``x`` (as :meth:`logits` takes it), higher = in
+        distribution: the method's own, or else ``msp``, the maximum softmax probability
+        of its logits."""
+        spec = METHODS.get(self.method)
+        if spec.ood is None:
+            return {"msp": self.logits(x).softmax(dim=1).max(dim=1).values}
+        return spec.ood(self.tensors, self.params, self._features(x))
 
     def _features(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.dim() == 2:

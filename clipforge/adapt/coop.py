@@ -46,7 +46,10 @@ class CoOpOptions:
 class PromptLearner:
     """The prompts of every class with ``M`` context slots, and the frozen text tower."""
 
-    def __init__(self, model, tokenizer, classnames: list[str], m: int, per_class: bool) -> None:
+    def __init__(
+        self, model, tokenizer, classnames: list[str], m: int, per_class: bool,
+        init_words: str = INIT_WORDS,
+    ) -> None:  # fmt: skip
         self.model, self.text = model, model.text
         placeholder = " ".join(["x"] * m)
         self.tokens = tokenizer([f"{placeholder} {c}." for c in classnames])
@@ -56,7 +59,7 @@ class PromptLearner:
                 f"--ctx {m}: the prompts do not fit the text context ({self.tokens.shape[1]})"
             )
         with torch.no_grad():
-            words = tokenizer([INIT_WORDS])[0, 1 : 1 + len(INIT_WORDS.split())]
+            words = tokenizer([init_words])[0, 1 : 1 + len(init_words.split())]
             if m == len(words):
                 init = self.text.token_embed(words).clone()
             else:

@@ -147,3 +147,22 @@ def evaluate(adapter: Adapter, data: ClassificationData | str | os.PathLike[str]
     data = as_data(data)
     check_classes(adapter, data)
     return scores(adapter.logits(data.images), data.labels)
+
+
+def evaluate_ood(
+    adapter: Adapter,
+    data: ClassificationData | str | os.PathLike[str],
+    ood: ClassificationData | str | os.PathLike[str],
+) -> dict[str, dict[str, float]]:
+    """AUROC and FPR@95 (:mod:`clipforge.eval.ood`: ID is the positive class) of each of
+    ``adapter``'s OOD scores, ``data`` holding in-distribution images of its classes and
+    ``ood`` (an image folder; its labels are not read) images of none of them."""
+    from clipforge.eval.ood import auroc, fpr_at_tpr
+
+    data, ood = as_data(data), as_data(ood)
+    check_classes(adapter, data)
+    id_scores, ood_scores = adapter.ood_scores(data.images), adapter.ood_scores(ood.images)
+    return {
+        name: {"auroc": auroc(s, ood_scores[name]), "fpr95": fpr_at_tpr(s, ood_scores[name])}
+        for name, s in id_scores.items()
+    }

@@ -84,6 +84,9 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
     common(e)
     e.add_argument("--adapter", required=True, help="adapter file written by 'adapt fit'")
     e.add_argument("--data", required=True, help="test image folder with the adapter's classes")
+    e.add_argument("--ood", metavar="FOLDER", help="image folder of none of the adapter's "
+                   "classes: also report AUROC and FPR@95 of its OOD scores (clipn: mcm and "
+                   "clipn; other methods: maximum softmax probability)")  # fmt: skip
     e.add_argument("--out", help="JSON file for the metrics (default: print only)")
     _overwrite_flag(e)
     e.set_defaults(func=cmd_adapt_eval)
@@ -149,10 +152,12 @@ def cmd_adapt_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt_eval(args: argparse.Namespace) -> int:
-    from clipforge.adapt import evaluate, load, make_embedder
+    from clipforge.adapt import evaluate, evaluate_ood, load, make_embedder
     from clipforge.outputs import atomic_write, check_file
 
     source, inputs = _adapt_inputs(args)
+    if args.ood:
+        inputs.append(Path(args.ood))
     if args.out:
         check_file(args.out, overwrite=args.overwrite, inputs=[source, args.adapter, *inputs])
     emb = make_embedder(args.model, args.cache)
@@ -161,6 +166,11 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     record = {"adapter": str(args.adapter), "method": adapter.method, "data": str(args.data),
               **res, "params": adapter.params}  # fmt: skip
     print(f"{adapter.method}: top1 {100 * res['top1']:.2f}%  ece {res['ece']:.4f}")
+    if args.ood:
+        record["ood_data"] = str(args.ood)
+        record["ood"] = evaluate_ood(adapter, args.data, args.ood)
+        for name, m in record["ood"].items():
+            print(f"  ood {name}: auroc {100 * m['auroc']:.2f}  fpr95 {100 * m['fpr95']:.2f}")
     if args.out:
         atomic_write(args.out, json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.out}")

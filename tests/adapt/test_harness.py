@@ -14,7 +14,7 @@ from clipforge.models import create_model
 
 # Short searches for the trained methods; the others take no such option.
 FAST = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}, "coop": {"max_epochs": 10},
-        "cocoop": {"max_steps": 10}}  # fmt: skip
+        "cocoop": {"max_steps": 10}, "clipn": {"max_epochs": 10}}  # fmt: skip
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_test_labels_never_influence_a_choice(model, novel_folders, tmp_path):
     for a, b in zip(names[1:], names[:-1], strict=True):
         (swapped / a).rename(swapped / b)
     tmp.rename(swapped / names[-1])
-    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f", "coop", "cocoop"]
+    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f", "coop", "cocoop", "clipn"]
     emb = make_embedder(model)
     r1 = bench(emb, image_folder(train), image_folder(test), methods, [4], [0, 1], FAST)
     r2 = bench(emb, image_folder(train), image_folder(swapped), methods, [4], [0, 1], FAST)

@@ -237,3 +237,57 @@ def test_cocoop_trains_context_and_meta_net_only(micro_args):
     bare = Adapter(a.method, a.tensors, a.params, a.info)
     with pytest.raises(ClipforgeError, match="load the adapter with its model"):
         bare.logits(x)
+
+
+def test_clipn_score_is_the_yes_probability_weighted_by_the_no_prompts_agreeing():
+    from clipforge.adapt.clipn import clipn_ood, clipn_score, no_probability, opposite_loss
+
+    # One image, two classes: yes logits s = (2, 0), no logits r = (0, 0).
+    s, r = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    sig2 = 1 / (1 + math.exp(-2))  # softmax(s)_0 = sigmoid(2); q_0 = sigmoid(-2) = 1 - sigmoid(2)
+    assert torch.allclose(no_probability(s, r), torch.tensor([[1 - sig2, 0.5]]), atol=TOL)
+    # sum_c p_c (1 - q_c) = sigmoid(2) * sigmoid(2) + (1 - sigmoid(2)) * 0.5
+    want = sig2 * sig2 + (1 - sig2) * 0.5
+    assert abs(float(clipn_score(s, r)[0]) - want) < TOL
+    # A no prompt that fires on the predicted class lowers the score: r_0 = 4 -> q_0 = sigmoid(2).
+    assert float(clipn_score(s, torch.tensor([[4.0, 0.0]]))[0]) < want - 0.3
+    # The loss: BCE of q_0 against 0 (own class) plus of q_1 against 1 (the other class).
+    loss = opposite_loss(s, r, torch.tensor([0]))
+    want_loss = -math.log(1 - (1 - sig2)) - math.log(0.5)
+    assert abs(float(loss) - want_loss) < TOL
+    # The mcm score next to it is the evaluator's: max softmax of cosines / tau.
+    t = {"text": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "no": torch.tensor([[0.0, 1.0]] * 2)}
+    got = clipn_ood(t, {"scale": 10.0, "tau": 1.0}, torch.tensor([[0.6, 0.8]]))
+    assert abs(float(got["mcm"][0]) - math.exp(0.8) / (math.exp(0.6) + math.exp(0.8))) < TOL
+
+
+def test_clipn_no_prompts_learn_to_refuse_the_other_classes(micro_args):
+    from clipforge.adapt import make_embedder
+    from clipforge.adapt.clipn import no_probability, opposite_loss
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args)
+    emb = make_embedder(model)
+    before = model_fingerprint(model)
+    names = ["red hexagon", "pink circle", "grey diamond"]
+    text = emb.classifier(names, ["a photo of a {}."])
+    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
+    y = torch.tensor([0, 1, 2] * 2)
+    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), text, 10.0, names, 0,
+              (), emb)  # fmt: skip
+    a = fit_shots("clipn", s, epochs=100, lr=0.05, class_specific=True)
+    untrained = fit_shots("clipn", s, epochs=0, class_specific=True)  # "a photo of no <c>."
+    assert model_fingerprint(model) == before == a.params["model_hash"]
+    assert a.tensors["ctx"].shape == (3, 4, model.cfg.text.width)
+    yes = 10.0 * x @ text.T
+    losses = [float(opposite_loss(yes, 10.0 * x @ b.tensors["no"].T, y)) for b in (untrained, a)]
+    assert losses[1] < 0.7 * losses[0]
+    q = no_probability(yes, 10.0 * x @ a.tensors["no"].T)
+    own = torch.nn.functional.one_hot(y, 3).bool()
+    # A random 1-layer tower cannot place every no prompt on the right side of all six
+    # random shots; on average it says yes to the own class and no to the others.
+    assert q[own].mean() < 0.5 < q[~own].mean()
+    assert torch.equal(a.logits(x), 10.0 * x @ text.T)  # classification stays zero-shot
+    assert set(a.ood_scores(x)) == {"mcm", "clipn"}
