@@ -7,7 +7,7 @@ registers itself in :data:`METHODS`; importing the package imports them all.
 """
 
 # Each method module registers itself on import.
-from clipforge.adapt import clipn, cocoop, coop, gda, linear_probe, tip, tip_f, zeroshot, zslp  # noqa: F401
+from clipforge.adapt import clipn, cocoop, coop, gda, linear_probe, tca, tip, tip_f, zeroshot, zslp  # noqa: F401
 from clipforge.adapt.base import METHODS, Adapter, Shots, load
 from clipforge.adapt.harness import (
     evaluate,

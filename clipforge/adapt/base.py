@@ -78,7 +78,10 @@ class Method:
 
     With ``needs_model``, scoring also runs the frozen model (CoCoOp's per-image prompts go
     through the text tower): ``logits`` is called as ``logits(tensors, params, x, model)``,
-    and the adapter must have been fitted or loaded with its model. ``ood(tensors, params,
+    and the adapter must have been fitted or loaded with its model. With ``needs_images``
+    the method encodes images itself (TCA condenses the vision tower's tokens): ``logits``
+    is called as ``logits(tensors, params, images, embedder)`` with an ``ImageSet`` or a
+    pixel batch, and features from the unmodified tower are refused. ``ood(tensors, params,
     x)``, where a method has one, gives named out-of-distribution scores of features
     (higher = in distribution); :func:`clipforge.adapt.harness.evaluate_ood` reports them.
     """
@@ -89,6 +92,7 @@ class Method:
     options: type | None = None
     paper: str = ""
     needs_model: bool = False
+    needs_images: bool = False
     ood: Callable[[Tensors, Params, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
@@ -179,10 +183,16 @@ class Adapter:
 
     def logits(self, x: Any) -> torch.Tensor:
         spec = METHODS.get(self.method)
-        if spec.needs_model and self.embedder is None:
+        if (spec.needs_model or spec.needs_images) and self.embedder is None:
             raise ClipforgeError(
                 f"{self.method} scores with the model's towers: load the adapter with its model"
             )
+        if spec.needs_images:
+            if isinstance(x, torch.Tensor) and x.dim() == 2:
+                raise ClipforgeError(
+                    f"{self.method} encodes images itself: pass images, not features"
+                )
+            return spec.logits(self.tensors, self.params, x, self.embedder)
         feats = self._features(x)
         if spec.needs_model:
             return spec.logits(self.tensors, self.params, feats, self.embedder.model)
@@ -193,7 +203,7 @@ class Adapter:
         distribution: the method's own, or else ``msp``, the maximum softmax probability
         of its logits."""
         spec = METHODS.get(self.method)
-        if spec.ood is None:
+        if spec.ood is None or spec.needs_images:
             return {"msp": self.logits(x).softmax(dim=1).max(dim=1).values}
         return spec.ood(self.tensors, self.params, self._features(x))
 

@@ -14,7 +14,7 @@ from clipforge.models import create_model
 
 # Short searches for the trained methods; the others take no such option.
 FAST = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}, "coop": {"max_epochs": 10},
-        "cocoop": {"max_steps": 10}, "clipn": {"max_epochs": 10}}  # fmt: skip
+        "cocoop": {"max_steps": 10}, "clipn": {"max_epochs": 10}, "tca": {"start": 0}}  # fmt: skip
 
 
 @pytest.fixture
