@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clipforge.errors import ClipforgeError
 
-SUBCOMMANDS = ("fit", "eval", "bench")
+SUBCOMMANDS = ("fit", "eval", "bench", "compose")
 
 
 def spell_subcommand(argv: list[str]) -> list[str]:
@@ -51,7 +51,10 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
         "  clipforge adapt eval MODEL --adapter A.safetensors --data TEST_FOLDER\n"
         "  clipforge adapt bench MODEL --data FOLDER --methods all --shots 1,16 --seeds 3 "
         "--out DIR\nMethod options: fit --options K=V,...; bench --options METHOD:K=V,... "
-        "(repeatable).\nMethods (--method):\n" + listing,
+        "(repeatable).\nMethods (--method):\n" + listing + "\nCompositional matching (not a "
+        "classifier): comclip, crops of the objects against the caption's parts, beside the "
+        "global score (ComCLIP; training-free):\n"
+        "  clipforge adapt compose MODEL [--data CHOICE_JSON --boxes BOXES.json]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.set_defaults(func=lambda args: a.print_help() or 0)
@@ -106,6 +109,74 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="output folder")
     _overwrite_flag(b)
     b.set_defaults(func=cmd_adapt_bench)
+    _compose_parser(sub, common)
+
+
+def _compose_parser(sub: argparse._SubParsersAction, common: Callable) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
+    c = sub.add_parser("adapt-compose", help="same as 'clipforge adapt compose'",
+                       description="ComCLIP's training-free compositional matching against "
+                       "plain CLIP on a caption-choice set (true caption vs hard negatives): "
+                       "accuracy overall and per perturbation. Default: the shapes world's "
+                       "compositional task, object boxes from the world.")  # fmt: skip
+    common(c)
+    c.add_argument("--data", help="SugarCrepe/ARO JSON file or folder of them (default: the "
+                   "shapes world)")  # fmt: skip
+    c.add_argument("--image-root", help="with --data: folder the JSON files' images are in")
+    c.add_argument("--boxes", help="with --data: JSON list, per image of the data (in its "
+                   "order), of [x0, y0, x1, y1] pixel boxes of the objects")  # fmt: skip
+    add_number(c, "--scenes", count, 1000, "shapes-world test scenes (without --data)")
+    c.add_argument("--options", default="", metavar="K=V,...",
+                   help="weight=1,pad=0.1 (see clipforge/adapt/comclip.py; ranges checked)")  # fmt: skip
+    c.add_argument("--out", help="JSON file for the accuracies (default: print only)")
+    _overwrite_flag(c)
+    c.set_defaults(func=cmd_adapt_compose)
+
+
+def cmd_adapt_compose(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.adapt import make_embedder
+    from clipforge.adapt.comclip import ComCLIPOptions, evaluate_choice, read_boxes, shapes_boxes
+    from clipforge.checkpoint import resolve
+    from clipforge.config import check_ranges, from_dict, parse_kv
+    from clipforge.eval.datasets import open_eval_data
+    from clipforge.outputs import atomic_write, check_file
+
+    torch.set_num_threads(args.threads)
+    source = resolve(Path(args.model), "model")
+    opts = from_dict(ComCLIPOptions, parse_kv(args.options, "--options"), "comclip options")
+    check_ranges(opts)
+    if (args.data is None) != (args.boxes is None):
+        raise ClipforgeError("--data and --boxes go together (without both: the shapes world)")
+    inputs = [source, *(Path(p) for p in (args.data, args.boxes, args.image_root) if p)]
+    if args.out:
+        check_file(args.out, overwrite=args.overwrite, inputs=inputs)
+    emb = make_embedder(args.model, args.cache)
+    if args.data is None:
+        from clipforge.eval.compositional import shapes_hardneg
+        from clipforge.eval.shapes_data import scenes
+
+        size = emb.model.cfg.vision.image_size
+        data = shapes_hardneg(size, n=args.scenes)
+        boxes = shapes_boxes(scenes(size, n=args.scenes)[0], args.scenes)
+    else:
+        kind, data = open_eval_data(args.data, image_root=args.image_root)
+        if kind != "choice":
+            raise ClipforgeError(f"--data {args.data}: a {kind} set, not caption choices")
+        boxes = read_boxes(args.boxes, len(data.images))
+    res = evaluate_choice(emb, data, boxes, opts)
+    for name, acc in res.items():
+        cells = "  ".join(f"{k.removesuffix('/accuracy')} {100 * v:.1f}" for k, v in acc.items())
+        print(f"{name:<8} {cells}")
+    if args.out:
+        record = {"model": str(args.model), "data": args.data or "shapes", "rows":
+                  len(data.options), "options": vars(opts), **res}  # fmt: skip
+        atomic_write(args.out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _counts(flag: str) -> Callable[[str], list[int]]:

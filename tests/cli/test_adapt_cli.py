@@ -118,3 +118,22 @@ def test_eval_reports_ood_scores_of_another_folder(micro_checkpoint, folders, tm
     from clipforge.adapt import evaluate_ood, load, make_embedder
 
     assert evaluate_ood(load(a, make_embedder(micro_checkpoint)), test, ood) == got
+
+
+def test_compose_compares_comclip_with_plain_clip(micro_checkpoint, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["adapt", "compose", str(micro_checkpoint), "--scenes", "12", "--options",
+                 "weight=0.5", "--out", str(out)]) == 0  # fmt: skip
+    got = json.loads(out.read_text())
+    assert got["options"] == {"weight": 0.5, "pad": 0.1}
+    from clipforge.adapt import make_embedder
+    from clipforge.adapt.comclip import ComCLIPOptions, evaluate_choice, shapes_boxes
+    from clipforge.eval.compositional import shapes_hardneg
+    from clipforge.eval.shapes_data import scenes
+
+    want = evaluate_choice(make_embedder(micro_checkpoint), shapes_hardneg(16, n=12),
+                           shapes_boxes(scenes(16, n=12)[0], 12), ComCLIPOptions(weight=0.5))  # fmt: skip
+    assert {"clip": got["clip"], "comclip": got["comclip"]} == want
+    assert "comclip" in capsys.readouterr().out
+    assert main(["adapt", "compose", str(micro_checkpoint), "--data", str(out)]) == 2
+    assert "--data and --boxes go together" in capsys.readouterr().err
