@@ -7,7 +7,19 @@ registers itself in :data:`METHODS`; importing the package imports them all.
 """
 
 # Each method module registers itself on import.
-from clipforge.adapt import clipn, cocoop, coop, gda, linear_probe, tca, tip, tip_f, zeroshot, zslp  # noqa: F401
+from clipforge.adapt import (  # noqa: F401
+    caps,
+    clipn,
+    cocoop,
+    coop,
+    gda,
+    linear_probe,
+    tca,
+    tip,
+    tip_f,
+    zeroshot,
+    zslp,
+)
 from clipforge.adapt.base import METHODS, Adapter, Shots, load
 from clipforge.adapt.harness import (
     evaluate,

@@ -51,6 +51,7 @@ class Shots:
     seed: int = 0
     templates: Sequence[Any] = ()
     embedder: Any = None  # for methods that encode text of their own (descriptions)
+    captions: list[str] | None = None  # each shot's caption, where the data has them
 
     @property
     def num_classes(self) -> int:

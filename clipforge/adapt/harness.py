@@ -65,9 +65,10 @@ def shots_of(prep: Prepared, shots: int, seed: int, embedder: Embedder | None = 
     idx = draw_shots(d.labels, shots, seed, d.classnames)
     y = d.labels[idx]
     train, val = carve_validation(y, seed)
+    captions = [d.captions[i] for i in idx.tolist()] if d.captions is not None else None
     return Shots(
         prep.x[idx], y, train, val, prep.text, prep.scale, list(d.classnames), seed,
-        d.templates, embedder,
+        d.templates, embedder, captions,
     )  # fmt: skip
 
 

@@ -291,3 +291,27 @@ def test_clipn_no_prompts_learn_to_refuse_the_other_classes(micro_args):
     assert q[own].mean() < 0.5 < q[~own].mean()
     assert torch.equal(a.logits(x), 10.0 * x @ text.T)  # classification stays zero-shot
     assert set(a.ood_scores(x)) == {"mcm", "clipn"}
+
+
+def test_caps_adds_a_centred_caption_cache_to_tip():
+    from clipforge.adapt.caps import caps_logits, caption_cache_logits
+    from clipforge.adapt.tip import tip_logits
+
+    x = torch.tensor([[1.0, 0.0]])
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # caption 0 (class 0) matches the query
+    values = torch.eye(2)
+    # Cosines (1, 0), mean 0.5: exp(-2 (0.5 - 1)) = e, exp(-2 (0.5 - 0)) = 1/e.
+    want = torch.tensor([[math.e, 1 / math.e]])
+    assert torch.allclose(caption_cache_logits(g, values, x, 2.0), want, atol=TOL)
+    t = {"text": torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "keys": torch.tensor([[0.6, 0.8]] * 2),
+         "values": values, "captions": g}  # fmt: skip
+    p = {"scale": 10.0, "alpha": 1.0, "beta": 5.5, "beta_t": 2.0}
+    tip = tip_logits(t, {**p, "gamma": 0.0}, x)
+    assert torch.equal(caps_logits(t, {**p, "gamma": 0.0}, x), tip)  # gamma 0 is Tip
+    assert torch.allclose(caps_logits(t, {**p, "gamma": 3.0}, x), tip + 3.0 * want, atol=1e-5)
+
+
+def test_caps_refuses_shots_without_captions():
+    s = _shots([[1.0, 0.0], [0.0, 1.0]], [0, 1], [[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ClipforgeError, match="caps needs a caption per training image"):
+        fit_shots("caps", s)
