@@ -13,6 +13,14 @@ initialised to "a photo of a" at ``ctx = 4``): step 0 is the zero-shot prompt, a
 validation search (steps among checkpoints of one run, as in coop) may keep it. With a
 meta-net of zeros the method *is* CoOp with the same context.
 
+With ``class_aware`` the meta-net reads ``sqrt(D) x * t_c`` (``t_c`` the zero-shot class
+embedding) and gives one bias per image and class: the class-aware text prompt (CTP) of
+TOMML ("Task-Oriented Multi-Modal Mutual Learning for Vision-Language Models"), so each class's
+prompt takes the image information related to its label instead of all prompts sharing
+one bias. TOMML's other half, text-guided feature tuning, re-weights the image tower's
+tokens by the text and so needs the tower run in every step, not the cached features
+this loop trains on; it is not here.
+
 Cost: the prompts differ per image, so scoring runs the text tower on ``N x C`` prompts
 for ``N`` images and ``C`` classes (CoOp runs it on ``C`` prompts once, at fit time). The
 adapter therefore holds the prompt token ids, the context and the meta-net, and scoring
@@ -46,6 +54,7 @@ class CoCoOpOptions:
     batch: int = option(16, "shots per step (CoCoOp: 1; each costs C text encodes)",
                         check=count)  # fmt: skip
     lr: float = option(2e-3, "Adam learning rate of the context and meta-net", check=positive)
+    class_aware: bool = option(False, "meta-net reads image x class text (TOMML's CTP)")
 
 
 def meta_bias(t: Tensors, x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +72,11 @@ def conditional_logits(
     out = []
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
-        # Every image's context, repeated for each class: [n, C, M, W] -> [n C, M, W].
-        prompts = (ctx + meta_bias(t, xb)[:, None, :])[:, None].expand(-1, c, m, w)
+        if "class_text" in t:  # TOMML's class-aware prompts: one bias per (image, class)
+            bias = meta_bias(t, xb[:, None, :] * t["class_text"][None] * xb.shape[1] ** 0.5)
+            prompts = ctx + bias[:, :, None, :]
+        else:  # every image's context, repeated for each class: [n, C, M, W]
+            prompts = (ctx + meta_bias(t, xb)[:, None, :])[:, None].expand(-1, c, m, w)
         feats = encode_prompts(text_tower, tokens.repeat(len(xb), 1), prompts.reshape(-1, m, w))
         out.append(scale * (feats.view(len(xb), c, -1) * xb[:, None, :]).sum(dim=-1))
     return torch.cat(out) if out else x.new_zeros(0, c)
@@ -75,15 +87,21 @@ def cocoop_logits(t: Tensors, p: Params, x: torch.Tensor, model) -> torch.Tensor
         return conditional_logits(model.text, t, p["scale"], x)
 
 
-def init_tensors(learner: PromptLearner, dim: int, reduction: int) -> Tensors:
-    """Context from CoOp's initialisation, meta-net with a zero output layer (see above)."""
+def init_tensors(
+    learner: PromptLearner, dim: int, reduction: int, class_text: torch.Tensor | None = None
+) -> Tensors:
+    """Context from CoOp's initialisation, meta-net with a zero output layer (see above);
+    with ``class_text`` (the zero-shot classifier), the class-aware variant."""
     width, hidden = learner.ctx.shape[-1], max(1, dim // reduction)
     g = torch.Generator().manual_seed(0)
     # nn.Linear's default: uniform within 1/sqrt(fan_in).
     w1 = (torch.rand(hidden, dim, generator=g) * 2 - 1) / dim**0.5
     b1 = (torch.rand(hidden, generator=g) * 2 - 1) / dim**0.5
-    return {"tokens": learner.tokens, "ctx": learner.ctx.detach().clone(), "meta.w1": w1,
-            "meta.b1": b1, "meta.w2": torch.zeros(width, hidden), "meta.b2": torch.zeros(width)}  # fmt: skip
+    t = {"tokens": learner.tokens, "ctx": learner.ctx.detach().clone(), "meta.w1": w1,
+         "meta.b1": b1, "meta.w2": torch.zeros(width, hidden), "meta.b2": torch.zeros(width)}  # fmt: skip
+    if class_text is not None:
+        t["class_text"] = class_text.clone()
+    return t
 
 
 def train(
@@ -92,7 +110,8 @@ def train(
 ) -> dict[int, Tensors]:  # fmt: skip
     """``steps`` Adam steps on mini-batches of ``batch`` shots drawn by ``seed``; copies of
     the trained tensors at each step count in ``every`` and at ``steps``."""
-    learned = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "tokens"}
+    fixed = {k: v for k, v in t.items() if k in ("tokens", "class_text")}
+    learned = {k: v.clone().requires_grad_(True) for k, v in t.items() if k not in fixed}
     opt = torch.optim.Adam(list(learned.values()), lr=lr)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=g)
@@ -100,15 +119,14 @@ def train(
     pos = 0
     for step in range(steps + 1):
         if step in every or step == steps:
-            snaps[step] = {k: v.detach().clone() for k, v in learned.items()}
-            snaps[step]["tokens"] = t["tokens"]
+            snaps[step] = {**fixed, **{k: v.detach().clone() for k, v in learned.items()}}
         if step == steps:
             break
         if pos + min(batch, len(y)) > len(y):  # a fresh pass over the shots
             order, pos = torch.randperm(len(y), generator=g), 0
         idx = order[pos : pos + batch]
         pos += len(idx)
-        logits = conditional_logits(text_tower, {"tokens": t["tokens"], **learned}, scale, x[idx])
+        logits = conditional_logits(text_tower, {**fixed, **learned}, scale, x[idx])
         loss = torch.nn.functional.cross_entropy(logits, y[idx])
         opt.zero_grad()
         loss.backward()
@@ -125,7 +143,8 @@ def fit(shots: Shots, o: CoCoOpOptions) -> tuple[Tensors, Params]:
     text_tower = emb.model.text
     with frozen_towers(emb.model) as hashes:
         learner = PromptLearner(emb.model, emb.tokenizer, shots.classnames, o.ctx, False)
-        start = init_tensors(learner, shots.x.shape[1], o.reduction)
+        start = init_tensors(learner, shots.x.shape[1], o.reduction,
+                             shots.text if o.class_aware else None)  # fmt: skip
         steps, table = o.steps, None
         if shots.has_val:
             xt, yt = shots.part("train")
@@ -141,7 +160,7 @@ def fit(shots: Shots, o: CoCoOpOptions) -> tuple[Tensors, Params]:
         tensors = train(text_tower, start, shots.scale, x, y, steps, o.batch, o.lr, shots.seed)
         tensors = tensors[steps]
     params = {"steps": steps, "lr": o.lr, "ctx": o.ctx, "batch": o.batch,
-              "reduction": o.reduction, "scale": shots.scale,
+              "reduction": o.reduction, "class_aware": o.class_aware, "scale": shots.scale,
               "towers_unchanged": hashes["unchanged"], "model_hash": hashes["before"]}  # fmt: skip
     return tensors, chosen(shots, params, table)
 

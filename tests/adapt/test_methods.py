@@ -205,6 +205,11 @@ def test_cocoop_with_a_zero_meta_net_is_coop_with_the_same_context(micro_args):
     w = model.cfg.text.width
     n = (w + int(model.cfg.text.mlp_ratio * w)) * model.cfg.text.layers + micro_args["embed_dim"]
     assert torch.allclose(got, want, atol=reorder_bound(n, 10.0), rtol=0)
+    # The class-aware variant (TOMML's CTP) with a zero meta-net is CoOp too.
+    aware = init_tensors(learner, micro_args["embed_dim"], 4, torch.eye(3, 32))
+    with torch.no_grad():
+        got_aware = conditional_logits(model.text, aware, 10.0, x, chunk=2)
+    assert torch.allclose(got_aware, want, atol=reorder_bound(n, 10.0), rtol=0)
     # A non-zero meta-net output changes each image's prompts, so its logits (not a
     # constant: the tower's first LayerNorm would remove a shift equal in every channel).
     t["meta.b2"] += torch.randn(model.cfg.text.width)
@@ -225,7 +230,10 @@ def test_cocoop_trains_context_and_meta_net_only(micro_args):
     y = torch.tensor([0, 1, 2] * 2)
     s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
               10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    aware = fit_shots("cocoop", s, steps=5, lr=0.05, batch=4, reduction=4, class_aware=True)
+    assert torch.equal(aware.tensors["class_text"], s.text) and aware.params["class_aware"]
     a = fit_shots("cocoop", s, steps=30, lr=0.05, batch=4, reduction=4)
+    assert "class_text" not in a.tensors
     assert model_fingerprint(model) == before == a.params["model_hash"]
     assert a.params["towers_unchanged"] is True
     assert all(p.requires_grad for p in model.parameters())  # restored after the fit
