@@ -182,6 +182,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "adapt-fit",
         "adapt-eval",
         "adapt-bench",
+        "adapt-compose",
         "wise",
         "stretch",
         "embed",

@@ -6,11 +6,32 @@
 registers itself in :data:`METHODS`; importing the package imports them all.
 """
 
-from clipforge.adapt import coop, gda, linear_probe, tip, tip_f, zeroshot, zslp  # noqa: F401
+# Each method module registers itself on import.
+from clipforge.adapt import (  # noqa: F401
+    caps,
+    clipn,
+    cocoop,
+    coop,
+    gda,
+    linear_probe,
+    tca,
+    tip,
+    tip_f,
+    zeroshot,
+    zslp,
+)
 from clipforge.adapt.base import METHODS, Adapter, Shots, load
-from clipforge.adapt.harness import evaluate, fit, fit_shots, make_embedder, prepare, shots_of
+from clipforge.adapt.harness import (
+    evaluate,
+    evaluate_ood,
+    fit,
+    fit_shots,
+    make_embedder,
+    prepare,
+    shots_of,
+)
 
 __all__ = [
-    "METHODS", "Adapter", "Shots", "evaluate", "fit", "fit_shots", "load", "make_embedder",
-    "prepare", "shots_of",
+    "METHODS", "Adapter", "Shots", "evaluate", "evaluate_ood", "fit", "fit_shots", "load",
+    "make_embedder", "prepare", "shots_of",
 ]  # fmt: skip

@@ -4,7 +4,8 @@
 A method is a pair of pure functions registered under its name: ``fit(shots, options)``
 returns the adapter's tensors and its chosen hyper-parameters; ``logits(tensors, params,
 x)`` scores normalised image features. Because inference is a function of saved tensors
-and JSON numbers only, every adapter saves and loads the same way (safetensors + a JSON
+and JSON numbers only (plus the frozen model, for the methods that declare
+``needs_model``), every adapter saves and loads the same way (safetensors + a JSON
 sidecar) and ``clipforge adapt eval`` needs no method-specific code.
 
 Model selection never sees test data: :func:`fit` is given the training images only.
@@ -50,6 +51,7 @@ class Shots:
     seed: int = 0
     templates: Sequence[Any] = ()
     embedder: Any = None  # for methods that encode text of their own (descriptions)
+    captions: list[str] | None = None  # each shot's caption, where the data has them
 
     @property
     def num_classes(self) -> int:
@@ -73,13 +75,26 @@ Params = dict[str, Any]
 
 @dataclass(frozen=True)
 class Method:
-    """A registered adaptation method (see the module docstring)."""
+    """A registered adaptation method (see the module docstring).
+
+    With ``needs_model``, scoring also runs the frozen model (CoCoOp's per-image prompts go
+    through the text tower): ``logits`` is called as ``logits(tensors, params, x, model)``,
+    and the adapter must have been fitted or loaded with its model. With ``needs_images``
+    the method encodes images itself (TCA condenses the vision tower's tokens): ``logits``
+    is called as ``logits(tensors, params, images, embedder)`` with an ``ImageSet`` or a
+    pixel batch, and features from the unmodified tower are refused. ``ood(tensors, params,
+    x)``, where a method has one, gives named out-of-distribution scores of features
+    (higher = in distribution); :func:`clipforge.adapt.harness.evaluate_ood` reports them.
+    """
 
     summary: str
     fit: Callable[[Shots, Any], tuple[Tensors, Params]]
-    logits: Callable[[Tensors, Params, torch.Tensor], torch.Tensor]
+    logits: Callable[..., torch.Tensor]
     options: type | None = None
     paper: str = ""
+    needs_model: bool = False
+    needs_images: bool = False
+    ood: Callable[[Tensors, Params, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 METHODS: Registry[Method] = Registry("adaptation method")
@@ -168,8 +183,30 @@ class Adapter:
     embedder: Any = None
 
     def logits(self, x: Any) -> torch.Tensor:
+        spec = METHODS.get(self.method)
+        if (spec.needs_model or spec.needs_images) and self.embedder is None:
+            raise ClipforgeError(
+                f"{self.method} scores with the model's towers: load the adapter with its model"
+            )
+        if spec.needs_images:
+            if isinstance(x, torch.Tensor) and x.dim() == 2:
+                raise ClipforgeError(
+                    f"{self.method} encodes images itself: pass images, not features"
+                )
+            return spec.logits(self.tensors, self.params, x, self.embedder)
         feats = self._features(x)
-        return METHODS.get(self.method).logits(self.tensors, self.params, feats)
+        if spec.needs_model:
+            return spec.logits(self.tensors, self.params, feats, self.embedder.model)
+        return spec.logits(self.tensors, self.params, feats)
+
+    def ood_scores(self, x: Any) -> dict[str, torch.Tensor]:
+        """Named OOD scores of ``x`` (as :meth:`logits` takes it), higher = in
+        distribution: the method's own, or else ``msp``, the maximum softmax probability
+        of its logits."""
+        spec = METHODS.get(self.method)
+        if spec.ood is None or spec.needs_images:
+            return {"msp": self.logits(x).softmax(dim=1).max(dim=1).values}
+        return spec.ood(self.tensors, self.params, self._features(x))
 
     def _features(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.dim() == 2:

@@ -65,7 +65,9 @@ def bench(
                 a = fit_shots(m, shots_of(prep, k, seed, embedder), **options.get(m, {}))
                 if not per_seed:
                     check_classes(a, test)
-                s = scores(a.logits(xtest), test.labels)
+                # A method that encodes images itself is given the images, not features.
+                spec = METHODS.get(m)
+                s = scores(a.logits(test.images if spec.needs_images else xtest), test.labels)
                 params = {n: v for n, v in a.params.items() if n != "scale"}
                 per_seed.append({"seed": seed, **s, "fit_seconds": a.info["fit_seconds"],
                                  "params": params})  # fmt: skip

@@ -12,14 +12,15 @@ steps is chosen on the validation shots among checkpoints of one run, then the c
 is retrained on all shots. The adapter stores the resulting class embeddings, so scoring
 needs no text tower; the context vectors are saved beside them.
 
-CoCoOp, the image-conditioned variant, is not here: its prompts depend on each test image,
-so scoring would run the text tower per image and the adapter would not be a function of
-saved tensors.
+CoCoOp, the image-conditioned variant, is :mod:`clipforge.adapt.cocoop`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -45,7 +46,10 @@ class CoOpOptions:
 class PromptLearner:
     """The prompts of every class with ``M`` context slots, and the frozen text tower."""
 
-    def __init__(self, model, tokenizer, classnames: list[str], m: int, per_class: bool) -> None:
+    def __init__(
+        self, model, tokenizer, classnames: list[str], m: int, per_class: bool,
+        init_words: str = INIT_WORDS,
+    ) -> None:  # fmt: skip
         self.model, self.text = model, model.text
         placeholder = " ".join(["x"] * m)
         self.tokens = tokenizer([f"{placeholder} {c}." for c in classnames])
@@ -55,7 +59,7 @@ class PromptLearner:
                 f"--ctx {m}: the prompts do not fit the text context ({self.tokens.shape[1]})"
             )
         with torch.no_grad():
-            words = tokenizer([INIT_WORDS])[0, 1 : 1 + len(INIT_WORDS.split())]
+            words = tokenizer([init_words])[0, 1 : 1 + len(init_words.split())]
             if m == len(words):
                 init = self.text.token_embed(words).clone()
             else:
@@ -67,22 +71,24 @@ class PromptLearner:
 
     def class_embeddings(self) -> torch.Tensor:
         """``[C, D]`` normalised text features of the prompts with the current context."""
-        text, tok = self.text, self.tokens
-        cfg = text.cfg
-        pos = (
-            tok.argmax(dim=-1)
-            if cfg.pool == "argmax"
-            else torch.full((len(tok),), tok.shape[1] - 1)
-        )
-        if cfg.pool == "argmax" and cfg.causal:
-            tok = tok[:, : int(pos.max()) + 1]  # as the tower does: the tail cannot matter
-        emb = text.token_embed(tok)
-        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(len(tok), -1, -1)
-        x = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1 + self.m :]], dim=1)
-        x = x + text.pos_embed[: x.shape[1]].to(x.dtype)
-        x = text.transformer(x, causal=cfg.causal)
-        x = text.proj(text.norm_final(x[torch.arange(len(tok)), pos]))
-        return torch.nn.functional.normalize(x.float(), dim=-1)
+        ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(len(self.tokens), -1, -1)
+        return encode_prompts(self.text, self.tokens, ctx)
+
+
+def encode_prompts(text, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """``[P, D]`` normalised text features of ``P`` prompts whose token ids ``tokens [P, L]``
+    hold ``M`` placeholders after the start token, replaced by ``ctx [P, M, width]`` at the
+    input of the text tower ``text``; the rest runs as the tower's own forward does."""
+    cfg, tok, m = text.cfg, tokens, ctx.shape[1]
+    pos = tok.argmax(dim=-1) if cfg.pool == "argmax" else torch.full((len(tok),), tok.shape[1] - 1)
+    if cfg.pool == "argmax" and cfg.causal:
+        tok = tok[:, : int(pos.max()) + 1]  # as the tower does: the tail cannot matter
+    emb = text.token_embed(tok)
+    x = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1 + m :]], dim=1)
+    x = x + text.pos_embed[: x.shape[1]].to(x.dtype)
+    x = text.transformer(x, causal=cfg.causal)
+    x = text.proj(text.norm_final(x[torch.arange(len(tok)), pos]))
+    return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
 def train_context(
@@ -106,6 +112,25 @@ def train_context(
     return snaps
 
 
+@contextmanager
+def frozen_towers(model) -> Iterator[dict[str, Any]]:
+    """Turn off every tower weight's gradient for the block, then restore the flags and
+    check by hashing that no weight changed; yields ``{"before", "unchanged"}`` (set on
+    exit). A changed weight is a bug, never a user error, so it raises RuntimeError."""
+    record: dict[str, Any] = {"before": model_fingerprint(model)}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)  # only what the method learns is trained
+    try:
+        yield record
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    record["unchanged"] = model_fingerprint(model) == record["before"]
+    if not record["unchanged"]:
+        raise RuntimeError("prompt learning changed the model's weights")
+
+
 def coop_logits(t: Tensors, p: Params, x: torch.Tensor) -> torch.Tensor:
     return p["scale"] * x @ t["text"].T
 
@@ -116,15 +141,11 @@ def fit(shots: Shots, o: CoOpOptions) -> tuple[Tensors, Params]:
         raise ClipforgeError(
             "coop needs the model's text tower (fit it through clipforge.adapt.fit)"
         )
-    model = emb.model
-    before = model_fingerprint(model)
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)  # only the context is trained
-    try:
+    with frozen_towers(emb.model) as hashes:
 
         def learner() -> PromptLearner:
-            return PromptLearner(model, emb.tokenizer, shots.classnames, o.ctx, o.class_specific)
+            return PromptLearner(emb.model, emb.tokenizer, shots.classnames, o.ctx,
+                                 o.class_specific)  # fmt: skip
 
         steps, table = o.epochs, None
         if shots.has_val:
@@ -137,12 +158,7 @@ def fit(shots: Shots, o: CoOpOptions) -> tuple[Tensors, Params]:
         final = learner()
         x, y = shots.part("all")
         text = train_context(final, shots.scale, x, y, steps, o.lr)[steps]
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
-    unchanged = model_fingerprint(model) == before
-    if not unchanged:  # a bug, never a user error: the towers must stay frozen
-        raise RuntimeError("coop changed the model's weights")
+    before, unchanged = hashes["before"], hashes["unchanged"]
     params = {"epochs": steps, "lr": o.lr, "ctx": o.ctx, "class_specific": o.class_specific,
               "scale": shots.scale, "towers_unchanged": unchanged, "model_hash": before}  # fmt: skip
     return {"text": text, "ctx": final.ctx.detach().clone()}, chosen(shots, params, table)

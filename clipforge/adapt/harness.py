@@ -20,7 +20,7 @@ from clipforge.adapt.base import METHODS, Adapter, Shots, carve_validation, draw
 from clipforge.config import check_ranges, from_dict
 from clipforge.errors import ClipforgeError
 from clipforge.eval.calibration import expected_calibration_error
-from clipforge.eval.datasets import ClassificationData, image_folder
+from clipforge.eval.datasets import ClassificationData, ImageSet, image_folder
 from clipforge.eval.embed import Embedder
 
 
@@ -65,9 +65,10 @@ def shots_of(prep: Prepared, shots: int, seed: int, embedder: Embedder | None = 
     idx = draw_shots(d.labels, shots, seed, d.classnames)
     y = d.labels[idx]
     train, val = carve_validation(y, seed)
+    captions = [d.captions[i] for i in idx.tolist()] if d.captions is not None else None
     return Shots(
         prep.x[idx], y, train, val, prep.text, prep.scale, list(d.classnames), seed,
-        d.templates, embedder,
+        d.templates, embedder, captions,
     )  # fmt: skip
 
 
@@ -147,3 +148,23 @@ def evaluate(adapter: Adapter, data: ClassificationData | str | os.PathLike[str]
     data = as_data(data)
     check_classes(adapter, data)
     return scores(adapter.logits(data.images), data.labels)
+
+
+def evaluate_ood(
+    adapter: Adapter,
+    data: ClassificationData | str | os.PathLike[str],
+    ood: ImageSet | ClassificationData | str | os.PathLike[str],
+) -> dict[str, dict[str, float]]:
+    """AUROC and FPR@95 (:mod:`clipforge.eval.ood`: ID is the positive class) of each of
+    ``adapter``'s OOD scores, ``data`` holding in-distribution images of its classes and
+    ``ood`` (images, or an image folder whose labels are not read) images of none of them."""
+    from clipforge.eval.ood import auroc, fpr_at_tpr
+
+    data = as_data(data)
+    ood_images = ood if isinstance(ood, ImageSet) else as_data(ood).images
+    check_classes(adapter, data)
+    id_scores, ood_scores = adapter.ood_scores(data.images), adapter.ood_scores(ood_images)
+    return {
+        name: {"auroc": auroc(s, ood_scores[name]), "fpr95": fpr_at_tpr(s, ood_scores[name])}
+        for name, s in id_scores.items()
+    }

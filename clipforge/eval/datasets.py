@@ -53,6 +53,9 @@ class ClassificationData:
     labels: torch.Tensor  # [N] int64
     classnames: list[str]
     templates: Sequence[Template]
+    # One caption per image where the data has them (an image folder's captions.jsonl or
+    # .txt sidecars); None otherwise.
+    captions: list[str] | None = None
 
 
 @dataclass
@@ -146,7 +149,9 @@ def image_folder(path: str | os.PathLike[str]) -> ClassificationData:
     Optional files next to the class folders: ``classnames.txt`` (one readable name per
     line, in sorted folder order; default: the folder name with ``_`` as space) and
     ``templates.txt`` (one prompt per line with ``{}`` or ``{c}`` for the class name;
-    default: ``"a photo of a {}."``).
+    default: ``"a photo of a {}."``). Captions, where every image has one: a
+    ``captions.jsonl`` of ``{"image": "<class>/<file>", "caption": ...}`` lines, or a
+    ``<file>.txt`` sidecar beside each image (first line).
     """
     root = Path(path)
     if not root.is_dir():
@@ -184,7 +189,37 @@ def image_folder(path: str | os.PathLike[str]) -> ClassificationData:
         torch.tensor(labels),
         names,
         templates,
+        _folder_captions(root, paths),
     )
+
+
+def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
+    """Every image's caption from ``root/captions.jsonl`` or ``.txt`` sidecars, or None
+    when some image has none (a partial caption set is refused, not silently padded)."""
+    manifest = root / "captions.jsonl"
+    if manifest.exists():
+        found: dict[str, str] = {}
+        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                found[str(Path(row["image"]))] = str(row["caption"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ClipforgeError(
+                    f'{manifest}:{n}: expected {{"image": ..., "caption": ...}}'
+                ) from None
+        missing = [p for p in paths if str(p.relative_to(root)) not in found]
+        if missing:
+            raise ClipforgeError(
+                f"{manifest}: no caption for {missing[0].relative_to(root)} "
+                f"({len(missing)} of {len(paths)} images have none)"
+            )
+        return [found[str(p.relative_to(root))] for p in paths]
+    sidecars = [p.with_name(p.name + ".txt") for p in paths]
+    if paths and all(s.exists() for s in sidecars):
+        return [(s.read_text(encoding="utf-8").splitlines() or [""])[0].strip() for s in sidecars]
+    return None
 
 
 # -- retrieval -------------------------------------------------------------------------------

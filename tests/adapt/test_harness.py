@@ -12,6 +12,10 @@ from clipforge.adapt.bench import bench, report
 from clipforge.eval.datasets import image_folder
 from clipforge.models import create_model
 
+# Short searches for the trained methods; the others take no such option.
+FAST = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}, "coop": {"max_epochs": 10},
+        "cocoop": {"max_steps": 10}, "clipn": {"max_epochs": 10}, "tca": {"start": 0}}  # fmt: skip
+
 
 @pytest.fixture
 def model(micro_args):
@@ -34,9 +38,7 @@ def test_save_and_load_give_the_same_logits(model, novel_folders, tmp_path):
     train, test = novel_folders
     emb = make_embedder(model)
     for m in METHODS.names():
-        a = fit(
-            m, None, train, shots=4, embedder=emb, **({"max_epochs": 10} if m == "coop" else {})
-        )
+        a = fit(m, None, train, shots=4, embedder=emb, **FAST.get(m, {}))
         path, side = a.save(tmp_path / f"{m}.safetensors")
         assert side.name == f"{m}.safetensors.json"
         b = load(path, emb)
@@ -65,18 +67,17 @@ def test_test_labels_never_influence_a_choice(model, novel_folders, tmp_path):
     train, test = novel_folders
     swapped = tmp_path / "swapped"
     shutil.copytree(test, swapped)
-    names = sorted(p.name for p in swapped.iterdir())
+    names = sorted(p.name for p in swapped.iterdir() if p.is_dir())
     # Rotate the images of the class folders: red_hexagon's images become pink_circle's, ...
     tmp = swapped / "_tmp"
     (swapped / names[0]).rename(tmp)
     for a, b in zip(names[1:], names[:-1], strict=True):
         (swapped / a).rename(swapped / b)
     tmp.rename(swapped / names[-1])
-    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f", "coop"]
+    methods = ["linear_probe", "zslp", "gda", "tip", "tip_f", "coop", "cocoop", "clipn", "caps"]
     emb = make_embedder(model)
-    fast = {"zslp": {"max_epochs": 25}, "tip_f": {"max_epochs": 3}, "coop": {"max_epochs": 10}}
-    r1 = bench(emb, image_folder(train), image_folder(test), methods, [4], [0, 1], fast)
-    r2 = bench(emb, image_folder(train), image_folder(swapped), methods, [4], [0, 1], fast)
+    r1 = bench(emb, image_folder(train), image_folder(test), methods, [4], [0, 1], FAST)
+    r2 = bench(emb, image_folder(train), image_folder(swapped), methods, [4], [0, 1], FAST)
     for m in methods:
         p1 = [s["params"] for s in r1["methods"][m]["4"]["seeds"]]
         p2 = [s["params"] for s in r2["methods"][m]["4"]["seeds"]]
@@ -112,3 +113,17 @@ def test_zeroshot_descriptions_average_the_described_prompts(model, novel_folder
     desc.write_text(json.dumps({"blue moon": ["craters"]}))
     with pytest.raises(ClipforgeError, match="unknown class"):
         fit("zeroshot", None, train, shots=2, embedder=emb, descriptions=str(desc))
+
+
+def test_caps_reads_the_folders_captions_and_chooses_on_validation(model, novel_folders):
+    train, test = novel_folders
+    data = image_folder(train)
+    assert data.captions is not None and len(data.captions) == len(data.labels)
+    emb = make_embedder(model)
+    a = fit("caps", None, train, shots=4, embedder=emb)
+    assert a.tensors["captions"].shape == a.tensors["keys"].shape
+    assert "validation" in a.params["selection"]
+    # The caption features are the embedder's text features of the shots' captions.
+    shot_caps = emb.texts(sorted(set(data.captions)))
+    assert all(any(torch.allclose(c, s) for s in shot_caps) for c in a.tensors["captions"])
+    assert 0 <= evaluate(a, test)["top1"] <= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from clipforge.adapt import METHODS, Shots, fit_shots
@@ -11,6 +12,8 @@ from clipforge.adapt.base import carve_validation, draw_shots, select
 from clipforge.adapt.gda import gda_classifier
 from clipforge.adapt.tip import cache_logits
 from clipforge.adapt.zeroshot import described_prompts
+from clipforge.errors import ClipforgeError
+from tests.tolerance import reorder_bound
 
 # Sums of a handful of float32 products of unit-size numbers: rounding stays below
 # 1e-6 relative (a few ulps of 2^-24 each), so 1e-5 leaves an order of magnitude.
@@ -172,3 +175,151 @@ def test_coop_trains_the_context_only_and_leaves_the_towers_untouched(micro_args
 
 def accuracy_of(a, x, y) -> float:
     return float((a.logits(x).argmax(dim=1) == y).float().mean())
+
+
+def test_cocoop_with_a_zero_meta_net_is_coop_with_the_same_context(micro_args):
+    """pi(x) = 0 for every image: each image's prompts are CoOp's, so the logits are
+    scale * x T(v)^T with CoOp's class embeddings of the same context."""
+    from clipforge.adapt.cocoop import conditional_logits, init_tensors, meta_bias
+    from clipforge.adapt.coop import PromptLearner, coop_logits
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args).eval()
+    tok = get_tokenizer(model.cfg.text.context_length)
+    names = ["red hexagon", "pink circle", "grey diamond"]
+    learner = PromptLearner(model, tok, names, 4, per_class=False)
+    with torch.no_grad():
+        learner.ctx.add_(0.1 * torch.randn_like(learner.ctx))  # not the initial words
+        t = init_tensors(learner, micro_args["embed_dim"], 4)
+        t["meta.w1"].zero_(), t["meta.b1"].zero_()
+        x = torch.nn.functional.normalize(torch.randn(5, micro_args["embed_dim"]), dim=-1)
+        assert torch.equal(meta_bias(t, x), torch.zeros(5, model.cfg.text.width))
+        got = conditional_logits(model.text, t, 10.0, x, chunk=2)  # chunks of 2, 2, 1
+        want = coop_logits({"text": learner.class_embeddings()}, {"scale": 10.0}, x)
+    # The prompts are the same numbers; the tower runs them in batches of 6 and 3 rows
+    # instead of 3, which may sum in another order: each embedding entry is a chain of
+    # about (width + mlp) * layers products of unit-size terms, and the logit a further
+    # embed_dim-term dot product scaled by 10, so reorder_bound of those counts.
+    w = model.cfg.text.width
+    n = (w + int(model.cfg.text.mlp_ratio * w)) * model.cfg.text.layers + micro_args["embed_dim"]
+    assert torch.allclose(got, want, atol=reorder_bound(n, 10.0), rtol=0)
+    # The class-aware variant (TOMML's CTP) with a zero meta-net is CoOp too.
+    aware = init_tensors(learner, micro_args["embed_dim"], 4, torch.eye(3, 32))
+    with torch.no_grad():
+        got_aware = conditional_logits(model.text, aware, 10.0, x, chunk=2)
+    assert torch.allclose(got_aware, want, atol=reorder_bound(n, 10.0), rtol=0)
+    # A non-zero meta-net output changes each image's prompts, so its logits (not a
+    # constant: the tower's first LayerNorm would remove a shift equal in every channel).
+    t["meta.b2"] += torch.randn(model.cfg.text.width)
+    with torch.no_grad():
+        assert not torch.allclose(conditional_logits(model.text, t, 10.0, x), want, atol=1e-3)
+
+
+def test_cocoop_trains_context_and_meta_net_only(micro_args):
+    from clipforge.adapt import make_embedder
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args)
+    emb = make_embedder(model)
+    before = model_fingerprint(model)
+    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
+    y = torch.tensor([0, 1, 2] * 2)
+    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
+              10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    aware = fit_shots("cocoop", s, steps=5, lr=0.05, batch=4, reduction=4, class_aware=True)
+    assert torch.equal(aware.tensors["class_text"], s.text) and aware.params["class_aware"]
+    a = fit_shots("cocoop", s, steps=30, lr=0.05, batch=4, reduction=4)
+    assert "class_text" not in a.tensors
+    assert model_fingerprint(model) == before == a.params["model_hash"]
+    assert a.params["towers_unchanged"] is True
+    assert all(p.requires_grad for p in model.parameters())  # restored after the fit
+    assert a.tensors["meta.w2"].abs().sum() > 0  # the zero output layer was trained
+    assert accuracy_of(a, x, y) > 1 / 3
+    # Without its model the adapter refuses to score, even given features.
+    from clipforge.adapt import Adapter
+
+    bare = Adapter(a.method, a.tensors, a.params, a.info)
+    with pytest.raises(ClipforgeError, match="load the adapter with its model"):
+        bare.logits(x)
+
+
+def test_clipn_score_is_the_yes_probability_weighted_by_the_no_prompts_agreeing():
+    from clipforge.adapt.clipn import clipn_ood, clipn_score, no_probability, opposite_loss
+
+    # One image, two classes: yes logits s = (2, 0), no logits r = (0, 0).
+    s, r = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    sig2 = 1 / (1 + math.exp(-2))  # softmax(s)_0 = sigmoid(2); q_0 = sigmoid(-2) = 1 - sigmoid(2)
+    assert torch.allclose(no_probability(s, r), torch.tensor([[1 - sig2, 0.5]]), atol=TOL)
+    # sum_c p_c (1 - q_c) = sigmoid(2) * sigmoid(2) + (1 - sigmoid(2)) * 0.5
+    want = sig2 * sig2 + (1 - sig2) * 0.5
+    assert abs(float(clipn_score(s, r)[0]) - want) < TOL
+    # A no prompt that fires on the predicted class lowers the score: r_0 = 4 -> q_0 = sigmoid(2).
+    assert float(clipn_score(s, torch.tensor([[4.0, 0.0]]))[0]) < want - 0.3
+    # The loss: BCE of q_0 against 0 (own class) plus of q_1 against 1 (the other class).
+    loss = opposite_loss(s, r, torch.tensor([0]))
+    want_loss = -math.log(1 - (1 - sig2)) - math.log(0.5)
+    assert abs(float(loss) - want_loss) < TOL
+    # The mcm score next to it is the evaluator's: max softmax of cosines / tau.
+    t = {"text": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "no": torch.tensor([[0.0, 1.0]] * 2)}
+    got = clipn_ood(t, {"scale": 10.0, "tau": 1.0}, torch.tensor([[0.6, 0.8]]))
+    assert abs(float(got["mcm"][0]) - math.exp(0.8) / (math.exp(0.6) + math.exp(0.8))) < TOL
+
+
+def test_clipn_no_prompts_learn_to_refuse_the_other_classes(micro_args):
+    from clipforge.adapt import make_embedder
+    from clipforge.adapt.clipn import no_probability, opposite_loss
+    from clipforge.eval.embed import model_fingerprint
+    from clipforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", micro_args)
+    emb = make_embedder(model)
+    before = model_fingerprint(model)
+    names = ["red hexagon", "pink circle", "grey diamond"]
+    text = emb.classifier(names, ["a photo of a {}."])
+    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
+    y = torch.tensor([0, 1, 2] * 2)
+    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), text, 10.0, names, 0,
+              (), emb)  # fmt: skip
+    a = fit_shots("clipn", s, epochs=100, lr=0.05, class_specific=True)
+    untrained = fit_shots("clipn", s, epochs=0, class_specific=True)  # "a photo of no <c>."
+    assert model_fingerprint(model) == before == a.params["model_hash"]
+    assert a.tensors["ctx"].shape == (3, 4, model.cfg.text.width)
+    yes = 10.0 * x @ text.T
+    losses = [float(opposite_loss(yes, 10.0 * x @ b.tensors["no"].T, y)) for b in (untrained, a)]
+    assert losses[1] < 0.7 * losses[0]
+    q = no_probability(yes, 10.0 * x @ a.tensors["no"].T)
+    own = torch.nn.functional.one_hot(y, 3).bool()
+    # A random 1-layer tower cannot place every no prompt on the right side of all six
+    # random shots; on average it says yes to the own class and no to the others.
+    assert q[own].mean() < 0.5 < q[~own].mean()
+    assert torch.equal(a.logits(x), 10.0 * x @ text.T)  # classification stays zero-shot
+    assert set(a.ood_scores(x)) == {"mcm", "clipn"}
+
+
+def test_caps_adds_a_centred_caption_cache_to_tip():
+    from clipforge.adapt.caps import caps_logits, caption_cache_logits
+    from clipforge.adapt.tip import tip_logits
+
+    x = torch.tensor([[1.0, 0.0]])
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # caption 0 (class 0) matches the query
+    values = torch.eye(2)
+    # Cosines (1, 0), mean 0.5: exp(-2 (0.5 - 1)) = e, exp(-2 (0.5 - 0)) = 1/e.
+    want = torch.tensor([[math.e, 1 / math.e]])
+    assert torch.allclose(caption_cache_logits(g, values, x, 2.0), want, atol=TOL)
+    t = {"text": torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "keys": torch.tensor([[0.6, 0.8]] * 2),
+         "values": values, "captions": g}  # fmt: skip
+    p = {"scale": 10.0, "alpha": 1.0, "beta": 5.5, "beta_t": 2.0}
+    tip = tip_logits(t, {**p, "gamma": 0.0}, x)
+    assert torch.equal(caps_logits(t, {**p, "gamma": 0.0}, x), tip)  # gamma 0 is Tip
+    assert torch.allclose(caps_logits(t, {**p, "gamma": 3.0}, x), tip + 3.0 * want, atol=1e-5)
+
+
+def test_caps_refuses_shots_without_captions():
+    s = _shots([[1.0, 0.0], [0.0, 1.0]], [0, 1], [[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ClipforgeError, match="caps needs a caption per training image"):
+        fit_shots("caps", s)

@@ -13,7 +13,8 @@ from clipforge.cli.main import main
 
 CLASSES = [("hexagon", "red"), ("circle", "pink"), ("diamond", "grey")]
 # Quick settings for the trained methods; the others take none.
-FAST = {"zslp": "max_epochs=25", "tip_f": "max_epochs=3", "coop": "max_epochs=10"}
+FAST = {"zslp": "max_epochs=25", "tip_f": "max_epochs=3", "coop": "max_epochs=10",
+        "cocoop": "max_steps=10", "clipn": "max_epochs=10", "tca": "start=0"}  # fmt: skip
 
 
 @pytest.fixture
@@ -96,3 +97,43 @@ def test_fit_refusals_are_one_line(extra, needle, micro_checkpoint, folders, tmp
     err = capsys.readouterr().err.strip()
     assert needle in err
     assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_eval_reports_ood_scores_of_another_folder(micro_checkpoint, folders, tmp_path, capsys):
+    train, test = folders
+    _, ood = write_novel_classes(tmp_path / "other", 16, 1, 4,
+                                 classes=[("square", "brown"), ("triangle", "pink")])  # fmt: skip
+    a = tmp_path / "n.safetensors"
+    assert main(["adapt", "fit", str(micro_checkpoint), "--data", str(train), "--method", "clipn",
+                 "--shots", "4", "--options", "max_epochs=10", "--out", str(a)]) == 0  # fmt: skip
+    res = tmp_path / "r.json"
+    assert main(["adapt", "eval", str(micro_checkpoint), "--adapter", str(a), "--data", str(test),
+                 "--ood", str(ood), "--out", str(res)]) == 0  # fmt: skip
+    got = json.loads(res.read_text())["ood"]
+    assert set(got) == {"mcm", "clipn"}
+    for m in got.values():
+        assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr95"] <= 1
+    assert "ood clipn: auroc" in capsys.readouterr().out
+    # The same numbers from the library.
+    from clipforge.adapt import evaluate_ood, load, make_embedder
+
+    assert evaluate_ood(load(a, make_embedder(micro_checkpoint)), test, ood) == got
+
+
+def test_compose_compares_comclip_with_plain_clip(micro_checkpoint, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["adapt", "compose", str(micro_checkpoint), "--scenes", "12", "--options",
+                 "weight=0.5", "--out", str(out)]) == 0  # fmt: skip
+    got = json.loads(out.read_text())
+    assert got["options"] == {"weight": 0.5, "pad": 0.1}
+    from clipforge.adapt import make_embedder
+    from clipforge.adapt.comclip import ComCLIPOptions, evaluate_choice, shapes_boxes
+    from clipforge.eval.compositional import shapes_hardneg
+    from clipforge.eval.shapes_data import scenes
+
+    want = evaluate_choice(make_embedder(micro_checkpoint), shapes_hardneg(16, n=12),
+                           shapes_boxes(scenes(16, n=12)[0], 12), ComCLIPOptions(weight=0.5))  # fmt: skip
+    assert {"clip": got["clip"], "comclip": got["comclip"]} == want
+    assert "comclip" in capsys.readouterr().out
+    assert main(["adapt", "compose", str(micro_checkpoint), "--data", str(out)]) == 2
+    assert "--data and --boxes go together" in capsys.readouterr().err

@@ -74,3 +74,23 @@ def test_unknown_and_missing(tmp_path):
 def test_labels_are_int64(tmp_path):
     _png(tmp_path / "s" / "c" / "0.png")
     assert image_folder(tmp_path / "s").labels.dtype == torch.int64
+
+
+def test_image_folder_captions_from_a_jsonl_or_sidecars(tmp_path):
+    for c in ("cat", "dog"):
+        _png(tmp_path / c / "a.png")
+    assert image_folder(tmp_path).captions is None  # no captions anywhere
+    (tmp_path / "cat" / "a.png.txt").write_text("a grey cat\nsecond line\n")
+    assert image_folder(tmp_path).captions is None  # one image without: none at all
+    (tmp_path / "dog" / "a.png.txt").write_text("a dog\n")
+    assert image_folder(tmp_path).captions == ["a grey cat", "a dog"]
+    # captions.jsonl wins over sidecars, in the folder's image order.
+    lines = [{"image": "dog/a.png", "caption": "d"}, {"image": "cat/a.png", "caption": "c"}]
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert image_folder(tmp_path).captions == ["c", "d"]
+    (tmp_path / "captions.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(ClipforgeError, match="no caption for cat/a.png"):
+        image_folder(tmp_path)
+    (tmp_path / "captions.jsonl").write_text("[1]\n")
+    with pytest.raises(ClipforgeError, match="captions.jsonl:1: expected"):
+        image_folder(tmp_path)
