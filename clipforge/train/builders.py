@@ -24,7 +24,7 @@ from clipforge.losses import LossSpec, get_loss
 from clipforge.losses.base import Objective
 from clipforge.models import ModelConfig, get_model_config
 from clipforge.precision import PRECISIONS, Precision, model_width, resolve
-from clipforge.train import distributed, finetune
+from clipforge.train import distributed, finetune, fsdp
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
 from clipforge.train.step import check_cacheable
@@ -66,6 +66,7 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
     if cfg.siglip_chunked and not objective.ring_chunkable:
         raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
     finetune.check(cfg, mcfg)
+    fsdp.check(cfg, world, objective)
     if cfg.accum_exact:
         check_cacheable(cfg, objective, world)
     size = mcfg.vision.image_size

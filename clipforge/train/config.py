@@ -160,6 +160,10 @@ class TrainConfig:
         False,
         "under torchrun with --loss siglip, pass text chunks round a ring instead of gathering them (implies per-process loss terms)",
     )
+    fsdp: bool = option(
+        False,
+        "under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2); checkpoints hold full weights",
+    )
     dist_backend: str = option(
         "auto", "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl"
     )

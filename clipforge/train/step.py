@@ -17,7 +17,7 @@ from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
 from clipforge.losses.base import Objective
-from clipforge.train import distributed
+from clipforge.train import distributed, fsdp
 from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -69,8 +69,8 @@ def batch_loss(
 
 
 def norm(tensors: Iterator[torch.Tensor]) -> float:
-    """The L2 norm of several tensors together."""
-    return float(torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors)))
+    """The L2 norm of several tensors together (sharded ones over all their shards)."""
+    return float(torch.sqrt(sum(fsdp.full_value((t.detach().float() ** 2).sum()) for t in tensors)))
 
 
 @dataclass
@@ -125,12 +125,16 @@ class Stepper:
         cfg = self.cfg
         # DDP holds only the model; an objective's own parameters are averaged here.
         distributed.average_gradients(self.objective.parameters(), self.world)
-        params = self.trained.parameters()
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            if cfg.grad_clip > 0
-            else norm(p.grad for p in params if p.grad is not None)
-        )
+        if cfg.fsdp:
+            fsdp.average_replicated(self.model, self.world)
+            grad_norm = fsdp.clip_grad_norm(list(self.trained.parameters()), cfg.grad_clip)
+        else:
+            params = self.trained.parameters()
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                if cfg.grad_clip > 0
+                else norm(p.grad for p in params if p.grad is not None)
+            )
         self.optimizer.step()
         self.objective.after_step(self.model)
         return StepResult(loss, grad_norm)
