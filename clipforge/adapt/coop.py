@@ -79,7 +79,7 @@ class PromptLearner:
         emb = text.token_embed(tok)
         ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.expand(len(tok), -1, -1)
         x = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1 + self.m :]], dim=1)
-        x = x + text.pos_embed[: x.shape[1]].to(x.dtype)
+        x = text.add_positions(x)
         x = text.transformer(x, causal=cfg.causal)
         x = text.proj(text.norm_final(x[torch.arange(len(tok)), pos]))
         return torch.nn.functional.normalize(x.float(), dim=-1)

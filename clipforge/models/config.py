@@ -48,6 +48,10 @@ class TextConfig:
     pool: str = "argmax"  # "argmax" (end token = largest id) or "last" (last position, SigLIP)
     proj_bias: bool = False  # SigLIP's text head has a bias
     norm_eps: float = option(1e-5, check=positive)
+    # "learned" (a position table, CLIP's) or "rope" (rotary positions in attention, no
+    # table: contexts longer than trained run too).
+    pos: str = "learned"
+    rope_base: float = option(10000.0, check=positive)  # rotary frequency base
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,12 @@ class ModelConfig:
         if v.proj_type == "none" and v.width != self.embed_dim:
             raise ClipforgeError(
                 f"vision.proj_type 'none' needs vision width {v.width} == embed_dim {self.embed_dim}"
+            )
+        if self.text.pos not in ("learned", "rope"):
+            raise ClipforgeError(f"unknown text pos {self.text.pos!r} (known: learned, rope)")
+        if self.text.pos == "rope" and (self.text.width // self.text.heads) % 2:
+            raise ClipforgeError(
+                f"text.pos=rope needs an even head width, got {self.text.width // self.text.heads}"
             )
         if self.text.pool not in ("argmax", "last"):
             raise ClipforgeError(f"unknown text pooling {self.text.pool!r} (known: argmax, last)")
