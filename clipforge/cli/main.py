@@ -74,9 +74,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_MERGE_HELP = "ToMe token merging: merge this many image tokens after each block (0 = off)"
+
+
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
-    from clipforge.ranges import count
+    from clipforge.ranges import count, count0
 
     p = sub.add_parser(
         "eval",
@@ -108,6 +111,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--per-class", count, 25, "images per class")
     add_number(p, "--pairs", count, 1000, "retrieval scenes")
     add_number(p, "--threads", count, 1, "torch threads")
+    add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
@@ -162,6 +166,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import atomic_write, check_file
 
     torch.set_num_threads(args.threads)
@@ -182,6 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     check_file(out, overwrite=args.overwrite, inputs=[source])  # before the evaluation runs
     model = load(path)
+    set_merging(model, args.merge_tokens)
     tok = get_tokenizer(model.cfg.text.context_length)
     results = evaluate(
         model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
@@ -201,6 +207,7 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import resolve_tasks, run_suite
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder
 
     tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
@@ -219,6 +226,7 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
             )
         cache = None  # the default place, named explicitly
     model = load(path)
+    set_merging(model, args.merge_tokens)  # the cache's key (fingerprint) includes it
     # The cache's entries are keyed by model and data, so they stay valid when the rest
     # of an earlier output is replaced: OUT/cache is carried over.
     with out.building(keep=("cache",)) as build:
