@@ -184,6 +184,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "adapt-bench",
         "wise",
         "stretch",
+        "upcycle",
         "embed",
         "index",
         "search",

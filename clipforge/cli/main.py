@@ -605,6 +605,38 @@ def _cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upcycle_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count, integers
+
+    p = sub.add_parser(
+        "upcycle",
+        help="turn every MLP into a mixture of experts (CLIP-MoE upcycling)",
+        description="Copy each block's MLP into --experts experts behind a router that sends "
+        "each token to --top-k of them; the model computes the dense one until fine-tuned "
+        "(--init OUT with --model-args moe_experts=E,moe_top_k=K).",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    add_number(p, "--experts", integers(2), 4, "experts per MLP")
+    add_number(p, "--top-k", count, 2, "experts each token goes to")
+    p.add_argument("--out", required=True, help="the upcycled checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_upcycle)
+
+
+def _cmd_upcycle(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.moe import upcycle
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.model])
+    model = upcycle(load(args.model), args.experts, args.top_k)
+    save_checkpoint(model, out, "clipforge")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({args.experts} experts per MLP, top {args.top_k}; {n:,} parameters)")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -844,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         _wise_parser,
         _export_parser,
         _stretch_parser,
+        _upcycle_parser,
     )
     for b in builders:
         b(sub)

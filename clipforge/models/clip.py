@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import ModelConfig
+from clipforge.models.moe import make_experts
 from clipforge.models.text import TextTransformer
 from clipforge.models.vision import VisionTransformer
 
@@ -39,6 +40,8 @@ class CLIP(nn.Module):
         self.cfg = cfg
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.act)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.act)
+        if cfg.moe_experts:
+            make_experts(self, cfg.moe_experts, cfg.moe_top_k, cfg.act)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = (
             nn.Parameter(torch.tensor(float(init_logit_bias)))

@@ -8,7 +8,7 @@ from typing import Any
 
 from clipforge.config import option
 from clipforge.errors import ClipforgeError
-from clipforge.ranges import count, integers, positive
+from clipforge.ranges import count, count0, integers, positive
 from clipforge.registry import Registry
 
 
@@ -75,6 +75,10 @@ class ModelConfig:
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
     logit_scale_max: float | None = option(100.0, check=positive)
+    # Mixture-of-experts MLPs in every block (``clipforge upcycle``, clipforge/models/moe.py):
+    # this many experts, each token routed to the top ``moe_top_k``; 0 = dense MLPs.
+    moe_experts: int = option(0, check=count0)
+    moe_top_k: int = option(2, check=count)
 
     def validate(self) -> None:
         # Every number against the range it declares, named as the user writes it: a
@@ -118,6 +122,10 @@ class ModelConfig:
         if v.proj_type == "none" and v.width != self.embed_dim:
             raise ClipforgeError(
                 f"vision.proj_type 'none' needs vision width {v.width} == embed_dim {self.embed_dim}"
+            )
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            raise ClipforgeError(
+                f"moe_top_k {self.moe_top_k} exceeds the {self.moe_experts} experts"
             )
         if self.text.pos not in ("learned", "rope"):
             raise ClipforgeError(f"unknown text pos {self.text.pos!r} (known: learned, rope)")

@@ -82,6 +82,11 @@ class TrainConfig:
         "share of image patch tokens dropped per sample in training (FLIP); none in eval",
         check=below_one,
     )
+    moe_aux_weight: float = option(
+        0.01,
+        "with a mixture-of-experts model (clipforge upcycle): weight of the routers' load-balancing loss",
+        check=non_negative,
+    )
     image_key: str = option("image", "manifest column holding the image path")
     caption_key: str = option(
         "caption", "manifest column holding the caption (comma-separated: several captions)"

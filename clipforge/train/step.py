@@ -17,6 +17,7 @@ from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
 from clipforge.losses.base import Objective
+from clipforge.models import moe
 from clipforge.train import distributed, fsdp
 from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
@@ -77,6 +78,7 @@ def norm(tensors: Iterator[torch.Tensor]) -> float:
 class StepResult:
     loss: float  # the whole batch's loss, the same on every rank
     grad_norm: float  # before clipping
+    aux: float | None = None  # a mixture-of-experts model's balancing loss (this rank's)
 
 
 class Stepper:
@@ -103,7 +105,7 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         if cfg.accum_exact:
             return self._finish(self._cached(batch, step))
-        loss_sum = 0.0
+        loss_sum, aux_sum = 0.0, None
         for k in range(cfg.accum_steps):
             part = _to(batch.rows(slice(k * self.micro, (k + 1) * self.micro)), world.device)
             # DDP averages gradients once per step, on the last micro-batch's backward.
@@ -113,13 +115,19 @@ class Stepper:
                     loss, logged = batch_loss(
                         self.ddp, self.objective, part, world, cfg.local_loss, cfg.siglip_chunked
                     )
+                    aux = moe.aux_loss(self.model)  # routers' balance, of this forward
+                    if aux is not None:
+                        loss = loss + cfg.moe_aux_weight * aux
+                        aux_sum = (aux_sum or 0.0) + float(aux.detach()) / cfg.accum_steps
                 if not torch.isfinite(logged):
                     raise ClipforgeError(
                         f"loss became {float(logged)} at step {step + 1}; lower --lr"
                     )
                 (loss / cfg.accum_steps).backward()
             loss_sum += float(logged) / cfg.accum_steps
-        return self._finish(loss_sum)
+        result = self._finish(loss_sum)
+        result.aux = aux_sum
+        return result
 
     def _finish(self, loss: float) -> StepResult:
         cfg = self.cfg

@@ -215,6 +215,8 @@ def _train(
                 }  # fmt: skip
                 if model.logit_bias is not None:
                     rec["logit_bias"] = float(model.logit_bias.detach())
+                if stats.aux is not None:
+                    rec["moe_aux_loss"] = stats.aux
                 rec.update(objective.metrics())
                 if log is not None:
                     log.write(rec)
