@@ -169,6 +169,10 @@ class TrainConfig:
         False,
         "under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2); checkpoints hold full weights",
     )
+    compile: bool = option(
+        False,
+        "torch.compile the model for training (pays only on long runs: see README, Fine-tuning)",
+    )
     dist_backend: str = option(
         "auto", "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl"
     )

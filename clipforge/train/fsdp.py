@@ -59,6 +59,7 @@ def check(cfg: TrainConfig, world: World, objective: Objective) -> None:
         (cfg.ema_decay > 0, "--ema-decay (the average would need the full weights every step)"),
         (cfg.lora_rank > 0, "--lora-rank (adapters are small: use plain data parallelism)"),
         (cfg.accum_exact, "--accum-exact"),
+        (cfg.compile, "--compile"),
         (
             cfg.lock_image or cfg.lock_text or cfg.freeze_norms,
             "--lock-image/--lock-text/--freeze-norms",

@@ -163,6 +163,10 @@ def _train(
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
     # FSDP wraps the model in place: it is its own "wrapped" model.
     wrapped = model if cfg.fsdp else distributed.wrap_model(model, world)
+    if cfg.compile:
+        # Only the training forward: evaluation and checkpoints use the plain module, so
+        # parameter names and saved files are those of an eager run.
+        wrapped = torch.compile(wrapped)
     stepper = Stepper(cfg, world, model, wrapped, objective, opt)
     log = folder.log(step if state is not None else None, cfg.log == "tensorboard")
 
