@@ -51,6 +51,9 @@ class TextConfig:
     # "learned" (a position table, CLIP's) or "rope" (rotary positions in attention, no
     # table: contexts longer than trained run too).
     pos: str = "learned"
+    # > 0: no text transformer; captions arrive as pre-computed embeddings of this width
+    # (meta text_embedding) and only a projection trains (LLM2CLIP, models/external_text.py).
+    external_dim: int = option(0, check=count0)
     rope_base: float = option(10000.0, check=positive)  # rotary frequency base
 
 

@@ -18,6 +18,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
 from clipforge.losses.base import Objective
 from clipforge.models import moe
+from clipforge.models.external_text import TEXT_EMBEDDING
 from clipforge.train import distributed, fsdp
 from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
@@ -41,11 +42,9 @@ def batch_loss(
     """
     extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
     tokens = getattr(objective, "needs_tokens", False)
-    out = (
-        model(part.images, part.tokens, with_tokens=True)
-        if tokens
-        else model(part.images, part.tokens)
-    )
+    # A model with an external text tower reads the captions' stored embeddings.
+    text_in = part.extra.get(TEXT_EMBEDDING, part.tokens)
+    out = model(part.images, text_in, with_tokens=True) if tokens else model(part.images, text_in)
 
     # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
     # keeps float64.
