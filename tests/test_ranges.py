@@ -185,6 +185,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "adapt-compose",
         "wise",
         "stretch",
+        "upcycle",
         "embed",
         "index",
         "search",

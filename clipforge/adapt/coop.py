@@ -85,7 +85,7 @@ def encode_prompts(text, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tenso
         tok = tok[:, : int(pos.max()) + 1]  # as the tower does: the tail cannot matter
     emb = text.token_embed(tok)
     x = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1 + m :]], dim=1)
-    x = x + text.pos_embed[: x.shape[1]].to(x.dtype)
+    x = text.add_positions(x)
     x = text.transformer(x, causal=cfg.causal)
     x = text.proj(text.norm_final(x[torch.arange(len(tok)), pos]))
     return torch.nn.functional.normalize(x.float(), dim=-1)

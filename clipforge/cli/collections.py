@@ -33,7 +33,7 @@ def _precision_flag(p: argparse.ArgumentParser) -> None:
 
 def embed_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
-    from clipforge.ranges import count
+    from clipforge.ranges import count, count0
 
     p = sub.add_parser(
         "embed",
@@ -60,6 +60,10 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
     add_number(p, "--shard-size", count, 1024, "items per shard (the unit of --resume)")
     add_number(p, "--threads", count, 2, "torch threads")
+    add_number(
+        p, "--merge-tokens", count0, 0,
+        "ToMe token merging: merge this many image tokens after each block (0 = off)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--progress", type=_bool, default=True, help="progress bar (default: true)")
     _overwrite_flag(p)
@@ -82,6 +86,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.index.embedding import embed_collection
     from clipforge.index.items import open_collection
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
@@ -106,6 +111,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         )  # fmt: skip
         folder.prepare()  # in place, like a run folder: --resume continues it
     model = load(args.model)
+    set_merging(model, args.merge_tokens)  # part of the fingerprint a resume checks
     info = embed_collection(
         model, get_tokenizer(model.cfg.text.context_length), items, out,
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,

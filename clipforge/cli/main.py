@@ -74,9 +74,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_MERGE_HELP = "ToMe token merging: merge this many image tokens after each block (0 = off)"
+
+
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_number
-    from clipforge.ranges import count
+    from clipforge.ranges import count, count0
 
     p = sub.add_parser(
         "eval",
@@ -108,6 +111,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--per-class", count, 25, "images per class")
     add_number(p, "--pairs", count, 1000, "retrieval scenes")
     add_number(p, "--threads", count, 1, "torch threads")
+    add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
@@ -162,6 +166,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import atomic_write, check_file
 
     torch.set_num_threads(args.threads)
@@ -182,6 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     check_file(out, overwrite=args.overwrite, inputs=[source])  # before the evaluation runs
     model = load(path)
+    set_merging(model, args.merge_tokens)
     tok = get_tokenizer(model.cfg.text.context_length)
     results = evaluate(
         model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
@@ -201,6 +207,7 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
     from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import resolve_tasks, run_suite
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder
 
     tasks = resolve_tasks(args.tasks)  # fail on a typo before loading anything
@@ -219,6 +226,7 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
             )
         cache = None  # the default place, named explicitly
     model = load(path)
+    set_merging(model, args.merge_tokens)  # the cache's key (fingerprint) includes it
     # The cache's entries are keyed by model and data, so they stay valid when the rest
     # of an earlier output is replaced: OUT/cache is carried over.
     with out.building(keep=("cache",)) as build:
@@ -607,6 +615,38 @@ def _cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upcycle_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count, integers
+
+    p = sub.add_parser(
+        "upcycle",
+        help="turn every MLP into a mixture of experts (CLIP-MoE upcycling)",
+        description="Copy each block's MLP into --experts experts behind a router that sends "
+        "each token to --top-k of them; the model computes the dense one until fine-tuned "
+        "(--init OUT with --model-args moe_experts=E,moe_top_k=K).",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    add_number(p, "--experts", integers(2), 4, "experts per MLP")
+    add_number(p, "--top-k", count, 2, "experts each token goes to")
+    p.add_argument("--out", required=True, help="the upcycled checkpoint (.pt)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_upcycle)
+
+
+def _cmd_upcycle(args: argparse.Namespace) -> int:
+    from clipforge.models import load, save_checkpoint
+    from clipforge.models.moe import upcycle
+    from clipforge.outputs import check_file
+
+    out = check_file(args.out, overwrite=args.overwrite, inputs=[args.model])
+    model = upcycle(load(args.model), args.experts, args.top_k)
+    save_checkpoint(model, out, "clipforge")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({args.experts} experts per MLP, top {args.top_k}; {n:,} parameters)")
+    return 0
+
+
 def _list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=lambda a: _print_names("models"))
@@ -684,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
         _wise_parser,
         _export_parser,
         _stretch_parser,
+        _upcycle_parser,
     )
     for b in builders:
         b(sub)

@@ -48,6 +48,9 @@ def model_fingerprint(model: CLIP) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    merge = getattr(model.visual, "merge_tokens", 0)
+    if merge:  # token merging computes another function of the same weights
+        h.update(f"merge_tokens={merge}".encode())
     return h.hexdigest()[:16]
 
 

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import ModelConfig
+from clipforge.models.external_text import ExternalText
+from clipforge.models.moe import make_experts
 from clipforge.models.text import TextTransformer
 from clipforge.models.vision import VisionTransformer
 
@@ -38,7 +40,13 @@ class CLIP(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.act)
-        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.act)
+        self.text: nn.Module = (
+            ExternalText(cfg.text, cfg.embed_dim)
+            if cfg.text.external_dim
+            else TextTransformer(cfg.text, cfg.embed_dim, cfg.act)
+        )
+        if cfg.moe_experts:
+            make_experts(self, cfg.moe_experts, cfg.moe_top_k, cfg.act)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = (
             nn.Parameter(torch.tensor(float(init_logit_bias)))
@@ -77,6 +85,8 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids ``[T, L]``, or with ``text.external_dim`` pre-computed caption
+        embeddings ``[T, D]``, to text embeddings."""
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from clipforge.config import option
 from clipforge.errors import ClipforgeError
-from clipforge.ranges import count, integers, positive
+from clipforge.ranges import count, count0, integers, positive
 from clipforge.registry import Registry
 
 
@@ -48,6 +48,13 @@ class TextConfig:
     pool: str = "argmax"  # "argmax" (end token = largest id) or "last" (last position, SigLIP)
     proj_bias: bool = False  # SigLIP's text head has a bias
     norm_eps: float = option(1e-5, check=positive)
+    # "learned" (a position table, CLIP's) or "rope" (rotary positions in attention, no
+    # table: contexts longer than trained run too).
+    pos: str = "learned"
+    # > 0: no text transformer; captions arrive as pre-computed embeddings of this width
+    # (meta text_embedding) and only a projection trains (LLM2CLIP, models/external_text.py).
+    external_dim: int = option(0, check=count0)
+    rope_base: float = option(10000.0, check=positive)  # rotary frequency base
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,10 @@ class ModelConfig:
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
     logit_scale_max: float | None = option(100.0, check=positive)
+    # Mixture-of-experts MLPs in every block (``clipforge upcycle``, clipforge/models/moe.py):
+    # this many experts, each token routed to the top ``moe_top_k``; 0 = dense MLPs.
+    moe_experts: int = option(0, check=count0)
+    moe_top_k: int = option(2, check=count)
 
     def validate(self) -> None:
         # Every number against the range it declares, named as the user writes it: a
@@ -114,6 +125,16 @@ class ModelConfig:
         if v.proj_type == "none" and v.width != self.embed_dim:
             raise ClipforgeError(
                 f"vision.proj_type 'none' needs vision width {v.width} == embed_dim {self.embed_dim}"
+            )
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            raise ClipforgeError(
+                f"moe_top_k {self.moe_top_k} exceeds the {self.moe_experts} experts"
+            )
+        if self.text.pos not in ("learned", "rope"):
+            raise ClipforgeError(f"unknown text pos {self.text.pos!r} (known: learned, rope)")
+        if self.text.pos == "rope" and (self.text.width // self.text.heads) % 2:
+            raise ClipforgeError(
+                f"text.pos=rope needs an even head width, got {self.text.width // self.text.heads}"
             )
         if self.text.pool not in ("argmax", "last"):
             raise ClipforgeError(f"unknown text pooling {self.text.pool!r} (known: argmax, last)")

@@ -44,7 +44,7 @@ class _TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t, cfg = self.text, self.text.cfg
-        x = t.token_embed(tokens) + t.pos_embed[: tokens.shape[1]]
+        x = t.add_positions(t.token_embed(tokens))
         x = t.transformer(x, causal=cfg.causal)
         if cfg.pool == "argmax":
             pick = F.one_hot(tokens.argmax(dim=-1), tokens.shape[1]).to(x.dtype)

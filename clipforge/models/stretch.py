@@ -18,6 +18,11 @@ from clipforge.models.clip import CLIP
 
 def stretch_positions(model: CLIP, context: int, keep: int) -> CLIP:
     """A copy of ``model`` whose text tower takes ``context`` tokens."""
+    if model.text.pos_embed is None:
+        raise ClipforgeError(
+            "this model has rotary text positions (text.pos=rope): it needs no stretching, "
+            "its text tower takes any context"
+        )
     old = model.text.pos_embed.detach()
     n = old.shape[0]
     if not 0 < keep < n:

@@ -13,7 +13,9 @@ from clipforge.models.transformer import Transformer
 class TextTransformer(nn.Module):
     """Token + learned position embeddings, causal pre-LN blocks, end-token pooling.
 
-    The defaults are OpenAI CLIP's. SigLIP's text tower (bidirectional attention, pooling
+    With ``pos="rope"`` there is no position table: every block rotates queries and keys
+    by position (rotary embeddings, as CLIP-IN's text tower), so captions longer than
+    the trained context run too. The defaults are OpenAI CLIP's. SigLIP's text tower (bidirectional attention, pooling
     at the last position, a projection with bias) is a matter of :class:`TextConfig` fields.
     """
 
@@ -21,13 +23,24 @@ class TextTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.pos_embed = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
-        self.transformer = Transformer(
-            cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps
+        rope = cfg.pos == "rope"
+        self.pos_embed = (
+            None if rope else nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
         )
+        self.transformer = Transformer(
+            cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps,
+            rope_base=cfg.rope_base if rope else None,
+        )  # fmt: skip
         self.norm_final = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
         nn.init.normal_(self.token_embed.weight, std=0.02)
+
+    def add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[T, L, width]`` plus the learned positions of their ``L``
+        places (rotary positions are applied inside attention: ``x`` as it is)."""
+        if self.pos_embed is None:
+            return x
+        return x + self.pos_embed[: x.shape[1]].to(x.dtype)
 
     def forward(
         self, tokens: torch.Tensor, with_tokens: bool = False
@@ -51,8 +64,7 @@ class TextTransformer(nn.Module):
         else:
             pos = torch.full_like(rows, tokens.shape[1] - 1)
         length = tokens.shape[1]
-        x = self.token_embed(tokens) + self.pos_embed[:length].to(self.token_embed.weight.dtype)
-        x = self.transformer(x, causal=self.cfg.causal)
+        x = self.transformer(self.add_positions(self.token_embed(tokens)), causal=self.cfg.causal)
         pooled = self.proj(self.norm_final(x[rows, pos]))
         if not with_tokens:
             return pooled

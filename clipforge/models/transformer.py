@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipforge.models.posembed import apply_rope, rope_tables
+
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's sigmoid approximation of GELU; needed to reproduce its weights."""
@@ -16,17 +18,24 @@ class QuickGELU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused q/k/v projection and SDPA."""
+    """Multi-head self-attention with one fused q/k/v projection and SDPA.
 
-    def __init__(self, width: int, heads: int) -> None:
+    ``rope_base`` set: queries and keys are rotated by their positions (rotary
+    embeddings, :func:`~clipforge.models.posembed.apply_rope`)."""
+
+    def __init__(self, width: int, heads: int, rope_base: float | None = None) -> None:
         super().__init__()
         self.heads = heads
+        self.rope_base = rope_base
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope_base is not None:
+            cos, sin = rope_tables(t, d // self.heads, self.rope_base, x.device, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -53,11 +62,17 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(
-        self, width: int, heads: int, mlp_ratio: float, act: str, norm_eps: float = 1e-5
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        act: str,
+        norm_eps: float = 1e-5,
+        rope_base: float | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=norm_eps)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, rope_base)
         self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
@@ -75,10 +90,11 @@ class Transformer(nn.Module):
         mlp_ratio: float,
         act: str,
         norm_eps: float = 1e-5,
+        rope_base: float | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio, act, norm_eps) for _ in range(layers)
+            Block(width, heads, mlp_ratio, act, norm_eps, rope_base) for _ in range(layers)
         )
         # Gradient checkpointing, a training setting (``--grad-checkpointing``).
         self.checkpointing = False

@@ -9,6 +9,7 @@ from torch import nn
 from clipforge.errors import ClipforgeError
 from clipforge.models.config import VisionConfig
 from clipforge.models.posembed import sincos_2d
+from clipforge.models.tome import merged_forward
 from clipforge.models.transformer import MLP, Transformer
 
 
@@ -94,6 +95,9 @@ class VisionTransformer(nn.Module):
         # FLIP's patch dropout: the share of patch tokens each training forward drops (a
         # training setting, not part of the architecture; eval mode sees every patch).
         self.patch_dropout = 0.0
+        # ToMe's token merging: tokens merged after each block's attention, in eval mode
+        # only (an inference setting, :mod:`clipforge.models.tome`; 0 = off).
+        self.merge_tokens = 0
         self.norm_pre = nn.LayerNorm(w, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.transformer = Transformer(
             w, cfg.layers, cfg.heads, cfg.mlp_ratio, act, norm_eps=cfg.norm_eps
@@ -115,7 +119,13 @@ class VisionTransformer(nn.Module):
         """Final-layer tokens ``[B, n_tokens, width]`` (class token first, if any).
 
         ``norm_post`` is applied here unless pooling is ``mean`` (which normalises the mean).
+        With token merging there are fewer of them (see :meth:`sized_tokens`).
         """
+        return self.sized_tokens(images)[0]
+
+    def sized_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`tokens` and, with token merging on, how many patches each stands for
+        ``[B, n, 1]`` (None without merging: one each)."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -123,8 +133,16 @@ class VisionTransformer(nn.Module):
         x = x + self.pos_embed.to(x.dtype)
         if self.training and self.patch_dropout > 0:
             x = self._drop_patches(x)
-        x = self.transformer(self.norm_pre(x))
-        return x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)
+        size = None
+        if self.merge_tokens > 0 and not self.training:
+            if self.cfg.pool == "grid":
+                raise ClipforgeError("token merging cannot be used with vision.pool=grid")
+            x, size = merged_forward(
+                self.transformer, self.norm_pre(x), self.merge_tokens, int(self.cfg.class_token)
+            )
+        else:
+            x = self.transformer(self.norm_pre(x))
+        return (x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)), size
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         # After the position embeddings, so each kept token still says where it was; the
@@ -156,18 +174,23 @@ class VisionTransformer(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The image embedding ``[B, embed_dim]``; with ``with_tokens`` also
         :meth:`token_features`, from the same pass."""
-        x = self.tokens(images)
+        x, size = self.sized_tokens(images)
         if with_tokens:
-            return self._pool(x), self.token_features(x)
-        return self._pool(x)
+            return self._pool(x, size), self.token_features(x)
+        return self._pool(x, size)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+    def _pool(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.pool == "cls":
             pooled = x[:, 0]
         elif self.attn_pool is not None:
             pooled = self.attn_pool(x)
         elif self.cfg.pool == "grid":
             pooled = self._grid_pool(x[:, int(self.cfg.class_token) :])
+        elif size is not None:  # merged tokens: the mean over the patches they stand for
+            start = int(self.cfg.class_token)
+            pooled = self.norm_post(
+                (x[:, start:] * size[:, start:]).sum(1) / size[:, start:].sum(1)
+            )
         else:
             pooled = self.norm_post(x[:, int(self.cfg.class_token) :].mean(dim=1))
         return self.proj(pooled)

@@ -23,8 +23,9 @@ from clipforge.eval.suite import resolve_tasks
 from clipforge.losses import LossSpec, get_loss
 from clipforge.losses.base import Objective
 from clipforge.models import ModelConfig, get_model_config
+from clipforge.models.external_text import TEXT_EMBEDDING
 from clipforge.precision import PRECISIONS, Precision, model_width, resolve
-from clipforge.train import distributed, finetune
+from clipforge.train import distributed, finetune, fsdp
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
 from clipforge.train.step import check_cacheable
@@ -66,6 +67,8 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
     if cfg.siglip_chunked and not objective.ring_chunkable:
         raise ClipforgeError(f"--siglip-chunked needs --loss siglip, not {cfg.loss!r}")
     finetune.check(cfg, mcfg)
+    check_external_text(cfg, mcfg)
+    fsdp.check(cfg, world, objective)
     if cfg.accum_exact:
         check_cacheable(cfg, objective, world)
     size = mcfg.vision.image_size
@@ -76,7 +79,7 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
         max_captions=cfg.max_captions,
         hard_negatives=hard_negative_kinds(cfg),
         text_aug=build_text_aug(cfg),
-        extra_keys=objective.batch_keys,
+        extra_keys=objective.batch_keys + ((TEXT_EMBEDDING,) if mcfg.text.external_dim else ()),
     )
     evals = [] if cfg.data is not None or cfg.evals in ("", "none") else resolve_tasks(cfg.evals)
     tokenizer = get_tokenizer(mcfg.text.context_length)
@@ -116,6 +119,26 @@ def check_config(cfg: TrainConfig) -> None:
         raise ClipforgeError(
             f"unknown dist backend {cfg.dist_backend!r} (known: {', '.join(distributed.BACKENDS)})"
         )
+
+
+def check_external_text(cfg: TrainConfig, mcfg: ModelConfig) -> None:
+    """Refuse, in one line, what a text tower of stored caption embeddings cannot do."""
+    if not mcfg.text.external_dim:
+        return
+    if cfg.data is None:
+        raise ClipforgeError(
+            f"text.external_dim reads each sample's meta {TEXT_EMBEDDING}, which the shapes "
+            "world does not have: pass --data"
+        )
+    for bad, flag in (
+        (cfg.caption == "all", "--caption all (one stored embedding per sample)"),
+        (bool(cfg.hard_negatives), "--hard-negatives (they have no stored embeddings)"),
+        (cfg.accum_exact, "--accum-exact"),
+        (cfg.text_word_dropout > 0 or cfg.text_sentence_shuffle or cfg.text_synonym_prob > 0,
+         "caption augmentation (the embeddings are fixed)"),
+    ):  # fmt: skip
+        if bad:
+            raise ClipforgeError(f"text.external_dim cannot be combined with {flag}")
 
 
 def hard_negative_kinds(cfg: TrainConfig) -> tuple[str, ...]:

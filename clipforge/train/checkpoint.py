@@ -24,12 +24,16 @@ def training_state(
     step: int,
     positions: list[int],
     skipped: dict[str, int],
+    states: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What ``last.pt`` holds: the model, and everything a resumed run needs to continue
-    bit for bit (``position`` is the sum of the ranks' stream ``positions``)."""
+    bit for bit (``position`` is the sum of the ranks' stream ``positions``). ``states``
+    are the model's and optimizer's full state dicts when they were gathered elsewhere
+    (a sharded model, :mod:`clipforge.train.fsdp`)."""
+    model_state, optimizer_state = states or (model.state_dict(), optimizer.state_dict())
     return {
-        **model_payload(model.state_dict(), model_config),
-        "optimizer": optimizer.state_dict(),
+        **model_payload(model_state, model_config),
+        "optimizer": optimizer_state,
         "objective": objective.state_dict(),
         "step": step,
         "position": sum(positions),

@@ -82,6 +82,11 @@ class TrainConfig:
         "share of image patch tokens dropped per sample in training (FLIP); none in eval",
         check=below_one,
     )
+    moe_aux_weight: float = option(
+        0.01,
+        "with a mixture-of-experts model (clipforge upcycle): weight of the routers' load-balancing loss",
+        check=non_negative,
+    )
     image_key: str = option("image", "manifest column holding the image path")
     caption_key: str = option(
         "caption", "manifest column holding the caption (comma-separated: several captions)"
@@ -159,6 +164,14 @@ class TrainConfig:
     siglip_chunked: bool = option(
         False,
         "under torchrun with --loss siglip, pass text chunks round a ring instead of gathering them (implies per-process loss terms)",
+    )
+    fsdp: bool = option(
+        False,
+        "under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2); checkpoints hold full weights",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the model for training (pays only on long runs: see README, Fine-tuning)",
     )
     dist_backend: str = option(
         "auto", "under torchrun: auto (nccl with CUDA, else gloo), gloo or nccl"

@@ -46,6 +46,11 @@ def check(cfg: TrainConfig, mcfg: ModelConfig) -> None:
             raise ClipforgeError(
                 "--lora-rank trains only adapters; drop the --lock-*/--freeze-norms flags"
             )
+    if mcfg.moe_experts and cfg.accum_exact:
+        raise ClipforgeError(
+            "--accum-exact cannot replay the experts' load-balancing loss; drop it for a "
+            "mixture-of-experts model"
+        )
     if cfg.patch_dropout and mcfg.vision.pool == "grid":
         raise ClipforgeError(
             "--patch-dropout cannot be used with vision.pool=grid (its cells need every patch)"

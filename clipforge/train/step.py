@@ -17,7 +17,9 @@ from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
 from clipforge.losses.base import Objective
-from clipforge.train import distributed
+from clipforge.models import moe
+from clipforge.models.external_text import TEXT_EMBEDDING
+from clipforge.train import distributed, fsdp
 from clipforge.train.collectives import gather_features
 from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import World
@@ -40,11 +42,9 @@ def batch_loss(
     """
     extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
     tokens = getattr(objective, "needs_tokens", False)
-    out = (
-        model(part.images, part.tokens, with_tokens=True)
-        if tokens
-        else model(part.images, part.tokens)
-    )
+    # A model with an external text tower reads the captions' stored embeddings.
+    text_in = part.extra.get(TEXT_EMBEDDING, part.tokens)
+    out = model(part.images, text_in, with_tokens=True) if tokens else model(part.images, text_in)
 
     # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
     # keeps float64.
@@ -69,14 +69,15 @@ def batch_loss(
 
 
 def norm(tensors: Iterator[torch.Tensor]) -> float:
-    """The L2 norm of several tensors together."""
-    return float(torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors)))
+    """The L2 norm of several tensors together (sharded ones over all their shards)."""
+    return float(torch.sqrt(sum(fsdp.full_value((t.detach().float() ** 2).sum()) for t in tensors)))
 
 
 @dataclass
 class StepResult:
     loss: float  # the whole batch's loss, the same on every rank
     grad_norm: float  # before clipping
+    aux: float | None = None  # a mixture-of-experts model's balancing loss (this rank's)
 
 
 class Stepper:
@@ -103,7 +104,7 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         if cfg.accum_exact:
             return self._finish(self._cached(batch, step))
-        loss_sum = 0.0
+        loss_sum, aux_sum = 0.0, None
         for k in range(cfg.accum_steps):
             part = _to(batch.rows(slice(k * self.micro, (k + 1) * self.micro)), world.device)
             # DDP averages gradients once per step, on the last micro-batch's backward.
@@ -113,24 +114,34 @@ class Stepper:
                     loss, logged = batch_loss(
                         self.ddp, self.objective, part, world, cfg.local_loss, cfg.siglip_chunked
                     )
+                    aux = moe.aux_loss(self.model)  # routers' balance, of this forward
+                    if aux is not None:
+                        loss = loss + cfg.moe_aux_weight * aux
+                        aux_sum = (aux_sum or 0.0) + float(aux.detach()) / cfg.accum_steps
                 if not torch.isfinite(logged):
                     raise ClipforgeError(
                         f"loss became {float(logged)} at step {step + 1}; lower --lr"
                     )
                 (loss / cfg.accum_steps).backward()
             loss_sum += float(logged) / cfg.accum_steps
-        return self._finish(loss_sum)
+        result = self._finish(loss_sum)
+        result.aux = aux_sum
+        return result
 
     def _finish(self, loss: float) -> StepResult:
         cfg = self.cfg
         # DDP holds only the model; an objective's own parameters are averaged here.
         distributed.average_gradients(self.objective.parameters(), self.world)
-        params = self.trained.parameters()
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            if cfg.grad_clip > 0
-            else norm(p.grad for p in params if p.grad is not None)
-        )
+        if cfg.fsdp:
+            fsdp.average_replicated(self.model, self.world)
+            grad_norm = fsdp.clip_grad_norm(list(self.trained.parameters()), cfg.grad_clip)
+        else:
+            params = self.trained.parameters()
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                if cfg.grad_clip > 0
+                else norm(p.grad for p in params if p.grad is not None)
+            )
         self.optimizer.step()
         self.objective.after_step(self.model)
         return StepResult(loss, grad_norm)

@@ -39,7 +39,7 @@ from clipforge.models import CLIP, load
 from clipforge.models.loading import differing_tensors
 from clipforge.models.lora import save_adapters
 from clipforge.train import checkpoint as train_state
-from clipforge.train import distributed, finetune
+from clipforge.train import distributed, finetune, fsdp
 from clipforge.train import resume as resume_rule
 from clipforge.train.builders import RunParts, build
 from clipforge.train.config import TrainConfig
@@ -130,6 +130,8 @@ def _train(
     model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
     objective = parts.objective.to(world.device)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
+    if cfg.fsdp:
+        fsdp.shard(model, world)  # before the optimizer, which then holds only the shards
     # An objective may own parameters (a third-modality encoder): they train with the model.
     trained = torch.nn.ModuleList([model, objective])
     opt = build_optimizer(
@@ -141,7 +143,7 @@ def _train(
     step, positions, skipped = 0, [0] * world.size, {}
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if state is not None:
-        _restore(state, folder.path, model, objective, opt)
+        _restore(state, folder.path, model, objective, opt, trained if cfg.fsdp else None)
         if ema is not None:
             ema.load(state["ema"])
         step, skipped = int(state["step"]), dict(state["skipped"])
@@ -159,11 +161,19 @@ def _train(
         if trainable.trainable < trainable.total:
             print(trainable.describe(), flush=True)
     # DDP broadcasts rank 0's weights; every rank built and loaded the same ones anyway.
-    stepper = Stepper(cfg, world, model, distributed.wrap_model(model, world), objective, opt)
+    # FSDP wraps the model in place: it is its own "wrapped" model.
+    wrapped = model if cfg.fsdp else distributed.wrap_model(model, world)
+    if cfg.compile:
+        # Only the training forward: evaluation and checkpoints use the plain module, so
+        # parameter names and saved files are those of an eager run.
+        wrapped = torch.compile(wrapped)
+    stepper = Stepper(cfg, world, model, wrapped, objective, opt)
     log = folder.log(step if state is not None else None, cfg.log == "tensorboard")
 
-    def run_eval(split: str) -> dict[str, float]:
-        return _evaluate(model, parts, cfg, split)
+    def run_eval(split: str, state: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        # A sharded model is evaluated as an unsharded copy of its gathered ``state``.
+        net = model if state is None else _unsharded(state, parts, cfg, world)
+        return _evaluate(net, parts, cfg, split)
 
     model.train()
     loader = iter_batches(
@@ -209,23 +219,33 @@ def _train(
                 }  # fmt: skip
                 if model.logit_bias is not None:
                     rec["logit_bias"] = float(model.logit_bias.detach())
+                if stats.aux is not None:
+                    rec["moe_aux_loss"] = stats.aux
                 rec.update(objective.metrics())
                 if log is not None:
                     log.write(rec)
                 bar.set_postfix(loss=f"{stats.loss:.3f}", skipped=rec["skipped"])
                 t_last, n_since = now, 0
             eval_now = cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps
-            if log is not None and eval_now and parts.evals:
-                log.write({"step": step, "split": "val", **run_eval("val")})
+            if eval_now and parts.evals:
+                gathered = fsdp.full_model_state(model) if cfg.fsdp else None  # every rank
+                if log is not None:
+                    log.write({"step": step, "split": "val", **run_eval("val", gathered)})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                full = (
+                    (fsdp.full_model_state(model), fsdp.full_optimizer_state(trained, opt))
+                    if cfg.fsdp
+                    else None
+                )  # gathered by every rank, written by rank 0
                 saved = train_state.training_state(
-                    model, parts.model_config, opt, objective, step, positions, skipped
+                    model, parts.model_config, opt, objective, step, positions, skipped, full
                 )
                 if ema is not None:
                     saved["ema"] = ema.state
                 folder.save_last(saved)
     bar.close()
     result = TrainResult(folder.path, step, sum(positions), skipped)
+    gathered = fsdp.full_model_state(model) if cfg.fsdp else None  # every rank takes part
     if log is None:
         distributed.barrier(world)  # until rank 0 has written the run folder
         return result
@@ -234,7 +254,7 @@ def _train(
     # skip rate is skipped / samples.
     final: dict[str, Any] = {"step": step, "samples": result.samples, "skipped": skipped}
     if parts.evals:
-        result.metrics = run_eval("test")
+        result.metrics = run_eval("test", gathered)
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
     if ema is not None:  # before final.pt, which is written last
@@ -244,7 +264,8 @@ def _train(
         # final.pt holds them too (loading merges them); this file is the adapters alone.
         # Before final.pt, which is written last: a finished run has both.
         save_adapters(model, folder.path / "adapters.safetensors")
-    folder.finish(final, {**model_payload(model.state_dict(), parts.model_config), "step": step})
+    weights = model.state_dict() if gathered is None else gathered
+    folder.finish(final, {**model_payload(weights, parts.model_config), "step": step})
     distributed.barrier(world)
     return result
 
@@ -261,10 +282,16 @@ def _completed(folder: RunFolder, state: dict[str, Any] | None) -> TrainResult:
 
 
 def _restore(
-    state: dict[str, Any], run: Path, model: CLIP, objective: torch.nn.Module, opt: Any
+    state: dict[str, Any],
+    run: Path,
+    model: CLIP,
+    objective: torch.nn.Module,
+    opt: Any,
+    sharded: torch.nn.Module | None = None,
 ) -> None:
     """Load ``last.pt``'s model, objective and optimizer state, refusing in one line a
-    checkpoint that another architecture or objective wrote."""
+    checkpoint that another architecture or objective wrote. ``sharded``: the module
+    the optimizer of a sharded model was built from (each rank keeps its shards)."""
     bad = differing_tensors(model.state_dict(), state["model"])
     if bad:
         raise ClipforgeError(
@@ -284,13 +311,27 @@ def _restore(
             f"--resume {run}: checkpoints/last.pt holds the state of another objective than "
             f"the run's --loss ({len(bad)} tensors differ, e.g. {bad[0]})"
         )
-    model.load_state_dict(state["model"])
     if saved_objective is not None:
         objective.load_state_dict(saved_objective)
+    if sharded is not None:
+        fsdp.load_states(model, sharded, opt, state["model"], state["optimizer"])
+        return
+    model.load_state_dict(state["model"])
     try:
         opt.load_state_dict(state["optimizer"])
     except ValueError as e:  # parameter groups of another size
         raise ClipforgeError(f"--resume {run}: checkpoints/last.pt: {e}") from None
+
+
+def _unsharded(
+    state: dict[str, torch.Tensor], parts: RunParts, cfg: TrainConfig, world: World
+) -> CLIP:
+    """A plain model holding a sharded model's gathered ``state``, for rank 0's evaluation."""
+    with torch.random.fork_rng(devices=[]):  # building it must not move the run's RNG
+        net = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
+    net.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
+    net.load_state_dict(state)
+    return net
 
 
 def _evaluate(model: CLIP, parts: RunParts, cfg: TrainConfig, split: str) -> dict[str, float]:
