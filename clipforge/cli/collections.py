@@ -48,6 +48,19 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="embedding folder to write")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     _precision_flag(p)
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch (default), or onnx: onnxruntime on the model's exported encoders "
+        "(float32; first batch checked against PyTorch; needs the onnx extra)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="with --runtime onnx, the export to run (clipforge export MODEL --to onnx); "
+        "default: export once into ~/.cache/clipforge/onnx/FINGERPRINT",
+    )
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
     add_number(p, "--shard-size", count, 1024, "items per shard (the unit of --resume)")
     add_number(p, "--threads", count, 2, "torch threads")
@@ -76,6 +89,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
+    if args.onnx and args.runtime != "onnx":
+        raise ClipforgeError("--onnx names an export for --runtime onnx; add --runtime onnx")
+    if args.runtime == "onnx":
+        from clipforge.models.onnx_runtime import check_runtime
+
+        check_runtime()  # before any output is made
     source = resolve(Path(args.model), "model")
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
@@ -95,10 +114,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model, get_tokenizer(model.cfg.text.context_length), items, out,
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
-        resume=args.resume, progress=args.progress,
+        resume=args.resume, progress=args.progress, runtime=args.runtime, onnx_dir=args.onnx,
     )  # fmt: skip
     rec = info["precision"]
     print(f"precision {rec['precision']} ({rec['reason']})" + _parity(rec))
+    if info.get("runtime") == "onnx":
+        print(f"runtime onnx ({info.get('onnx')})")
     print(
         f"embedded {info['rows']} of {info['items']} items ({info['dim']}-d, {info['dtype']}) into {out}"
     )
@@ -119,7 +140,8 @@ def _held_model(out: Path) -> str:
 def _parity(rec: dict) -> str:
     parity = [f"{k.split('_')[0]} min cosine {v['min_cosine']}" for k, v in rec.items()
               if k.endswith("_parity")]  # fmt: skip
-    return f"; bf16 vs fp32 on the first batch: {', '.join(parity)}" if parity else ""
+    what = "onnx vs torch" if rec.get("runtime") == "onnx" else "bf16 vs fp32"
+    return f"; {what} on the first batch: {', '.join(parity)}" if parity else ""
 
 
 def index_parser(sub: argparse._SubParsersAction) -> None:
