@@ -145,6 +145,11 @@ def shapes_config(cfg: TrainConfig) -> ShapesConfig:
         if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
             raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
         args["count_weights"] = tuple(float(x) for x in w)
+    if "colours" in args:
+        c = args["colours"]
+        if not isinstance(c, (list, tuple)) or not c:
+            raise ClipforgeError(f"shapes-args colours must be a list of colour names, got {c!r}")
+        args["colours"] = tuple(str(x) for x in c)
     return ShapesConfig(**args)
 
 

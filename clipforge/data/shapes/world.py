@@ -38,6 +38,10 @@ class ShapesConfig:
     # Keep only the captions of single and two-object scenes that say where things are
     # (implies position_captions): a relation-focused caption set.
     spatial_only: bool = False
+    # The colours scenes draw from (names of COLOURS or OOD_COLOURS); empty: COLOURS. A
+    # palette of held-out colours is a domain shift for fine-tuning experiments: new
+    # pixels and new words in the captions.
+    colours: tuple[str, ...] = ()
 
 
 class ShapesWorld:
@@ -58,6 +62,10 @@ class ShapesWorld:
         if image_size < 8:
             raise ClipforgeError(f"shapes image size must be >= 8, got {image_size}")
         cfg = config or ShapesConfig()
+        unknown = [c for c in cfg.colours if c not in COLOURS and c not in OOD_COLOURS]
+        if unknown:
+            known = ", ".join([*COLOURS, *OOD_COLOURS])
+            raise ClipforgeError(f"unknown shapes colours {', '.join(unknown)} (known: {known})")
         self.config = ShapesConfig(**{**asdict(cfg), "image_size": image_size})
         self.image_size = image_size
         self.split = split
@@ -103,6 +111,7 @@ class ShapesWorld:
         rng = self.rng(index)
         cfg = self.config
         counts = range(1, len(cfg.count_weights) + 1)
+        palette = cfg.colours or COLOUR_NAMES
         while True:
             n = rng.choices(counts, weights=cfg.count_weights)[0]
             if n == 1:
@@ -112,10 +121,10 @@ class ShapesWorld:
             else:
                 kind = "pair" if n == 2 else "many"
             if kind == "group":
-                attrs = [(rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))] * n
+                attrs = [(rng.choice(SHAPES), rng.choice(palette), rng.choice(SIZE_NAMES))] * n
             else:
                 attrs = [
-                    (rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))
+                    (rng.choice(SHAPES), rng.choice(palette), rng.choice(SIZE_NAMES))
                     for _ in range(n)
                 ]
                 if kind == "pair" and attrs[0] == attrs[1]:
