@@ -183,3 +183,23 @@ def test_shapes_args_colours_choose_the_palette():
     for bad, why in ((["pink", "teal"], "unknown shapes colours teal"), ("pink", "list")):
         with pytest.raises(ClipforgeError, match=why):
             build_source(TrainConfig(shapes_args={"colours": bad}), 16)
+
+
+def test_shapes_args_long_captions_replace_a_share_of_the_captions():
+    from clipforge.data.shapes import long_caption
+    from clipforge.train.builders import build_source
+
+    plain = build_source(TrainConfig(), 16)
+    mixed = build_source(TrainConfig(shapes_args={"long_captions": 0.5}), 16)
+    longs = 0
+    for i in range(40):
+        a, b = plain.get(i), mixed.get(i)
+        assert a.meta == b.meta  # the same scene: only its captions change
+        if b.texts != a.texts:
+            assert b.texts == [long_caption(mixed.world.scene(i), 16)]
+            longs += 1
+    assert 8 <= longs <= 32  # a seeded half of 40: outside 8..32 has probability < 1e-4
+    every = build_source(TrainConfig(shapes_args={"long_captions": 1}), 16)
+    assert all(every.get(i).texts[0].startswith("There ") for i in range(5))
+    with pytest.raises(ClipforgeError, match="share in"):
+        build_source(TrainConfig(shapes_args={"long_captions": 2}), 16)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image, ImageDraw
 
 from clipforge.data.sample import Sample
-from clipforge.data.shapes.captions import captions_for
+from clipforge.data.shapes.captions import captions_for, long_caption
 from clipforge.data.shapes.scenes import (
     COLOUR_NAMES,
     COLOURS,
@@ -42,6 +42,9 @@ class ShapesConfig:
     # palette of held-out colours is a domain shift for fine-tuning experiments: new
     # pixels and new words in the captions.
     colours: tuple[str, ...] = ()
+    # The share of scenes (a seeded draw per scene) whose only caption is the
+    # multi-sentence description of long_caption: long text for Long-CLIP fine-tuning.
+    long_captions: float = 0.0
 
 
 class ShapesWorld:
@@ -181,7 +184,10 @@ class ShapesWorld:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
         sc = self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
-        return Sample(img, self._captions(sc), sc.meta(), key=f"{self.split}-{index:09d}")
+        caps = self._captions(sc)
+        if self.config.long_captions and self.rng(index, 5).random() < self.config.long_captions:
+            caps = [long_caption(sc, self.image_size)]
+        return Sample(img, caps, sc.meta(), key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
         sc = self.object_scene(index, shape, colour, size)
