@@ -92,9 +92,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.onnx and args.runtime != "onnx":
         raise ClipforgeError("--onnx names an export for --runtime onnx; add --runtime onnx")
     if args.runtime == "onnx":
+        from clipforge.models.export import check_onnx
         from clipforge.models.onnx_runtime import check_runtime
 
         check_runtime()  # before any output is made
+        if not args.onnx:
+            check_onnx()  # the export into the cache needs the exporter too
     source = resolve(Path(args.model), "model")
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
