@@ -57,6 +57,19 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", dest="new_model", metavar="NEW", help="the model of --update")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     _precision_flag(p)
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch (default), or onnx: onnxruntime on the model's exported encoders "
+        "(float32; first batch checked against PyTorch; needs the onnx extra)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="with --runtime onnx, the export to run (clipforge export MODEL --to onnx); "
+        "default: export once into ~/.cache/clipforge/onnx/FINGERPRINT",
+    )
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
     add_number(p, "--shard-size", count, 1024, "items per shard (the unit of --resume)")
     add_number(p, "--threads", count, 2, "torch threads")
@@ -90,6 +103,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
+    if args.onnx and args.runtime != "onnx":
+        raise ClipforgeError("--onnx names an export for --runtime onnx; add --runtime onnx")
+    if args.runtime == "onnx":
+        from clipforge.models.export import check_onnx
+        from clipforge.models.onnx_runtime import check_runtime
+
+        check_runtime()  # before any output is made
+        if not args.onnx:
+            check_onnx()  # the export into the cache needs the exporter too
     if args.update:
         return _update(args)
     if args.new_model:
@@ -117,6 +139,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
         resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
+        runtime=args.runtime, onnx_dir=args.onnx,
     )  # fmt: skip
     _report(info, out)
     return 0
@@ -141,6 +164,7 @@ def _update(args: argparse.Namespace) -> int:
     from clipforge.index.items import open_collection
     from clipforge.index.store import read_embeddings
     from clipforge.models import load
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder, marker_command
 
     if args.model or args.data or args.texts or args.out or args.resume:
@@ -170,6 +194,7 @@ def _update(args: argparse.Namespace) -> int:
     inputs = [model_source, *(x for x in src.values() if x)]
     folder = OutputFolder(emb_dir, "embed", overwrite=True, inputs=inputs)
     model = load(args.new_model)
+    set_merging(model, args.merge_tokens)
     if model_fingerprint(model) == old.fingerprint:
         print(f"{emb_dir} is already embedded with model {old.fingerprint}; nothing to do")
         return 0
@@ -179,6 +204,7 @@ def _update(args: argparse.Namespace) -> int:
             model_source=str(Path(args.new_model).resolve()), dtype=old.info["dtype"],
             precision=args.precision, batch_size=args.batch_size,
             shard_size=int(old.info["shard_size"]), progress=args.progress, source=src,
+            runtime=args.runtime, onnx_dir=args.onnx,
         )  # fmt: skip
     print(f"model {old.fingerprint} -> {info['fingerprint']}: build its index again")
     _report(info, emb_dir)
@@ -188,6 +214,8 @@ def _update(args: argparse.Namespace) -> int:
 def _report(info: dict, out: Path) -> None:
     rec = info["precision"]
     print(f"precision {rec['precision']} ({rec['reason']})" + _parity(rec))
+    if info.get("runtime") == "onnx":
+        print(f"runtime onnx ({info.get('onnx')})")
     print(
         f"embedded {info['rows']} of {info['items']} items ({info['dim']}-d, {info['dtype']}) into {out}"
     )
@@ -207,7 +235,8 @@ def _held_model(out: Path) -> str:
 def _parity(rec: dict) -> str:
     parity = [f"{k.split('_')[0]} min cosine {v['min_cosine']}" for k, v in rec.items()
               if k.endswith("_parity")]  # fmt: skip
-    return f"; bf16 vs fp32 on the first batch: {', '.join(parity)}" if parity else ""
+    what = "onnx vs torch" if rec.get("runtime") == "onnx" else "bf16 vs fp32"
+    return f"; {what} on the first batch: {', '.join(parity)}" if parity else ""
 
 
 def index_parser(sub: argparse._SubParsersAction) -> None:

@@ -30,8 +30,18 @@ from tqdm import tqdm
 
 from clipforge.config import to_dict
 from clipforge.data.tokenizer import Tokenizer
+from clipforge.errors import ClipforgeError
 from clipforge.eval.datasets import ImageSet
 from clipforge.models import CLIP, image_transform
+from clipforge.models.export import check_onnx
+from clipforge.models.onnx_runtime import (
+    RUNTIMES,
+    OnnxEncoders,
+    cached_export,
+    check_runtime,
+    default_cache,
+    is_export,
+)
 from clipforge.precision import model_width, resolve
 
 # bf16 keeps 8 significant bits, so each feature is off by ~2^-9 relative and the cosine
@@ -39,6 +49,12 @@ from clipforge.precision import model_width, resolve
 # Below 0.999 the bf16 path has lost more than rounding: embedding falls back to fp32.
 PARITY_MIN_COSINE = 0.999
 PARITY_IMAGES = 8  # float32 re-encodes of the first batch: enough to catch a broken kernel
+# onnxruntime runs the same float32 function as PyTorch, its sums in other orders: each
+# entry of a unit feature moves by the reordering bound of its chain (1e-4 for the test
+# model, tests/models/test_wise_export.py; about 1e-3 for ViT-L's ~10^4-term chains), so
+# the cosine to PyTorch's feature stays within ~1e-6 of 1. Graphs of another model, or
+# a broken export, are far below this.
+ONNX_MIN_COSINE = 0.9999
 
 
 def model_fingerprint(model: CLIP) -> str:
@@ -66,7 +82,17 @@ class Embedder:
         batch_size: int = 128,
         progress: bool = True,
         precision: str = "fp32",
+        runtime: str = "torch",
+        onnx_dir: str | Path | None = None,
     ) -> None:
+        """``runtime="onnx"`` encodes with onnxruntime on the model's ONNX graphs: those of
+        the export folder ``onnx_dir`` (``clipforge export``), else exported once into the
+        cache (:func:`~clipforge.models.onnx_runtime.default_cache`, under the model's
+        fingerprint). Its first image and text batch are checked against PyTorch."""
+        if runtime not in RUNTIMES:
+            raise ClipforgeError(
+                f"--runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.transform = image_transform(model.cfg)
@@ -74,20 +100,52 @@ class Embedder:
         self.progress = progress
         self.fingerprint = model_fingerprint(model)
         device = next(model.parameters()).device
+        if runtime == "onnx":
+            if precision == "bf16":
+                raise ClipforgeError("--precision bf16: the onnx runtime runs the float32 graphs")
+            precision = "fp32"
         choice = resolve(precision, model_width(model.cfg), device, use="infer")
         if choice.name == "fp64":
             choice = type(choice)("fp32", "fp64 runs evaluate in float32")
+        if runtime == "onnx":
+            choice = type(choice)("fp32", "the onnx runtime runs the float32 graphs")
         self.precision = choice.name
         self.precision_record: dict[str, object] = choice.to_dict()
         self._encoder = model
         if choice.bf16:
             self._encoder = copy.deepcopy(model).to(torch.bfloat16).eval()
         self._parity_pending = {"image", "text"} if choice.bf16 else set()
-        # bf16 features differ from fp32 ones in the last bits: they are cached apart.
-        key = self.fingerprint + ("-bf16" if choice.bf16 else "")
+        self.runtime = runtime
+        self.onnx_dir: Path | None = None
+        if runtime == "onnx":
+            self._encoder = self._onnx_encoders(onnx_dir)
+            self._parity_pending = {"image", "text"}
+            self.precision_record["runtime"] = "onnx"
+        # bf16 (and onnxruntime's) features differ from PyTorch's fp32 ones in the last
+        # bits: they are cached apart.
+        key = (
+            self.fingerprint
+            + ("-bf16" if choice.bf16 else "")
+            + ("-onnx" if runtime == "onnx" else "")
+        )
         self.cache_dir = Path(cache_dir) / key if cache_dir else None
         self._memory: dict[str, torch.Tensor] = {}
         self.embedded_images = 0  # images actually run through the encoder (not cached)
+
+    def _onnx_encoders(self, onnx_dir: str | Path | None) -> OnnxEncoders:
+        check_runtime()
+        if onnx_dir is not None:
+            folder = Path(onnx_dir)
+            if not is_export(folder):
+                raise ClipforgeError(
+                    f"--onnx {folder}: not an ONNX export (write one with clipforge export "
+                    "MODEL --to onnx --out DIR, or drop --onnx to export into the cache)"
+                )
+        else:
+            check_onnx()  # exporting needs the exporter's packages too
+            folder = cached_export(self.model, default_cache(), self.fingerprint)
+        self.onnx_dir = folder.resolve()
+        return OnnxEncoders(folder)
 
     # -- cache -----------------------------------------------------------------------------
     def _cached(self, key: str) -> torch.Tensor | None:
@@ -123,7 +181,8 @@ class Embedder:
         return feats
 
     def _check_parity(self, kind: str, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Compare the first batch with float32; on a broken bf16 path fall back to fp32."""
+        """Compare the first batch with PyTorch in float32; on a broken bf16 path fall back
+        to fp32; ONNX graphs that disagree (another model's) are refused."""
         ref_fn = self.model.encode_image if kind == "image" else self.model.encode_text
         n = min(PARITY_IMAGES, len(x))
         ref = ref_fn(x[:n], normalize=True).float().cpu()
@@ -133,6 +192,14 @@ class Embedder:
             "min_cosine": round(float(cos.min()), 6),
             "max_abs_difference": float((ref - feats[:n]).abs().max()),
         }
+        if self.runtime == "onnx":
+            if float(cos.min()) < ONNX_MIN_COSINE:
+                raise ClipforgeError(
+                    f"the ONNX {kind} encoder in {self.onnx_dir} disagrees with the model "
+                    f"(min cosine {float(cos.min()):.4f} < {ONNX_MIN_COSINE}): it is another "
+                    "model's export; export this model again or drop --onnx"
+                )
+            return feats
         if float(cos.min()) >= PARITY_MIN_COSINE:
             return feats
         warnings.warn(

@@ -24,7 +24,7 @@ def run(ctx: EvalContext, data: RetrievalData) -> TaskResult:
 
 
 def _shapes(ctx: EvalContext) -> RetrievalData:
-    return shapes_data.long_captions(ctx.image_size, ctx.seed)
+    return shapes_data.long_captions(ctx.image_size, ctx.seed, ctx.scenes)
 
 
 TASKS.add(

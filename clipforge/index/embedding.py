@@ -39,7 +39,9 @@ from clipforge.outputs import atomic_write, remove_stale_temporaries
 
 # Settings a resumed run must share with the run it continues: any of them changes what
 # is computed or how it is cut into shards.
-RESUME_KEYS = ("fingerprint", "collection", "kind", "dtype", "shard_size", "batch_size")
+RESUME_KEYS = (
+    "fingerprint", "collection", "kind", "dtype", "shard_size", "batch_size", "runtime"
+)  # fmt: skip
 
 
 def embed_collection(
@@ -57,12 +59,16 @@ def embed_collection(
     progress: bool = True,
     source: dict[str, str | None] | None = None,
     on_shard: Callable[[int], None] | None = None,
+    runtime: str = "torch",
+    onnx_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Embed ``items`` into the folder ``out`` (already checked and marked by the caller);
     return the final ``model.json`` record. With ``resume`` continue the run recorded
     there. ``source`` (``{"data": ..., "texts": ...}``, as :func:`.items.open_collection`
     takes them) is recorded, so that ``clipforge embed --update`` can open the collection
-    again. ``on_shard(n)`` is called after shard ``n`` is recorded (tests use it)."""
+    again. ``on_shard(n)`` is called after shard ``n`` is recorded (tests use it).
+    ``runtime`` ``"onnx"`` encodes with onnxruntime on the export ``onnx_dir`` (default:
+    exported into the cache; see :class:`~clipforge.eval.embed.Embedder`)."""
     if dtype not in DTYPES:
         raise ClipforgeError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -74,9 +80,16 @@ def embed_collection(
         info = read_json(out / MODEL_FILE, again)
         done = read_json(out / PROGRESS_FILE, again)
         precision = str(info["precision"]["precision"])  # the same arithmetic as before
+        # Folders written before the runtime was recorded were all embedded by PyTorch.
+        info.setdefault("runtime", "torch")
+        if onnx_dir is None and info["runtime"] == runtime == "onnx":
+            onnx_dir = info.get("onnx")  # the graphs the run started with, if still there
+            if onnx_dir is not None and not Path(onnx_dir).is_dir():
+                onnx_dir = None
     embedder = Embedder(
-        model, tokenizer, batch_size=batch_size, progress=False, precision=precision
-    )
+        model, tokenizer, batch_size=batch_size, progress=False, precision=precision,
+        runtime=runtime, onnx_dir=onnx_dir,
+    )  # fmt: skip
     fresh = {
         "fingerprint": embedder.fingerprint,
         "collection": items.digest,
@@ -84,6 +97,7 @@ def embed_collection(
         "dtype": dtype,
         "shard_size": shard_size,
         "batch_size": batch_size,
+        "runtime": runtime,
     }
     if resume:
         for key in RESUME_KEYS:
@@ -109,6 +123,8 @@ def embed_collection(
             "precision": embedder.precision_record,
             "complete": False,
         }
+        if embedder.onnx_dir is not None:
+            info["onnx"] = str(embedder.onnx_dir)
         write_json(out / MODEL_FILE, info)
         skipped, start_shard = SkipCounter(), 0
         write_json(out / PROGRESS_FILE, {"shards": 0, "rows": 0, "skipped": {}})

@@ -168,6 +168,16 @@ def shapes_config(cfg: TrainConfig) -> ShapesConfig:
         if not isinstance(w, (list, tuple)) or not w or any(float(x) < 0 for x in w):
             raise ClipforgeError(f"shapes-args count_weights must be a list of weights, got {w!r}")
         args["count_weights"] = tuple(float(x) for x in w)
+    if "colours" in args:
+        c = args["colours"]
+        if not isinstance(c, (list, tuple)) or not c:
+            raise ClipforgeError(f"shapes-args colours must be a list of colour names, got {c!r}")
+        args["colours"] = tuple(str(x) for x in c)
+    if "long_captions" in args:
+        p = args["long_captions"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ClipforgeError(f"shapes-args long_captions must be a share in [0, 1], got {p!r}")
+        args["long_captions"] = float(p)
     return ShapesConfig(**args)
 
 

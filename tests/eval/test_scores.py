@@ -130,3 +130,14 @@ def test_long_captions_counts_truncated(tmp_path):
     res = long_captions.run(ctx, RetrievalData("t", ImageSet("i", 2, None), [[short], [long]]))
     assert res.metrics["truncated"] == 0.5 and res.metrics["i2t_R@1"] == 1.0
     assert res.details["context"] == 8
+
+
+def test_long_captions_default_set_takes_the_scenes_size():
+    from types import SimpleNamespace
+
+    from clipforge.eval import long_captions
+
+    # The shapes-world set honours --scenes as retrieval does (it used 1,000 always).
+    data = long_captions._shapes(SimpleNamespace(image_size=16, seed=0, scenes=7))
+    assert len(data.images) == 7 and len(data.texts) == 7
+    assert all(t.startswith("There ") for t in data.texts)

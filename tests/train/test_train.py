@@ -154,7 +154,7 @@ def test_init_from_a_run_and_shapes_args(tmp_path, micro_args):
     rtol = torch.finfo(torch.float32).eps + lr * TrainConfig().weight_decay
     assert all(torch.allclose(a[k], b[k], rtol=rtol, atol=lr) for k in a)
     with pytest.raises(ClipforgeError, match="unknown shapes-args"):
-        train(_cfg(tmp_path / "c", micro_args, shapes_args={"colours": 3}))
+        train(_cfg(tmp_path / "c", micro_args, shapes_args={"palette": 3}))
     with pytest.raises(ClipforgeError, match="architecture differs"):
         train(_cfg(tmp_path / "d", {**micro_args, "embed_dim": 16}, init=str(src)))
 
@@ -165,3 +165,41 @@ def test_shapes_args_change_the_scene_mix():
     cfg = TrainConfig(shapes_args={"count_weights": [0.0, 1.0], "group_prob": 0.0})
     src = build_source(cfg, 16)
     assert {src.get(i).meta["kind"] for i in range(20)} == {"pair"}
+
+
+def test_shapes_args_colours_choose_the_palette():
+    from clipforge.train.builders import build_source
+
+    held_out = ["pink", "brown", "grey"]  # colours the default scenes never use
+    src = build_source(TrainConfig(shapes_args={"colours": held_out}), 16)
+    samples = [src.get(i) for i in range(30)]
+    seen = {o["colour"] for s in samples for o in s.meta["objects"]}
+    assert seen == set(held_out)  # 30 scenes of 1-4 objects: every colour drawn, no other
+    assert all(any(c in s.texts[0] for c in held_out) for s in samples)  # named in text
+    default = build_source(TrainConfig(), 16)
+    assert not {o["colour"] for i in range(30) for o in default.get(i).meta["objects"]} & set(
+        held_out
+    )
+    for bad, why in ((["pink", "teal"], "unknown shapes colours teal"), ("pink", "list")):
+        with pytest.raises(ClipforgeError, match=why):
+            build_source(TrainConfig(shapes_args={"colours": bad}), 16)
+
+
+def test_shapes_args_long_captions_replace_a_share_of_the_captions():
+    from clipforge.data.shapes import long_caption
+    from clipforge.train.builders import build_source
+
+    plain = build_source(TrainConfig(), 16)
+    mixed = build_source(TrainConfig(shapes_args={"long_captions": 0.5}), 16)
+    longs = 0
+    for i in range(40):
+        a, b = plain.get(i), mixed.get(i)
+        assert a.meta == b.meta  # the same scene: only its captions change
+        if b.texts != a.texts:
+            assert b.texts == [long_caption(mixed.world.scene(i), 16)]
+            longs += 1
+    assert 8 <= longs <= 32  # a seeded half of 40: outside 8..32 has probability < 1e-4
+    every = build_source(TrainConfig(shapes_args={"long_captions": 1}), 16)
+    assert all(every.get(i).texts[0].startswith("There ") for i in range(5))
+    with pytest.raises(ClipforgeError, match="share in"):
+        build_source(TrainConfig(shapes_args={"long_captions": 2}), 16)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image, ImageDraw
 
 from clipforge.data.sample import Sample
-from clipforge.data.shapes.captions import captions_for
+from clipforge.data.shapes.captions import captions_for, long_caption
 from clipforge.data.shapes.scenes import (
     COLOUR_NAMES,
     COLOURS,
@@ -38,6 +38,13 @@ class ShapesConfig:
     # Keep only the captions of single and two-object scenes that say where things are
     # (implies position_captions): a relation-focused caption set.
     spatial_only: bool = False
+    # The colours scenes draw from (names of COLOURS or OOD_COLOURS); empty: COLOURS. A
+    # palette of held-out colours is a domain shift for fine-tuning experiments: new
+    # pixels and new words in the captions.
+    colours: tuple[str, ...] = ()
+    # The share of scenes (a seeded draw per scene) whose only caption is the
+    # multi-sentence description of long_caption: long text for Long-CLIP fine-tuning.
+    long_captions: float = 0.0
 
 
 class ShapesWorld:
@@ -58,6 +65,10 @@ class ShapesWorld:
         if image_size < 8:
             raise ClipforgeError(f"shapes image size must be >= 8, got {image_size}")
         cfg = config or ShapesConfig()
+        unknown = [c for c in cfg.colours if c not in COLOURS and c not in OOD_COLOURS]
+        if unknown:
+            known = ", ".join([*COLOURS, *OOD_COLOURS])
+            raise ClipforgeError(f"unknown shapes colours {', '.join(unknown)} (known: {known})")
         self.config = ShapesConfig(**{**asdict(cfg), "image_size": image_size})
         self.image_size = image_size
         self.split = split
@@ -103,6 +114,7 @@ class ShapesWorld:
         rng = self.rng(index)
         cfg = self.config
         counts = range(1, len(cfg.count_weights) + 1)
+        palette = cfg.colours or COLOUR_NAMES
         while True:
             n = rng.choices(counts, weights=cfg.count_weights)[0]
             if n == 1:
@@ -112,10 +124,10 @@ class ShapesWorld:
             else:
                 kind = "pair" if n == 2 else "many"
             if kind == "group":
-                attrs = [(rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))] * n
+                attrs = [(rng.choice(SHAPES), rng.choice(palette), rng.choice(SIZE_NAMES))] * n
             else:
                 attrs = [
-                    (rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(SIZE_NAMES))
+                    (rng.choice(SHAPES), rng.choice(palette), rng.choice(SIZE_NAMES))
                     for _ in range(n)
                 ]
                 if kind == "pair" and attrs[0] == attrs[1]:
@@ -172,7 +184,10 @@ class ShapesWorld:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
         sc = self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
-        return Sample(img, self._captions(sc), sc.meta(), key=f"{self.split}-{index:09d}")
+        caps = self._captions(sc)
+        if self.config.long_captions and self.rng(index, 5).random() < self.config.long_captions:
+            caps = [long_caption(sc, self.image_size)]
+        return Sample(img, caps, sc.meta(), key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
         sc = self.object_scene(index, shape, colour, size)
