@@ -114,6 +114,12 @@ class Objective(nn.Module):
         """Named values of the last ``forward`` worth logging (e.g. the terms of a sum)."""
         return {}
 
+    def heads(self) -> dict[str, nn.Module]:
+        """Modules this objective trains that belong to the model it produces (a caption
+        decoder), by name: every checkpoint carries them and :func:`clipforge.models.load`
+        gives them back in ``model.heads``. Each has a ``cfg`` dataclass."""
+        return {}
+
     def forward(self, f: Features) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

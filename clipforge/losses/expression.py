@@ -92,6 +92,12 @@ class SumObjective(Objective):
         for obj in self.terms:
             obj.after_step(model)
 
+    def heads(self) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        for obj in self.terms:
+            out.update(obj.heads())
+        return out
+
     def forward(self, f: Features) -> torch.Tensor:
         total: torch.Tensor | None = None
         self._last = {}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipforge.checkpoint import model_payload
+from clipforge.checkpoint import heads_payload, model_payload
 
 
 def training_state(
@@ -29,6 +29,7 @@ def training_state(
     bit for bit (``position`` is the sum of the ranks' stream ``positions``)."""
     return {
         **model_payload(model.state_dict(), model_config),
+        **heads_payload(objective.heads() if hasattr(objective, "heads") else {}),
         "optimizer": optimizer.state_dict(),
         "objective": objective.state_dict(),
         "step": step,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoint import atomic_save, model_payload
+from clipforge.checkpoint import atomic_save, heads_payload, model_payload
 from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
@@ -130,6 +130,9 @@ def _train(
     model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
     objective = parts.objective.to(world.device)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
+    # Heads the objective trains (a caption decoder) travel with the model, as a loaded
+    # checkpoint's do, so evaluations during the run (captioning) can use them.
+    model.heads.update(objective.heads())
     # An objective may own parameters (a third-modality encoder): they train with the model.
     trained = torch.nn.ModuleList([model, objective])
     opt = build_optimizer(
@@ -244,7 +247,8 @@ def _train(
         # final.pt holds them too (loading merges them); this file is the adapters alone.
         # Before final.pt, which is written last: a finished run has both.
         save_adapters(model, folder.path / "adapters.safetensors")
-    folder.finish(final, {**model_payload(model.state_dict(), parts.model_config), "step": step})
+    folder.finish(final, {**model_payload(model.state_dict(), parts.model_config),
+                          **heads_payload(objective.heads()), "step": step})  # fmt: skip
     distributed.barrier(world)
     return result
 
