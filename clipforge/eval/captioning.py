@@ -33,6 +33,7 @@ from PIL import Image
 from clipforge.data.shapes import COLOURS, OOD_COLOURS, OOD_SHAPES, SHAPES, ShapesWorld, plural
 from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
+from clipforge.eval import shapes_data
 from clipforge.eval.datasets import IMAGE_SUFFIXES, ImageSet
 from clipforge.eval.embed import Embedder
 from clipforge.eval.tasks import TASKS, EvalContext, Task, TaskResult
@@ -220,7 +221,7 @@ def _unavailable(ctx: EvalContext) -> str | None:
 
 
 def _shapes(ctx: EvalContext) -> CaptionData:
-    n = min(ctx.scenes, DEFAULT_SCENES) if ctx.scenes else None
+    n = min(ctx.scenes or shapes_data.SCENES, shapes_data.SCENES, DEFAULT_SCENES)
     return shapes_captioning(ctx.image_size, ctx.seed, n, ctx.split)
 
 

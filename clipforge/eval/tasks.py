@@ -34,6 +34,7 @@ TASK_MODULES: tuple[str, ...] = (
     "modality_gap",
     "long_captions",
     "captioning",
+    "region_retrieval",
 )
 
 
