@@ -38,11 +38,22 @@ def test_clip_region_with_tic_trains_two_steps_and_is_evaluated(tmp_path):
         (["--loss", "clip+region", "--patch-dropout", "0.5"], "--patch-dropout"),
         (["--loss", "clip+coca", "--model-args", "vision.pool=grid"], "grid pooling"),
         (["--loss", "clip+coca", "--coca-keep", "0"], "--coca-keep"),
+        (["--loss", "clip+proto", "--proto-k", "64", "--proto-bank", "32"], "--proto-bank 32"),
     ],
 )
-def test_region_and_coca_errors_are_one_line(tmp_path, args, needle, capsys):
+def test_region_coca_and_proto_errors_are_one_line(tmp_path, args, needle, capsys):
     out = tmp_path / "run"
     assert main(["train", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_clip_proto_trains_two_steps(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--loss", "clip+proto", "--proto-k", "4", "--proto-bank", "8",
+                 "--proto-every", "1", *TRAIN, "--out", str(out)]) == 0  # fmt: skip
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    # No prototypes before the first refresh (after step 1): the term is zero, then not.
+    assert steps[0]["loss/proto"] == 0.0 and steps[1]["loss/proto"] > 0.0
