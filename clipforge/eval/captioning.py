@@ -30,7 +30,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clipforge.data.shapes import COLOURS, OOD_COLOURS, OOD_SHAPES, SHAPES, ShapesWorld, plural
+from clipforge.data.shapes import (
+    COLOURS,
+    OOD_COLOURS,
+    OOD_SHAPES,
+    SHAPES,
+    ShapesWorld,
+    captions_for,
+    plural,
+)
 from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval import shapes_data
@@ -195,7 +203,7 @@ def shapes_captioning(
     scenes = [world.scene(i) for i in range(n)]
     images = ImageSet(f"shapes:scenes:{size}:{seed}:{split}:{n}", n, partial(_scene_loader, world))
     objects = [[(o.colour, o.shape) for o in sc.objects] for sc in scenes]
-    refs = [world._captions(sc) for sc in scenes]
+    refs = [captions_for(sc) for sc in scenes]
     return CaptionData(f"shapes-{split}", images, objects, refs)
 
 

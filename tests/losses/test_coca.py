@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clipforge.data.shapes import ShapesWorld
+from clipforge.data.shapes import ShapesWorld, captions_for
 from clipforge.data.tokenizer import get_tokenizer
 from clipforge.losses import Features
 from clipforge.losses.coca import (
@@ -142,6 +142,6 @@ def test_the_shapes_vocabulary_covers_every_caption():
     tok = get_tokenizer(77)
     world = ShapesWorld(image_size=16, seed=3)
     for i in range(200):
-        for caption in world._captions(world.scene(i)):
+        for caption in captions_for(world.scene(i), positions=True):
             assert set(tok(caption)[0].tolist()) - {0} <= known, caption
     assert len(known) < 120  # a closed vocabulary, far below CLIP's 49408
