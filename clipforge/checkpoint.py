@@ -127,3 +127,18 @@ def model_payload(state_dict: Mapping[str, torch.Tensor], model_config: Any) -> 
     """The part of every checkpoint that makes it loadable as a model: the weights and
     the architecture (a :class:`~clipforge.models.ModelConfig`)."""
     return {"model": dict(state_dict), "model_config": plain_config(model_config)}
+
+
+def heads_payload(heads: Mapping[str, Any]) -> dict[str, Any]:
+    """The modules an objective trained beside the model (``Objective.heads()``: a caption
+    decoder), each as its plain ``config`` and ``state``, under ``heads``; nothing when
+    there are none, so checkpoints of plain runs stay as they were."""
+    if not heads:
+        return {}
+    return {
+        "heads": {
+            name: {"config": plain_config(m.cfg),
+                   "state": {k: v.detach() for k, v in m.state_dict().items()}}
+            for name, m in heads.items()
+        }
+    }  # fmt: skip

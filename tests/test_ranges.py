@@ -176,6 +176,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
     assert {c for c, _, _ in ARGS} == {
         "train",
         "eval",
+        "caption",
         "synth",
         "shard",
         "curate",

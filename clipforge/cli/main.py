@@ -654,6 +654,49 @@ def _list_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: _print_names("losses"))
 
 
+def _caption_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count
+
+    p = sub.add_parser(
+        "caption",
+        help="caption images with a model's caption decoder (trained with --loss clip+coca)",
+        description="Decode a caption for each image (greedy with --beam 1, else beam search "
+        "on the summed log-probability) and print 'IMAGE<TAB>CAPTION' lines, or a JSON list.",
+    )
+    p.add_argument("model", help="run folder or checkpoint file with a caption decoder")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    add_number(p, "--beam", count, 1, "beams (1 = greedy)")
+    add_number(p, "--max-len", count, 30, "most tokens per caption")
+    add_number(p, "--batch-size", count, 64, "images decoded together")
+    add_number(p, "--threads", count, 1, "torch threads")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {image, caption}")
+    p.set_defaults(func=_cmd_caption)
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.data.tokenizer import get_tokenizer
+    from clipforge.eval.captioning import Captioner, open_images
+    from clipforge.models import load
+
+    torch.set_num_threads(args.threads)
+    model = load(args.model)
+    tokenizer = get_tokenizer(model.cfg.text.context_length)
+    captioner = Captioner(model, tokenizer, beams=args.beam, max_len=args.max_len,
+                          batch_size=args.batch_size, what=args.model)  # fmt: skip
+    images = open_images(args.images)
+    captions = captioner([im for _, im in images])
+    rows = [{"image": str(p), "caption": c} for (p, _), c in zip(images, captions, strict=True)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['image']}\t{r['caption']}")
+    return 0
+
+
 def _print_names(kind: str) -> int:
     if kind == "models":
         from clipforge.models import list_models
@@ -717,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
         _shard_parser,
         _curate_parser,
         _list_parser,
+        _caption_parser,
         _convert_parser,
         *_collection_parsers(),
         _adapt_parser(),

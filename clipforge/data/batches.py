@@ -10,7 +10,7 @@ import torch
 
 from clipforge.data.sample import Sample, SampleError
 from clipforge.data.tokenizer import Tokenizer
-from clipforge.data.transforms import SeededCrop, normalize
+from clipforge.data.transforms import SeededCrop, crop_box, normalize
 
 CAPTION_STRATEGIES = ("random", "first", "all")
 
@@ -30,6 +30,8 @@ class Item:
     skip: str | None = None
     negatives: list[str] = field(default_factory=list)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # meta fields as tensors
+    # With regions on: each object's box in the crop's [0, 1] coordinates and its phrase.
+    regions: list[tuple[tuple[float, float, float, float], str]] | None = None
 
     @property
     def text(self) -> str:
@@ -96,6 +98,11 @@ class SampleProcessor:
     ``missing_meta:KEY``.
     ``text_aug`` (e.g. :class:`clipforge.data.textaug.TextAugment`) perturbs each chosen
     caption with the sample's own generator, after the crop has drawn from it.
+    ``regions`` > 0 (region-text objectives) carries up to that many objects of
+    ``meta["objects"]`` (the shapes world's boxes, colours and shapes) into
+    ``Item.regions``: each box moved with the crop, and its phrase ("a red circle"). An
+    object with less than half of its box inside the crop is left out; a sample without
+    ``objects`` is skipped as ``missing_meta:objects``.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class SampleProcessor:
         hard_negatives: tuple[str, ...] = (),
         extra_keys: tuple[str, ...] = (),
         text_aug: Callable[[str, random.Random], str] | None = None,
+        regions: int = 0,
     ) -> None:
         if caption not in CAPTION_STRATEGIES:
             raise ValueError(f"unknown caption strategy {caption!r}")
@@ -119,6 +127,22 @@ class SampleProcessor:
         self.max_captions = max_captions
         self.hard_negatives = tuple(hard_negatives)
         self.extra_keys = tuple(extra_keys)
+        self.regions = regions
+
+    def _regions(
+        self, meta: dict, crop: tuple[int, int, int, int, bool]
+    ) -> list[tuple[tuple[float, float, float, float], str]]:
+        from clipforge.data.shapes import article
+
+        out = []
+        for o in meta["objects"]:
+            x0, y0, x1, y1 = crop_box(o["box"], crop)
+            area = (x1 - x0) * (y1 - y0)
+            c = (max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0))
+            inside = max(c[2] - c[0], 0.0) * max(c[3] - c[1], 0.0)
+            if area > 0 and inside >= area / 2 and len(out) < self.regions:
+                out.append((c, f"{article(o['colour'])} {o['colour']} {o['shape']}"))
+        return out
 
     def _choose(self, texts: list[str], rnd: random.Random) -> list[int]:
         if self.caption == "first":
@@ -151,11 +175,14 @@ class SampleProcessor:
             if sample.meta.get(key) is None:
                 return Item(position, skip=f"missing_meta:{key}")
             extra[key] = torch.as_tensor(sample.meta[key])
+        if self.regions and not sample.meta.get("objects"):
+            return Item(position, skip="missing_meta:objects")
         rnd = random.Random(self.seed * 1_000_003 + position)
         chosen = self._choose(texts, rnd)
         # A pathological caption must not stall the tokenizer; the context cuts it anyway.
         picked = [texts[i][: self.max_chars] for i in chosen]
-        image = self.crop(sample.image, rnd)
+        image, crop = self.crop.apply(sample.image, rnd)
+        regions = self._regions(sample.meta, crop) if self.regions else None
         # After the crop, so that turning text augmentation on leaves the crops unchanged.
         if self.text_aug is not None:
             picked = [self.text_aug(t, rnd) for t in picked]
@@ -164,7 +191,8 @@ class SampleProcessor:
         # caption choices of a run unchanged.
         neg_rnd = random.Random(self.seed * 1_000_003 + position + (1 << 40))
         negatives = self._negatives(sample, texts[chosen[0]], neg_rnd)
-        return Item(position, image, picked, weight, negatives=negatives, extra=extra)
+        return Item(position, image, picked, weight, negatives=negatives, extra=extra,
+                    regions=regions)  # fmt: skip
 
 
 # Keeps the noise draws apart from the crop (offset 0) and hard-negative (1 << 40) ones.
@@ -213,6 +241,9 @@ class Collator:
 
     ``caption_noise`` > 0 corrupts that fraction of the pairs first (:func:`swap_captions`),
     seeded by ``seed`` and the samples' positions, for noisy-correspondence experiments.
+    ``regions`` > 0 stacks the items' regions into ``extra``: ``region_boxes`` ``[B, K, 4]``,
+    ``region_mask`` ``[B, K]`` (1: a region) and ``region_tokens`` ``[B, K, L]`` (the
+    phrases, tokenized), ``K = regions``, empty slots zero.
     """
 
     def __init__(
@@ -222,18 +253,35 @@ class Collator:
         std: tuple[float, ...],
         caption_noise: float = 0.0,
         seed: int = 0,
+        regions: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.mean = mean
         self.std = std
         self.caption_noise = caption_noise
         self.seed = seed
+        self.regions = regions
+
+    def _region_extra(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        b, k = len(items), self.regions
+        boxes, mask = torch.zeros(b, k, 4), torch.zeros(b, k)
+        tokens = torch.zeros(b, k, self.tokenizer.context_length, dtype=torch.long)
+        for i, it in enumerate(items):
+            found = it.regions or []
+            if not found:
+                continue
+            boxes[i, : len(found)] = torch.tensor([box for box, _ in found])
+            mask[i, : len(found)] = 1.0
+            tokens[i, : len(found)] = self.tokenizer([phrase for _, phrase in found])
+        return {"region_boxes": boxes, "region_mask": mask, "region_tokens": tokens}
 
     def __call__(self, items: list[Item], next_position: int, skipped: dict[str, int]) -> Batch:
         items = swap_captions(items, self.caption_noise, self.seed)
         images = normalize(torch.stack([it.image for it in items]), self.mean, self.std)  # type: ignore[misc]
         weights = torch.tensor([it.weight for it in items])
         extra = {k: torch.stack([it.extra[k] for it in items]) for k in items[0].extra}
+        if self.regions:
+            extra.update(self._region_extra(items))
         if all(len(it.texts) == 1 and not it.negatives for it in items):
             texts = [it.texts[0] for it in items]
             return Batch(

@@ -43,12 +43,32 @@ class SeededCrop:
         return (h - side) // 2, (w - side) // 2, side, side
 
     def __call__(self, image: Image.Image, rnd: random.Random) -> torch.Tensor:
+        return self.apply(image, rnd)[0]
+
+    def apply(
+        self, image: Image.Image, rnd: random.Random
+    ) -> tuple[torch.Tensor, tuple[int, int, int, int, bool]]:
+        """The crop and where it came from: ``(top, left, height, width, flipped)`` in
+        pixels of ``image`` (to move boxes with the pixels). Draws what ``__call__`` does."""
         x = TF.pil_to_tensor(image)
         top, left, ch, cw = self.params(x.shape[-2], x.shape[-1], rnd)
         x = TF.resized_crop(x, top, left, ch, cw, [self.size, self.size], antialias=True)
-        if self.flip and rnd.random() < 0.5:
+        flipped = bool(self.flip and rnd.random() < 0.5)
+        if flipped:
             x = TF.horizontal_flip(x)
-        return x
+        return x, (top, left, ch, cw, flipped)
+
+
+def crop_box(
+    box: tuple[float, float, float, float], crop: tuple[int, int, int, int, bool]
+) -> tuple[float, float, float, float]:
+    """A pixel box ``(x0, y0, x1, y1)`` of the source image in the coordinates of a crop
+    from :meth:`SeededCrop.apply`, as fractions of the crop's side (may leave ``[0, 1]``)."""
+    top, left, ch, cw, flipped = crop
+    x0, y0, x1, y1 = (box[0] - left) / cw, (box[1] - top) / ch, (box[2] - left) / cw, (box[3] - top) / ch
+    if flipped:
+        x0, x1 = 1 - x1, 1 - x0
+    return x0, y0, x1, y1
 
 
 def normalize(

@@ -258,6 +258,17 @@ class Embedder:
         self.embedded_images += len(images)
         return feats
 
+    def image_tokens(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``[B, n_patches, D]`` normalised per-token image features of decoded images,
+        uncached and in float32 (what a caption decoder reads; they are too large to keep)."""
+        device = next(self.model.parameters()).device
+        x = torch.stack([self.transform(im) for im in images]).to(device)
+        with torch.inference_mode():
+            _, tokens = self.model.visual(x.to(self.model.logit_scale.dtype), with_tokens=True)
+        self.embedded_images += len(images)
+        # Normalised as CLIP.forward(with_tokens=True) gives them to the training objectives.
+        return torch.nn.functional.normalize(tokens.float(), dim=-1)
+
     def text_batch(self, texts: Sequence[str]) -> torch.Tensor:
         """``[B, D]`` features of ``texts``, uncached (see :meth:`image_batch`)."""
         device = next(self.model.parameters()).device

@@ -21,7 +21,7 @@ from clipforge.errors import ClipforgeError
 
 SCHEMA = "clipforge.eval/1"
 # Metrics that are not fractions (printed as numbers, not percentages).
-RAW_METRICS = ("mean_abs_error", "centroid_distance", "paired_cosine", "nll")
+RAW_METRICS = ("mean_abs_error", "centroid_distance", "paired_cosine", "nll", "cider")
 
 
 def is_fraction(metric: str) -> bool:

@@ -88,6 +88,10 @@ def evaluate(
     try:
         for name in names:
             task = registry.get(name)
+            why = task.unavailable(ctx) if task.unavailable is not None else None
+            if why:
+                results["skipped"][name] = why
+                continue
             if user:
                 match = [(k, d) for k, d in user if k in task.accepts]
                 if not match:

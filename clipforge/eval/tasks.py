@@ -33,6 +33,8 @@ TASK_MODULES: tuple[str, ...] = (
     "calibration",
     "modality_gap",
     "long_captions",
+    "captioning",
+    "region_retrieval",
 )
 
 
@@ -86,13 +88,16 @@ class Task:
     """A registered evaluation task.
 
     ``accepts`` lists the data kinds ``run`` understands; ``shapes`` builds the default
-    data set from the shapes world for a model of the given image size.
+    data set from the shapes world for a model of the given image size. ``unavailable``
+    says why the task cannot run on a context's model (one without a caption decoder,
+    say), or None when it can; such a task is skipped with that reason.
     """
 
     description: str
     accepts: tuple[str, ...]
     shapes: Callable[[EvalContext], Any]
     run: Callable[[EvalContext, Any], TaskResult]
+    unavailable: Callable[[EvalContext], str | None] | None = None
 
 
 TASKS: Registry[Task] = Registry("eval task")

@@ -94,9 +94,15 @@ class Objective(nn.Module):
     ``needs_tokens``: the trainer runs the model with ``with_tokens=True`` and puts the
     per-token features in ``Features.extra`` as ``image_tokens`` ``[B, N, D]``,
     ``text_tokens`` ``[T, L, D]`` and ``text_token_mask`` ``[T, L]`` (late interaction).
+    ``regions`` > 0: the data pipeline carries up to that many object boxes and phrases
+    per image (:class:`~clipforge.data.batches.Collator`), the trainer encodes the phrases
+    with the text tower in the captions' pass, and ``Features.extra`` holds
+    ``region_boxes`` ``[B, K, 4]`` (crop coordinates in ``[0, 1]``), ``region_mask``
+    ``[B, K]`` and ``region_text`` ``[B, K, D]`` (normalised phrase embeddings).
     """
 
     batch_keys: tuple[str, ...] = ()
+    regions: int = 0
     computes_shares: bool = False
     ring_chunkable: bool = False
     needs_tokens: bool = False
@@ -112,6 +118,12 @@ class Objective(nn.Module):
 
     def metrics(self) -> dict[str, float]:
         """Named values of the last ``forward`` worth logging (e.g. the terms of a sum)."""
+        return {}
+
+    def heads(self) -> dict[str, nn.Module]:
+        """Modules this objective trains that belong to the model it produces (a caption
+        decoder), by name: every checkpoint carries them and :func:`clipforge.models.load`
+        gives them back in ``model.heads``. Each has a ``cfg`` dataclass."""
         return {}
 
     def forward(self, f: Features) -> torch.Tensor:  # pragma: no cover - abstract

@@ -76,6 +76,7 @@ class SumObjective(Objective):
         self.terms = nn.ModuleList([obj for _, _, obj in terms])
         self.batch_keys = tuple(dict.fromkeys(k for obj in self.terms for k in obj.batch_keys))
         self.needs_tokens = any(obj.needs_tokens for obj in self.terms)
+        self.regions = max(obj.regions for obj in self.terms)
         self._last: dict[str, float] = {}
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -92,6 +93,12 @@ class SumObjective(Objective):
         for obj in self.terms:
             obj.after_step(model)
 
+    def heads(self) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        for obj in self.terms:
+            out.update(obj.heads())
+        return out
+
     def forward(self, f: Features) -> torch.Tensor:
         total: torch.Tensor | None = None
         self._last = {}
@@ -103,4 +110,7 @@ class SumObjective(Objective):
         return total
 
     def metrics(self) -> dict[str, float]:
-        return dict(self._last)
+        out = dict(self._last)
+        for obj in self.terms:
+            out.update(obj.metrics())
+        return out

@@ -53,6 +53,10 @@ class CLIP(nn.Module):
             if init_logit_bias is not None
             else None
         )
+        # Modules an objective trained beside the towers (``"decoder"``: a caption decoder),
+        # filled by :func:`clipforge.models.load`. Not submodules: the model's state dict,
+        # exports and every reader of the towers stay as they are.
+        self.heads: dict[str, nn.Module] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -9,9 +9,14 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import resolve
+from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig
 from clipforge.models.convert import model_from_state_dict, read_checkpoint
+from clipforge.models.decoder import decoder_from_payload
+
+# How each kind of head a checkpoint may carry is rebuilt (see ``Objective.heads``).
+_HEADS = {"decoder": decoder_from_payload}
 
 
 def load(
@@ -27,11 +32,22 @@ def load(
     of weights may be clipforge's, OpenAI's, OpenCLIP's or Hugging Face's (CLIP or SigLIP).
     ``arch`` (a preset name or a :class:`ModelConfig`) replaces the architecture the file
     states or implies; ``overrides`` (dotted keys, e.g. ``{"act": "gelu"}``) adjust it.
-    LoRA adapters in the checkpoint are merged into the weights they adapt.
+    LoRA adapters in the checkpoint are merged into the weights they adapt. Heads an
+    objective trained beside the towers (``--loss clip+coca``'s caption decoder) come
+    back in ``model.heads`` (``model.heads["decoder"]``), in eval mode.
     Errors name ``what`` the path was given as (``--init``, ``distillation teacher``, ...).
     """
-    ckpt = read_checkpoint(resolve(path_or_run, what), arch, overrides)
-    return model_from_state_dict(ckpt.config, ckpt.state_dict)
+    path = resolve(path_or_run, what)
+    ckpt = read_checkpoint(path, arch, overrides)
+    model = model_from_state_dict(ckpt.config, ckpt.state_dict)
+    for name, payload in (ckpt.heads or {}).items():
+        if name not in _HEADS:
+            raise ClipforgeError(f"{what} {path}: unknown head {name!r} in the checkpoint")
+        try:
+            model.heads[name] = _HEADS[name](payload)
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ClipforgeError(f"{what} {path}: cannot read its {name}: {e}") from None
+    return model
 
 
 def differing_tensors(

@@ -80,13 +80,15 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
         hard_negatives=hard_negative_kinds(cfg),
         text_aug=build_text_aug(cfg),
         extra_keys=objective.batch_keys + ((TEXT_EMBEDDING,) if mcfg.text.external_dim else ()),
+        regions=objective.regions,
     )
     evals = [] if cfg.data is not None or cfg.evals in ("", "none") else resolve_tasks(cfg.evals)
     tokenizer = get_tokenizer(mcfg.text.context_length)
     precision = resolve(cfg.precision, model_width(mcfg), world.device, use="train")
     return RunParts(
         mcfg, spec, objective, tokenizer, build_source(cfg, size), processor,
-        Collator(tokenizer, mcfg.mean, mcfg.std, cfg.caption_noise, cfg.seed), evals, precision,
+        Collator(tokenizer, mcfg.mean, mcfg.std, cfg.caption_noise, cfg.seed, objective.regions),
+        evals, precision,
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipforge.checkpoint import model_payload
+from clipforge.checkpoint import heads_payload, model_payload
 
 
 def training_state(
@@ -33,6 +33,7 @@ def training_state(
     model_state, optimizer_state = states or (model.state_dict(), optimizer.state_dict())
     return {
         **model_payload(model_state, model_config),
+        **heads_payload(objective.heads() if hasattr(objective, "heads") else {}),
         "optimizer": optimizer_state,
         "objective": objective.state_dict(),
         "step": step,

@@ -43,20 +43,31 @@ def batch_loss(
     extra = {**part.extra, **objective.prepare(part.images, part.tokens)}
     tokens = getattr(objective, "needs_tokens", False)
     # A model with an external text tower reads the captions' stored embeddings.
-    text_in = part.extra.get(TEXT_EMBEDDING, part.tokens)
-    out = model(part.images, text_in, with_tokens=True) if tokens else model(part.images, text_in)
+    # Region phrases (region-text objectives) go through the text tower in the same pass
+    # as the captions, after them, so they train it as the captions do.
+    texts, n_captions = part.extra.get(TEXT_EMBEDDING, part.tokens), part.tokens.shape[0]
+    phrases = part.extra.get("region_tokens")
+    if phrases is not None:
+        valid = part.extra["region_mask"].flatten() > 0
+        texts = torch.cat([texts, phrases.flatten(0, 1)[valid]])
+    out = model(part.images, texts, with_tokens=True) if tokens else model(part.images, texts)
 
     # The loss runs in float32 under bf16 autocast; a float64 model (the exactness tests)
     # keeps float64.
     def loss_dtype(x: torch.Tensor) -> torch.Tensor:
         return x if x.dtype == torch.float64 else x.float()
 
-    image, text = loss_dtype(out.image), loss_dtype(out.text)
+    image, text = loss_dtype(out.image), loss_dtype(out.text[:n_captions])
+    if phrases is not None:
+        found = loss_dtype(out.text[n_captions:])
+        region_text = found.new_zeros(valid.shape[0], found.shape[1])
+        region_text[valid] = found
+        extra["region_text"] = region_text.view(*phrases.shape[:2], -1)
     if tokens:
         extra["image_tokens"] = loss_dtype(out.image_tokens)
-        extra["text_tokens"] = loss_dtype(out.text_tokens)
+        extra["text_tokens"] = loss_dtype(out.text_tokens[:n_captions])
         # As numbers, not bools: the distributed gather moves floating-point rows.
-        extra["text_token_mask"] = out.text_mask.to(text.dtype)
+        extra["text_token_mask"] = out.text_mask[:n_captions].to(text.dtype)
     f = Features(image, text, out.scale, out.bias, part.owner, part.weights, extra)
     if chunked:
         share = siglip_ring_share(f, world)
@@ -210,7 +221,7 @@ def check_cacheable(cfg: TrainConfig, objective: Objective, world: World) -> Non
         )
     terms = list(getattr(objective, "terms", [objective]))
     for term in terms:
-        reads_more = term.batch_keys or type(term).prepare is not Objective.prepare
+        reads_more = term.batch_keys or term.regions or type(term).prepare is not Objective.prepare
         if reads_more or any(p.requires_grad for p in term.parameters()):
             raise ClipforgeError(
                 f"--accum-exact needs an objective of the embeddings alone; --loss {cfg.loss!r} "

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipforge.checkpoint import atomic_save, model_payload
+from clipforge.checkpoint import atomic_save, heads_payload, model_payload
 from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
@@ -132,6 +132,9 @@ def _train(
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     if cfg.fsdp:
         fsdp.shard(model, world)  # before the optimizer, which then holds only the shards
+    # Heads the objective trains (a caption decoder) travel with the model, as a loaded
+    # checkpoint's do, so evaluations during the run (captioning) can use them.
+    model.heads.update(objective.heads())
     # An objective may own parameters (a third-modality encoder): they train with the model.
     trained = torch.nn.ModuleList([model, objective])
     opt = build_optimizer(
@@ -265,7 +268,8 @@ def _train(
         # Before final.pt, which is written last: a finished run has both.
         save_adapters(model, folder.path / "adapters.safetensors")
     weights = model.state_dict() if gathered is None else gathered
-    folder.finish(final, {**model_payload(weights, parts.model_config), "step": step})
+    folder.finish(final, {**model_payload(weights, parts.model_config),
+                          **heads_payload(objective.heads()), "step": step})  # fmt: skip
     distributed.barrier(world)
     return result
 

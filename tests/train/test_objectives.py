@@ -86,6 +86,11 @@ CASES = {
     # Trainable objective parameters (Symile's third-view encoder) and stored teacher
     # embeddings carried from the samples' meta into the batch.
     "params+stored": dict(loss="symile+distill", teacher="data", symile_categories=4),
+    # A trained head (CoCa's caption decoder, attentive masking) and region boxes and
+    # phrases carried through the pipeline (crops move the boxes).
+    "decoder+regions": dict(loss="clip+coca+region", coca_keep=0.5, region_tic=0.1),
+    # A running bank of embeddings and k-means prototypes refreshed every step.
+    "prototypes": dict(loss="clip+proto", proto_k=4, proto_bank=16, proto_every=1),
 }
 
 
@@ -118,6 +123,12 @@ def test_resume_restores_objective_state_exactly(tmp_path, micro_args, case):
         n_model = len(list(create_model("tiny", micro_args).parameters()))
         assert n_opt == n_model + len(list(SymileObjective(4, 32).parameters()))
         assert any(k.startswith("terms.0.third.") for k in trained)
+    elif case == "prototypes":
+        assert bool(a["objective"]["terms.1.ready"]) and int(a["objective"]["terms.1.step"]) == 4
+    elif case == "decoder+regions":
+        assert any(k.startswith("terms.1.decoder.") for k in trained)
+        for k, v in a["heads"]["decoder"]["state"].items():  # the head as loading reads it
+            assert torch.equal(v, b["heads"]["decoder"]["state"][k]), k
     else:
         assert any(".teacher." in k for k in trained)
         assert int(a["objective"]["terms.1.step"]) == 4

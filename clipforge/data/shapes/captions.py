@@ -6,8 +6,11 @@ from clipforge.data.shapes.scenes import (
     COLOURS,
     INVERSE,
     NUMBER_WORDS,
+    OOD_COLOURS,
+    OOD_SHAPES,
     PLACES,
     SHAPES,
+    SIZES,
     Scene,
     ShapeObject,
     place_of,
@@ -119,3 +122,19 @@ def long_caption(scene: Scene, image_size: int) -> str:
 def class_names() -> list[str]:
     """The colour x shape classes of the zero-shot benchmark, e.g. ``"red circle"``."""
     return [f"{c} {s}" for c in COLOURS for s in SHAPES]
+
+
+# The words of the caption templates above, besides the scene vocabulary.
+_TEMPLATE_WORDS = (
+    "a an the one of and is are there photo picture group shapes objects object in "
+    "on at left right top bottom middle centre above below , : ."
+)
+
+
+def caption_words() -> list[str]:
+    """Every word a shapes-world caption can use (out-of-distribution names included),
+    lower-case, sorted: a closed vocabulary, e.g. for a caption decoder's output."""
+    shapes = (*SHAPES, *OOD_SHAPES)
+    words = {*_TEMPLATE_WORDS.split(), *COLOURS, *OOD_COLOURS, *SIZES, *NUMBER_WORDS}
+    words |= {*shapes, *map(plural, shapes)} | {str(d) for d in range(10)}
+    return sorted(words)

@@ -55,6 +55,7 @@ class Checkpoint:
     format: str
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
+    heads: dict[str, Any] | None = None  # what a clipforge checkpoint holds of its heads
 
 
 def detect_format(raw: RawCheckpoint) -> str:
@@ -227,7 +228,8 @@ def read_checkpoint(
     adapters = {k: v for k, v in raw.tensors.items() if fmt == "clipforge" and is_adapter_key(k)}
     tensors = {k: v for k, v in raw.tensors.items() if k not in adapters}
     return Checkpoint(
-        Path(path), fmt, cfg, {**import_tensors(tensors, fmt, cfg, raw.path), **adapters}
+        Path(path), fmt, cfg, {**import_tensors(tensors, fmt, cfg, raw.path), **adapters},
+        raw.heads,
     )
 
 

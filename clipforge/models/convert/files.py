@@ -52,6 +52,7 @@ class RawCheckpoint:
     hf_preprocessor: dict[str, Any] | None = None  # preprocessor_config.json
     openclip_config: dict[str, Any] | None = None  # open_clip_config.json
     openclip_model: str | None = None  # the run's `model: NAME` (open_clip_train params.txt)
+    heads: dict[str, Any] | None = None  # a clipforge checkpoint's trained heads (a decoder)
 
 
 def read_raw(path: str | Path) -> RawCheckpoint:
@@ -61,8 +62,8 @@ def read_raw(path: str | Path) -> RawCheckpoint:
         return _read_folder(path)
     if not path.is_file():
         raise ClipforgeError(f"checkpoint not found: {path}")
-    tensors, container, clipforge_config = _read_file(path)
-    raw = RawCheckpoint(path, container, tensors, clipforge_config=clipforge_config)
+    tensors, container, clipforge_config, heads = _read_file(path)
+    raw = RawCheckpoint(path, container, tensors, clipforge_config=clipforge_config, heads=heads)
     # OpenCLIP hub folders keep the model config next to the weights.
     sidecar = path.with_name("open_clip_config.json")
     if clipforge_config is None and sidecar.is_file():
@@ -124,28 +125,34 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None]:
-    """(tensors, container kind, clipforge model_config if it is a clipforge checkpoint)."""
+def _read_file(
+    path: Path,
+) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, dict[str, Any] | None]:
+    """(tensors, container kind, and if it is a clipforge checkpoint its model_config and
+    heads)."""
     if _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(path, device="cpu"), "safetensors", None
+            return load_file(path, device="cpu"), "safetensors", None, None
         except (SafetensorError, OSError, ValueError) as e:
             raise ClipforgeError(f"cannot read {path}: {_first_line(e)}") from None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             prefix = _torchscript_prefix(z)
             if prefix is not None:
-                return read_torchscript_tensors(path, z, prefix), "torchscript", None
+                return read_torchscript_tensors(path, z, prefix), "torchscript", None, None
     obj = torch_load(path)
     return _unwrap(path, obj)
 
 
-def _unwrap(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None]:
-    cfg = None
+def _unwrap(
+    path: Path, obj: Any
+) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, dict[str, Any] | None]:
+    cfg = heads = None
     if isinstance(obj, dict) and "model" in obj and "model_config" in obj:
+        heads = obj.get("heads")
         obj, cfg = obj["model"], obj["model_config"]  # a clipforge checkpoint
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # an OpenCLIP training checkpoint
@@ -162,7 +169,7 @@ def _unwrap(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], str, dict[st
     # Checkpoints saved from DistributedDataParallel prefix every name with "module.".
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return dict(obj), "pickle", cfg
+    return dict(obj), "pickle", cfg, heads
 
 
 def _first_line(e: Exception) -> str:
