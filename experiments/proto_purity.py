@@ -35,7 +35,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load(args.run)
     state = load_checkpoint(f"{args.run}/checkpoints/last.pt")["objective"]
-    (key,) = [k for k in state if k.endswith("prototypes")]
+    keys = [k for k in state if k.endswith("prototypes")]
+    if not keys:
+        raise SystemExit(f"{args.run}: no prototypes in its objective state (not a clip+proto run)")
+    (key,) = keys
     protos = state[key]
     data = shapes_data.classification(model.cfg.vision.image_size, per_class=args.per_class)
     emb = Embedder(model, get_tokenizer(model.cfg.text.context_length), progress=False)
