@@ -20,10 +20,12 @@ Variants (``--variants all`` runs every one, in this order):
                 the ``textneg`` term also contrasts with their own image under a margin
 ``filip``       ``--loss clip+filip`` (token-level late interaction beside the pooled loss)
 
-The held-out evaluation runs once, at the end (``--eval-every 0``), so a variant's wall
+A run of another ``--steps`` keeps the default schedule's shape (warm-up 50/350 of the
+steps). The held-out evaluation runs once, at the end (``--eval-every 0``), so a variant's wall
 time is its training plus one evaluation. Each finished variant is appended to
 ``OUT/compositional.json`` and the markdown table ``OUT/compositional.md`` is rewritten,
-so a long queue can be read (and stopped) at any point; a variant whose run folder
+so a long queue can be read (and stopped) at any point, and queues run side by side
+(each with ``--threads 1``) can share one ``--out``; a variant whose run folder
 already holds ``checkpoints/final.pt`` is read back instead of retrained.
 """
 
@@ -66,6 +68,12 @@ VARIANTS: tuple[str, ...] = (
     "default", "cls", "map", "map+hardneg", "map+textneg", "cls+textneg", "cls+hardneg",
     "default+hardneg", "default+textneg", "filip", "grid", "grid+hardneg",
 )  # fmt: skip
+
+
+def warmup(steps: int) -> int:
+    """The default run's warm-up (50 of 350 steps), scaled to a shorter or longer run so
+    the schedule keeps its shape."""
+    return max(1, round(50 * steps / 350))
 
 
 def _final(folder: Path) -> dict[str, Any]:
@@ -118,7 +126,6 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "compositional.json"
-    results: list[dict[str, Any]] = json.loads(table.read_text()) if table.is_file() else []
     for name in names:
         folder = out / f"{name.replace('+', '_')}_s{a.seed}_n{a.steps}"
         seconds: float | None = None
@@ -126,6 +133,7 @@ def main() -> int:
             t0 = time.perf_counter()
             cfg = from_dict(TrainConfig, dict(
                 steps=a.steps, seed=a.seed, threads=a.threads, eval_every=0,
+                warmup=warmup(a.steps),
                 evals="zeroshot,retrieval,compositional", ckpt_every=a.steps, progress=False,
                 out=str(folder), **overrides[name],
             ))  # fmt: skip
@@ -133,6 +141,8 @@ def main() -> int:
             seconds = time.perf_counter() - t0
         row = row_of(name, _final(folder), seconds)
         row.update(steps=a.steps, seed=a.seed)
+        # Read just before writing: another queue may share the folder and have added rows.
+        results: list[dict[str, Any]] = json.loads(table.read_text()) if table.is_file() else []
         # A re-read variant keeps the wall time its training run recorded.
         old = [
             r for r in results if (r["variant"], r["steps"], r["seed"]) == (name, a.steps, a.seed)
@@ -140,7 +150,9 @@ def main() -> int:
         if seconds is None and old:
             row["seconds"] = old[0]["seconds"]
         results = [r for r in results if r not in old] + [row]
-        table.write_text(json.dumps(results, indent=2) + "\n")
+        part = table.with_suffix(".json.part")
+        part.write_text(json.dumps(results, indent=2) + "\n")
+        part.replace(table)
         mine = [r for r in results if (r["steps"], r["seed"]) == (a.steps, a.seed)]
         (out / "compositional.md").write_text(markdown(mine, a.steps, a.seed))
         print(json.dumps(row), flush=True)
