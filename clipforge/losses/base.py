@@ -23,6 +23,11 @@ from torch import nn
 
 from clipforge.errors import ClipforgeError
 
+# ``Features.extra`` key: ``[T]`` long, the image row a hard-negative caption (owner -1)
+# was made from, -1 for the other texts. Offset to global rows by the distributed gather,
+# as ``owner`` is.
+NEGATIVE_OF = "text_negative_of"
+
 
 @dataclass
 class Features:
@@ -36,7 +41,8 @@ class Features:
     embeddings, one caption per image, so ``B`` rows), ``third`` (Symile's third view),
     ``image_tokens``/``text_tokens``/``text_token_mask`` (per-token features, for
     objectives that declare ``needs_tokens``), ``alip_image``/``text_alip`` (ALIP's
-    teacher).
+    teacher), ``text_negative_of`` (:data:`NEGATIVE_OF`, for objectives that declare
+    ``needs_negative_rows``).
     """
 
     image: torch.Tensor  # [B, D], L2-normalised
@@ -99,6 +105,8 @@ class Objective(nn.Module):
     with the text tower in the captions' pass, and ``Features.extra`` holds
     ``region_boxes`` ``[B, K, 4]`` (crop coordinates in ``[0, 1]``), ``region_mask``
     ``[B, K]`` and ``region_text`` ``[B, K, D]`` (normalised phrase embeddings).
+    ``needs_negative_rows``: the trainer puts :data:`NEGATIVE_OF` in ``Features.extra``,
+    so a hard-negative caption can be contrasted with the image it was made from alone.
     """
 
     batch_keys: tuple[str, ...] = ()
@@ -106,6 +114,7 @@ class Objective(nn.Module):
     computes_shares: bool = False
     ring_chunkable: bool = False
     needs_tokens: bool = False
+    needs_negative_rows: bool = False
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
@@ -181,6 +190,7 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.T
 
 
 __all__ = [
+    "NEGATIVE_OF",
     "Features",
     "Objective",
     "StepSeeded",

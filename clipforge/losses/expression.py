@@ -77,6 +77,7 @@ class SumObjective(Objective):
         self.batch_keys = tuple(dict.fromkeys(k for obj in self.terms for k in obj.batch_keys))
         self.needs_tokens = any(obj.needs_tokens for obj in self.terms)
         self.regions = max(obj.regions for obj in self.terms)
+        self.needs_negative_rows = any(obj.needs_negative_rows for obj in self.terms)
         self._last: dict[str, float] = {}
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:

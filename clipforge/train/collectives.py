@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.autograd import Function
 
 from clipforge.losses import Features
+from clipforge.losses.base import NEGATIVE_OF
 from clipforge.train.distributed import World
 
 
@@ -68,9 +69,10 @@ def gather_rows(x: torch.Tensor, sizes: list[int], world: World) -> torch.Tensor
 def gather_features(f: Features, world: World, local: bool = False) -> Features:
     """This rank's :class:`Features` -> the whole batch's, the same on every rank.
 
-    ``owner`` is offset to global image rows (``-1`` stays); ``extra`` keys starting with
-    ``text_`` are gathered by text counts, the others by image counts. With ``local``,
-    ``rows`` marks this rank's image rows so the objective computes only its share.
+    ``owner`` and ``extra[NEGATIVE_OF]`` are offset to global image rows (``-1`` stays);
+    ``extra`` keys starting with ``text_`` are gathered by text counts, the others by
+    image counts. With ``local``, ``rows`` marks this rank's image rows so the objective
+    computes only its share.
     """
     if not world.parallel:
         return f.replace(rows=slice(0, f.batch_size) if local else None)
@@ -82,6 +84,10 @@ def gather_features(f: Features, world: World, local: bool = False) -> Features:
     if bool(counts[:, 2].any()):
         own = f.owners()
         owner = gather_rows(torch.where(own >= 0, own + start, own), ts, world)
+    extra = dict(f.extra)
+    if NEGATIVE_OF in extra:
+        of = extra[NEGATIVE_OF]
+        extra[NEGATIVE_OF] = torch.where(of >= 0, of + start, of)
     return Features(
         image=gather_rows(f.image, bs, world),
         text=gather_rows(f.text, ts, world),
@@ -90,8 +96,7 @@ def gather_features(f: Features, world: World, local: bool = False) -> Features:
         owner=owner,
         weights=None if f.weights is None else gather_rows(f.weights, bs, world),
         extra={
-            k: gather_rows(v, ts if k.startswith("text_") else bs, world)
-            for k, v in f.extra.items()
+            k: gather_rows(v, ts if k.startswith("text_") else bs, world) for k, v in extra.items()
         },
         rows=slice(start, start + b) if local else None,
     )

@@ -16,7 +16,7 @@ from torch import nn
 from clipforge.data.batches import Batch
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features
-from clipforge.losses.base import Objective
+from clipforge.losses.base import NEGATIVE_OF, Objective
 from clipforge.models import moe
 from clipforge.models.external_text import TEXT_EMBEDDING
 from clipforge.train import distributed, fsdp
@@ -68,6 +68,8 @@ def batch_loss(
         extra["text_tokens"] = loss_dtype(out.text_tokens[:n_captions])
         # As numbers, not bools: the distributed gather moves floating-point rows.
         extra["text_token_mask"] = out.text_mask[:n_captions].to(text.dtype)
+    if getattr(objective, "needs_negative_rows", False):
+        extra[NEGATIVE_OF] = negative_rows(part)
     f = Features(image, text, out.scale, out.bias, part.owner, part.weights, extra)
     if chunked:
         share = siglip_ring_share(f, world)
@@ -77,6 +79,14 @@ def batch_loss(
         loss = objective(gather_features(f, world))
         return loss, loss.detach()
     return share * world.size, distributed.all_sum(share, world)
+
+
+def negative_rows(part: Batch) -> torch.Tensor:
+    """``[T]``: the image row each hard-negative caption of ``part`` was made from, -1 for
+    its positive captions (the collator records every text's sample in ``text_row``)."""
+    if part.owner is None or part.text_row is None:
+        return torch.full((part.tokens.shape[0],), -1, dtype=torch.long, device=part.tokens.device)
+    return torch.where(part.owner < 0, part.text_row, -1)
 
 
 def norm(tensors: Iterator[torch.Tensor]) -> float:
@@ -221,7 +231,12 @@ def check_cacheable(cfg: TrainConfig, objective: Objective, world: World) -> Non
         )
     terms = list(getattr(objective, "terms", [objective]))
     for term in terms:
-        reads_more = term.batch_keys or term.regions or type(term).prepare is not Objective.prepare
+        reads_more = (
+            term.batch_keys
+            or term.regions
+            or term.needs_negative_rows
+            or type(term).prepare is not Objective.prepare
+        )
         if reads_more or any(p.requires_grad for p in term.parameters()):
             raise ClipforgeError(
                 f"--accum-exact needs an objective of the embeddings alone; --loss {cfg.loss!r} "

@@ -42,6 +42,8 @@ CASES = {
     "siglip-hard": ("siglip", True, False, False),
     "siglip-hard-local": ("siglip", True, True, False),
     "siglip-hard-chunked": ("siglip", True, False, True),
+    # Each hard negative against the image it came from: its row must be offset like owner.
+    "textneg-hard": ("clip+textneg", True, False, False),
 }
 
 
@@ -79,7 +81,9 @@ def _step(
     # float64: the split is exact algebra, so the only differences left are rounding, and in
     # float64 those are ~1e9 times smaller than any bug's (see _assert_equal_to_one_process).
     model = model.double()
-    objective = spec.build(TrainConfig(hard_negative_weight=2.0))
+    objective = spec.build(
+        TrainConfig(hard_negative_weight=2.0, hard_negatives="attribute" if hard else "")
+    )
     ddp = distributed.wrap_model(model, world)
     b = B // world.size
     part = _batch(hard).rows(slice(world.rank * b, (world.rank + 1) * b))
