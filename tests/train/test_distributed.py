@@ -151,13 +151,15 @@ def many(tmp_path_factory) -> Path:
     return out
 
 
-def _metrics(run: Path) -> list[dict]:
+def run_metrics(run: Path) -> list[dict]:
+    """A run's metrics rows without the wall-clock field (runs differ only in speed)."""
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
+def run_weights(run: Path, name: str = "final.pt") -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint ``name`` of a run folder."""
+    return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
 
 
 def _pair_worker(rank: int, port: int, out: str, sabotage: str = "") -> None:
@@ -224,17 +226,17 @@ def _assert_equal_to_one_process(ranks: list[dict]) -> None:
 
 
 def test_resume_in_parallel_is_bit_identical(many):
-    whole, resumed = _weights(many / "whole"), _weights(many / "crashed")
+    whole, resumed = run_weights(many / "whole"), run_weights(many / "crashed")
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
-    assert _metrics(many / "whole") == _metrics(many / "crashed")
-    assert [r["step"] for r in _metrics(many / "whole") if "loss" in r] == [1, 2, 3, 4]
+    assert run_metrics(many / "whole") == run_metrics(many / "crashed")
+    assert [r["step"] for r in run_metrics(many / "whole") if "loss" in r] == [1, 2, 3, 4]
 
 
 def test_parallel_run_equals_one_process_run(many, tmp_path):
     one = train(replace(RUN, out=str(tmp_path / "one")))
-    a, b = _metrics(one), _metrics(many / "whole")
+    a, b = run_metrics(one), run_metrics(many / "whole")
     weight_tol = 0.0
     for ra, rb in zip(a, b, strict=True):
         if "loss" in ra:
@@ -246,7 +248,7 @@ def test_parallel_run_equals_one_process_run(many, tmp_path):
             # lr * dg / eps (the eps of its denominator), and max|g| <= the gradient's norm.
             dg = reorder_bound(TERMS, CANCEL * (1 + ra["grad_norm"]), torch.float64)
             weight_tol += ra["lr"] * dg / RUN.eps
-    wa, wb = _weights(one), _weights(many / "whole")
+    wa, wb = run_weights(one), run_weights(many / "whole")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=weight_tol, rtol=0, msg=k)
 
@@ -265,7 +267,7 @@ def test_torchrun_cli_siglip_chunked(tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("run folder:") == 1  # rank 0 reports, rank 1 is quiet
-    rows = _metrics(out)
+    rows = run_metrics(out)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert rows[-1]["final"] and (out / "checkpoints" / "final.pt").is_file()
     assert "logit_bias" in rows[0]

@@ -22,7 +22,14 @@ from clipforge.train import trainer as trainer_module
 from clipforge.train.distributed import World
 from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI
 from tests.tolerance import reorder_bound
-from tests.train.test_distributed import CANCEL, TERMS, dist_env, free_port
+from tests.train.test_distributed import (
+    CANCEL,
+    TERMS,
+    dist_env,
+    free_port,
+    run_metrics,
+    run_weights,
+)
 
 WORLD = 2
 # Several captions per image, hard negatives, accumulation and per-rank loss shares, in
@@ -76,15 +83,6 @@ def runs(tmp_path_factory) -> Path:
     return out
 
 
-def _metrics(run: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
-
-
-def _weights(run: Path, name: str = "final.pt") -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
-
-
 def test_each_process_holds_half_the_parameters(runs):
     shares = [torch.load(runs / f"share{r}.pt") for r in range(WORLD)]
     total = shares[0][1]
@@ -96,7 +94,7 @@ def test_each_process_holds_half_the_parameters(runs):
 
 
 def test_fsdp_run_equals_ddp_run(runs):
-    a, b = _metrics(runs / "ddp"), _metrics(runs / "fsdp")
+    a, b = run_metrics(runs / "ddp"), run_metrics(runs / "fsdp")
     weight_tol = 0.0
     assert len(a) == len(b)
     for ra, rb in zip(a, b, strict=True):
@@ -115,7 +113,7 @@ def test_fsdp_run_equals_ddp_run(runs):
         dg = reorder_bound(TERMS, CANCEL * (1 + ra["grad_norm"]), torch.float64)
         weight_tol += ra["lr"] * dg / RUN.eps
     assert [r["step"] for r in b if "loss" in r] == [1, 2, 3, 4]
-    wa, wb = _weights(runs / "ddp"), _weights(runs / "fsdp")
+    wa, wb = run_weights(runs / "ddp"), run_weights(runs / "fsdp")
     assert wa.keys() == wb.keys()
     torch.manual_seed(RUN.seed)  # the run's initial weights, as the trainer draws them
     start = CLIP(get_model_config("tiny", MICRO_ARGS)).double().state_dict()
@@ -127,15 +125,15 @@ def test_fsdp_run_equals_ddp_run(runs):
 
 
 def test_fsdp_resume_is_bit_identical(runs):
-    whole, resumed = _weights(runs / "fsdp"), _weights(runs / "crashed")
+    whole, resumed = run_weights(runs / "fsdp"), run_weights(runs / "crashed")
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
-    assert _metrics(runs / "fsdp") == _metrics(runs / "crashed")
+    assert run_metrics(runs / "fsdp") == run_metrics(runs / "crashed")
 
 
 def test_fsdp_checkpoint_loads_without_fsdp(runs):
-    saved = _weights(runs / "fsdp")
+    saved = run_weights(runs / "fsdp")
     model = load(runs / "fsdp")  # a plain model in this single process
     assert not any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
     for k, v in model.state_dict().items():
@@ -175,7 +173,7 @@ def test_torchrun_cli_fsdp(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = _metrics(out)
+    rows = run_metrics(out)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert rows[-1]["final"] and "zeroshot/top1" in json.dumps(rows[-1])
     assert load(out).cfg == get_model_config("tiny", MICRO_ARGS)
