@@ -284,6 +284,13 @@ def search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", action="store_true", help="match the text against captions")
     add_number(p, "-k", integers(1, MAX_K), 10, "results")
     p.add_argument("--model", help="model to embed the query (default: the one that built it)")
+    p.add_argument(
+        "--adapter",
+        metavar="A.safetensors",
+        help="re-rank the top --candidates images by this few-shot adapter's probability of "
+        "the query's class (the class the text names, or the query image's class)",
+    )
+    add_number(p, "--candidates", integers(1, MAX_K), 100, "hits re-ranked with --adapter")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _precision_flag(p)
     p.set_defaults(func=cmd_search)
@@ -302,18 +309,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_query(args.query)  # before loading anything
     torch.set_num_threads(2)
     searcher = load_searcher(args.index, args.model, args.precision)
+    adapter = None
+    if args.adapter:
+        from clipforge.index.rerank import load_adapter
+
+        adapter = load_adapter(args.adapter, searcher.embedder)
+    kw = {"adapter": adapter, "candidates": args.candidates}
     if args.image:
-        hits = searcher.image(args.image, args.k, label=args.image)
+        hits = searcher.image(args.image, args.k, label=args.image, **kw)
     else:
-        hits = searcher.text(args.query, args.k, captions=args.captions)
+        hits = searcher.text(args.query, args.k, captions=args.captions, **kw)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
         return 0
     width = max([len(str(h.row.get("path", ""))) for h in hits] + [4])
-    print(f"{'rank':>4}  {'score':>6}  {'path':<{width}}  caption")
+    p_col = f"  {'adapter':>7}" if adapter is not None else ""
+    print(f"{'rank':>4}  {'score':>6}{p_col}  {'path':<{width}}  caption")
     for h in hits:
+        p = f"  {h.adapter_p:>7.3f}" if h.adapter_p is not None else ""
         print(
-            f"{h.rank:>4}  {h.score:>6.3f}  {h.row.get('path', ''):<{width}}  {h.row.get('caption', '')}"
+            f"{h.rank:>4}  {h.score:>6.3f}{p}  {h.row.get('path', ''):<{width}}  {h.row.get('caption', '')}"
         )
     return 0
 
