@@ -95,15 +95,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
     out = Path(args.out)
-    if args.resume:
-        if marker_command(out) != "embed":
-            raise ClipforgeError(f"--resume: {out} is not a `clipforge embed` folder")
-        OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
-    else:
-        folder = OutputFolder(
-            out, "embed", overwrite=args.overwrite, inputs=inputs,
-            noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
-        )  # fmt: skip
+    rank, world = _world()
+    folder, refusal = None, None
+    try:
+        if args.resume:
+            if marker_command(out) != "embed":
+                raise ClipforgeError(f"--resume: {out} is not a `clipforge embed` folder")
+            OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
+        else:
+            folder = OutputFolder(
+                out, "embed", overwrite=args.overwrite, inputs=inputs,
+                noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
+            )  # fmt: skip
+    except ClipforgeError as e:
+        refusal = e
+    _agree(world, None if refusal is None else str(refusal))  # none waits for the others
+    if refusal is not None:
+        raise refusal
+    if folder is not None and rank == 0:
         folder.prepare()  # in place, like a run folder: --resume continues it
     model = load(args.model)
     info = embed_collection(
@@ -111,9 +120,40 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
         resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
+        rank=rank, world=world,
     )  # fmt: skip
-    _report(info, out)
+    if rank == 0:
+        _report(info, out)
     return 0
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)``; under torchrun, after joining its (gloo) process group."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ or size <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _agree(world: int, error: str | None) -> None:
+    """Every rank learns whether any refused its checks, and raises the first refusal;
+    the folder is prepared only after all of them have checked it (a prepared folder
+    looks like an earlier output)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    errors: list[str | None] = [None] * world
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first and error is None:
+        raise ClipforgeError(first)
 
 
 def _source(data: str | None, texts: str | None) -> dict[str, str | None]:
@@ -141,6 +181,8 @@ def _update(args: argparse.Namespace) -> int:
         raise ClipforgeError(
             "--update EMB_DIR re-embeds that folder's own collection; give only --model NEW"
         )
+    if _world()[1] > 1:
+        raise ClipforgeError("--update runs in one process; start it without torchrun")
     if not args.new_model:
         raise ClipforgeError("--update EMB_DIR needs --model NEW, the model to embed it with")
     emb_dir = Path(args.update)
