@@ -15,7 +15,7 @@ LAYERS = {
     "data": 1, "models": 1,
     "losses": 2, "eval": 2, "index": 2, "adapt": 2,
     "train": 3, "serve": 3,
-    "cli": 4,
+    "cli": 4, "embed": 4,
 }  # fmt: skip
 
 

@@ -122,15 +122,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     items = open_collection(args.data, args.texts)
     inputs = [source, *(x for x in (args.data, args.texts) if x)]
     out = Path(args.out)
-    if args.resume:
-        if marker_command(out) != "embed":
-            raise ClipforgeError(f"--resume: {out} is not a `clipforge embed` folder")
-        OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
-    else:
-        folder = OutputFolder(
-            out, "embed", overwrite=args.overwrite, inputs=inputs,
-            noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
-        )  # fmt: skip
+    rank, world = _world()
+    folder, refusal = None, None
+    try:
+        if args.resume:
+            if marker_command(out) != "embed":
+                raise ClipforgeError(f"--resume: {out} is not a `clipforge embed` folder")
+            OutputFolder(out, "embed", overwrite=True, inputs=inputs)  # the input checks
+        else:
+            folder = OutputFolder(
+                out, "embed", overwrite=args.overwrite, inputs=inputs,
+                noun=f"embeddings{_held_model(out)}", hint="; or --resume to continue that run",
+            )  # fmt: skip
+    except ClipforgeError as e:
+        refusal = e
+    _agree(world, None if refusal is None else str(refusal))  # none waits for the others
+    if refusal is not None:
+        raise refusal
+    if folder is not None and rank == 0:
         folder.prepare()  # in place, like a run folder: --resume continues it
     model = load(args.model)
     set_merging(model, args.merge_tokens)  # part of the fingerprint a resume checks
@@ -140,9 +149,40 @@ def cmd_embed(args: argparse.Namespace) -> int:
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
         resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
         runtime=args.runtime, onnx_dir=args.onnx,
+        rank=rank, world=world,
     )  # fmt: skip
-    _report(info, out)
+    if rank == 0:
+        _report(info, out)
     return 0
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)``; under torchrun, after joining its (gloo) process group."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ or size <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _agree(world: int, error: str | None) -> None:
+    """Every rank learns whether any refused its checks, and raises the first refusal;
+    the folder is prepared only after all of them have checked it (a prepared folder
+    looks like an earlier output)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    errors: list[str | None] = [None] * world
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first and error is None:
+        raise ClipforgeError(first)
 
 
 def _source(data: str | None, texts: str | None) -> dict[str, str | None]:
@@ -171,6 +211,8 @@ def _update(args: argparse.Namespace) -> int:
         raise ClipforgeError(
             "--update EMB_DIR re-embeds that folder's own collection; give only --model NEW"
         )
+    if _world()[1] > 1:
+        raise ClipforgeError("--update runs in one process; start it without torchrun")
     if not args.new_model:
         raise ClipforgeError("--update EMB_DIR needs --model NEW, the model to embed it with")
     emb_dir = Path(args.update)
@@ -319,6 +361,13 @@ def search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", action="store_true", help="match the text against captions")
     add_number(p, "-k", integers(1, MAX_K), 10, "results")
     p.add_argument("--model", help="model to embed the query (default: the one that built it)")
+    p.add_argument(
+        "--adapter",
+        metavar="A.safetensors",
+        help="re-rank the top --candidates images by this few-shot adapter's probability of "
+        "the query's class (the class the text names, or the query image's class)",
+    )
+    add_number(p, "--candidates", integers(1, MAX_K), 100, "hits re-ranked with --adapter")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _precision_flag(p)
     p.set_defaults(func=cmd_search)
@@ -337,18 +386,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_query(args.query)  # before loading anything
     torch.set_num_threads(2)
     searcher = load_searcher(args.index, args.model, args.precision)
+    adapter = None
+    if args.adapter:
+        from clipforge.index.rerank import load_adapter
+
+        adapter = load_adapter(args.adapter, searcher.embedder)
+    kw = {"adapter": adapter, "candidates": args.candidates}
     if args.image:
-        hits = searcher.image(args.image, args.k, label=args.image)
+        hits = searcher.image(args.image, args.k, label=args.image, **kw)
     else:
-        hits = searcher.text(args.query, args.k, captions=args.captions)
+        hits = searcher.text(args.query, args.k, captions=args.captions, **kw)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
         return 0
     width = max([len(str(h.row.get("path", ""))) for h in hits] + [4])
-    print(f"{'rank':>4}  {'score':>6}  {'path':<{width}}  caption")
+    p_col = f"  {'adapter':>7}" if adapter is not None else ""
+    print(f"{'rank':>4}  {'score':>6}{p_col}  {'path':<{width}}  caption")
     for h in hits:
+        p = f"  {h.adapter_p:>7.3f}" if h.adapter_p is not None else ""
         print(
-            f"{h.rank:>4}  {h.score:>6.3f}  {h.row.get('path', ''):<{width}}  {h.row.get('caption', '')}"
+            f"{h.rank:>4}  {h.score:>6.3f}{p}  {h.row.get('path', ''):<{width}}  {h.row.get('caption', '')}"
         )
     return 0
 

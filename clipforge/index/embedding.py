@@ -7,6 +7,13 @@ that an index can search them without the image tower). Shard boundaries and bat
 boundaries depend only on the collection and the two sizes, so a run resumed after a kill
 computes every shard exactly as an uninterrupted one would: the result is the same file
 content, with no missing or repeated row (see :mod:`.store` for the write order).
+
+Under ``torchrun`` (``python -m clipforge.embed``) every process runs this loop over its
+own shards, ``s % world == rank``, writing them into the one folder; for the same reason
+they are the files one process would write. Rank 0 alone writes ``model.json`` and
+``progress.json``: at the start, and at the end with the counts summed over the ranks.
+A resumed parallel run starts again from the progress record, which counts no shard
+until the end, so it recomputes (identically) what a kill left.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ def embed_collection(
     on_shard: Callable[[int], None] | None = None,
     runtime: str = "torch",
     onnx_dir: str | Path | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
     """Embed ``items`` into the folder ``out`` (already checked and marked by the caller);
     return the final ``model.json`` record. With ``resume`` continue the run recorded
@@ -68,14 +77,18 @@ def embed_collection(
     takes them) is recorded, so that ``clipforge embed --update`` can open the collection
     again. ``on_shard(n)`` is called after shard ``n`` is recorded (tests use it).
     ``runtime`` ``"onnx"`` encodes with onnxruntime on the export ``onnx_dir`` (default:
-    exported into the cache; see :class:`~clipforge.eval.embed.Embedder`)."""
+    exported into the cache; see :class:`~clipforge.eval.embed.Embedder`). Process
+    ``rank`` of ``world`` (joined in a torch.distributed group) embeds its share."""
     if dtype not in DTYPES:
         raise ClipforgeError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any]
-    if resume:
+    main = rank == 0
+    if resume and main:
         remove_stale_temporaries(out)  # a shard file a kill caught half-written
+    _barrier(world)  # no rank reads the records before rank 0 has cleaned up
+    if resume:
         again = "nothing to resume; start again with --overwrite"
         info = read_json(out / MODEL_FILE, again)
         done = read_json(out / PROGRESS_FILE, again)
@@ -110,7 +123,8 @@ def embed_collection(
         if info.get("complete"):
             return info
         skipped = SkipCounter()
-        skipped.update(done.get("skipped", {}))
+        if main:  # the ranks' counts are added up at the end
+            skipped.update(done.get("skipped", {}))
         start_shard = int(done["shards"])
     else:
         info = {
@@ -125,19 +139,21 @@ def embed_collection(
         }
         if embedder.onnx_dir is not None:
             info["onnx"] = str(embedder.onnx_dir)
-        write_json(out / MODEL_FILE, info)
+        if main:
+            write_json(out / MODEL_FILE, info)
+            write_json(out / PROGRESS_FILE, {"shards": 0, "rows": 0, "skipped": {}})
         skipped, start_shard = SkipCounter(), 0
-        write_json(out / PROGRESS_FILE, {"shards": 0, "rows": 0, "skipped": {}})
     n_shards = (len(items) + shard_size - 1) // shard_size
-    rows_done = int(done["rows"]) if resume else 0
+    rows_done = int(done["rows"]) if resume and main else 0  # summed over ranks at the end
+    mine = [s for s in range(start_shard, n_shards) if s % world == rank]
     np_dtype = np.float16 if dtype == "float16" else np.float32
     unit = "img" if items.kind == "image" else "text"
     bar = tqdm(
         total=len(items), initial=min(start_shard * shard_size, len(items)), unit=unit,
-        desc="embed", disable=not progress, smoothing=0.1,
+        desc="embed", disable=not progress or not main, smoothing=0.1,
     )  # fmt: skip
     t0 = time.perf_counter()
-    for s in range(start_shard, n_shards):
+    for s in mine:
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(items))
         rows, images = [], []
         for i in range(lo, hi):
@@ -162,13 +178,17 @@ def embed_collection(
             "".join(json.dumps(r, default=str) + "\n" for r in rows),
         )
         rows_done += len(rows)
-        write_json(
-            out / PROGRESS_FILE, {"shards": s + 1, "rows": rows_done, "skipped": skipped.as_dict()}
-        )
-        bar.update(hi - lo)
+        if world == 1:  # shards done in order: the count is a resume point
+            write_json(
+                out / PROGRESS_FILE,
+                {"shards": s + 1, "rows": rows_done, "skipped": skipped.as_dict()},
+            )
+        bar.update((hi - lo) * world)
         if on_shard is not None:
             on_shard(s)
     bar.close()
+    if world > 1:
+        rows_done, skipped = _summed(rows_done, skipped)
     if not resume:  # a resumed run keeps the record (and parity) of the run it continues
         info["precision"] = embedder.precision_record
     if items.kind == "image" and rows_done == 0:
@@ -181,8 +201,34 @@ def embed_collection(
         skipped=skipped.as_dict(),
         seconds=round(time.perf_counter() - t0, 3),
     )
-    write_json(out / MODEL_FILE, info)
+    if main:
+        if world > 1:
+            write_json(
+                out / PROGRESS_FILE,
+                {"shards": n_shards, "rows": rows_done, "skipped": skipped.as_dict()},
+            )
+        write_json(out / MODEL_FILE, info)
+    _barrier(world)  # every rank returns once the folder is complete
     return info
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _summed(rows: int, skipped: SkipCounter) -> tuple[int, SkipCounter]:
+    """The row count and skip reasons of every rank, added up (on every rank)."""
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (rows, skipped.as_dict()))
+    total = SkipCounter()
+    for _, d in parts:
+        total.update(d)
+    return sum(r for r, _ in parts), total
 
 
 def _stack(parts: list[np.ndarray], info: dict[str, Any], dtype: type) -> np.ndarray:

@@ -86,7 +86,7 @@ class ShardCollection(Collection):
     Positions come from the tar headers alone (no member read), a damaged shard's
     ``truncated_shard`` item counting as one, as in training. The embedding run asks for
     items in order, so each is read and decoded once, by one pass over the shards; a
-    request behind the stream restarts it at that position (the reader skips what comes
+    request elsewhere restarts the stream at that position (the reader skips what comes
     before without reading it). A row's ``path`` is ``SHARD:KEY``.
     """
 
@@ -108,7 +108,9 @@ class ShardCollection(Collection):
     def _get(self, i: int) -> Sample | SampleError:
         if self._item is not None and self._item[0] == i:
             return self._item[1]
-        if self._stream is None or i < self._next:
+        if self._stream is None or i != self._next:
+            # Restarted at i: the reader skips what comes before without decoding it
+            # (a torchrun rank jumps over the other ranks' shards).
             self._stream, self._next = self.ds.iter_samples(start=i), i
         while self._next <= i:
             item = next(self._stream)

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -32,9 +32,13 @@ from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval.embed import Embedder
 from clipforge.index.planner import _faiss, plan
+from clipforge.index.rerank import CANDIDATES, image_class, rerank, text_class
 from clipforge.index.store import Embeddings, load_array, read_json, save_array, write_json
 from clipforge.models import CLIP
 from clipforge.outputs import atomic_write
+
+if TYPE_CHECKING:
+    from clipforge.adapt import Adapter
 
 MAX_QUERY_CHARS = 1000  # far beyond any text tower's context; longer is a mistake
 MAX_K = 1000
@@ -49,9 +53,12 @@ class Hit:
     score: float
     id: int
     row: dict[str, Any]
+    adapter_p: float | None = None  # with --adapter: its probability of the query's class
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, **self.row}
+        extra = {} if self.adapter_p is None else {"adapter_p": round(self.adapter_p, 6)}
+        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, **extra,
+                **self.row}  # fmt: skip
 
 
 def _write_faiss(index: Any, path: Path) -> None:
@@ -165,6 +172,22 @@ class IndexFolder:
             out.append([Hit(r, s, i, self.rows[i]) for r, (s, i) in enumerate(hits, 1)])
         return out
 
+    def search_with_vectors(
+        self, vector: np.ndarray, k: int, target: str = "images"
+    ) -> tuple[list[Hit], np.ndarray]:
+        """The ``k`` best rows for one query vector and their stored features ``[n, D]``
+        (as the index holds them: exact for flat, HNSW and IVF-Flat, decoded for PQ)."""
+        check_k(k)
+        if target not in self.indexes:
+            raise ClipforgeError(f"{self.path} has no {target} index")
+        index, ids = self.indexes[target]
+        q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, index.d)
+        scores, found, vecs = index.search_and_reconstruct(q, min(k, index.ntotal))
+        keep = found[0] >= 0
+        hits = [Hit(r, float(s), int(ids[f]), self.rows[int(ids[f])])
+                for r, (s, f) in enumerate(zip(scores[0][keep], found[0][keep], strict=True), 1)]  # fmt: skip
+        return hits, vecs[0][keep]
+
     def add(self, emb: Embeddings, out: Path) -> int:
         """Write into ``out`` this index with the rows of ``emb`` appended (no rebuild)."""
         if emb.fingerprint != self.fingerprint:
@@ -247,18 +270,37 @@ class Searcher:
                 ) from None
         return self.embedder.image_batch([image]).numpy()
 
-    def text(self, text: str, k: int = 10, captions: bool = False) -> list[Hit]:
-        """Text to image (or, with ``captions``, text to caption: no image tower used)."""
+    def text(
+        self, text: str, k: int = 10, captions: bool = False, adapter: Adapter | None = None,
+        candidates: int = CANDIDATES,
+    ) -> list[Hit]:  # fmt: skip
+        """Text to image (or, with ``captions``, text to caption: no image tower used).
+        With ``adapter``, the top ``candidates`` images re-ranked by it (:mod:`.rerank`)."""
         check_k(k)
         target = "captions" if captions or "images" not in self.index.indexes else "images"
-        return self.index.search(self.embed_text(text), k, target)[0]
+        q = self.embed_text(text)
+        if adapter is None:
+            return self.index.search(q, k, target)[0]
+        if target != "images":
+            raise ClipforgeError("--adapter re-ranks images; it takes no --captions or text index")
+        return self._rerank(q, k, adapter, text_class(adapter, self.embedder, text), candidates)
 
     def image(
-        self, image: Image.Image | str | os.PathLike[str] | bytes, k: int = 10, label: str = "image"
-    ) -> list[Hit]:
-        """Image to image."""
+        self, image: Image.Image | str | os.PathLike[str] | bytes, k: int = 10,
+        label: str = "image", adapter: Adapter | None = None, candidates: int = CANDIDATES,
+    ) -> list[Hit]:  # fmt: skip
+        """Image to image; with ``adapter``, re-ranked by the class it gives the query."""
         check_k(k)
-        return self.index.search(self.embed_image(image, label), k, "images")[0]
+        q = self.embed_image(image, label)
+        if adapter is None:
+            return self.index.search(q, k, "images")[0]
+        return self._rerank(q, k, adapter, image_class(adapter, q), candidates)
+
+    def _rerank(
+        self, q: np.ndarray, k: int, adapter: Adapter, cls: int, candidates: int
+    ) -> list[Hit]:
+        hits, vecs = self.index.search_with_vectors(q, min(MAX_K, max(k, candidates)))
+        return rerank(hits, vecs, adapter, cls)[:k]
 
 
 __all__ = [

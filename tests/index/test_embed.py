@@ -257,3 +257,36 @@ def test_update_refusals_are_one_line(tmp_path, collection, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert files(emb_dir) == before and (tmp_path / "x" / "f").read_text() == "mine"
+
+
+def test_torchrun_ranks_embed_disjoint_shares_whose_union_is_the_one_process_output(
+    tmp_path, collection
+):
+    import socket
+
+    with socket.socket() as s:  # a port free now, for torchrun's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, model_path, _, data, emb_dir, _ = collection
+    out = tmp_path / "emb"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(port), "-m", "clipforge.embed", str(model_path),
+           str(data), "--out", str(out), "--shard-size", "32", *ARGS]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[2])}  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("embedded 96 of 96 items") == 1  # rank 0 reports
+    # 3 shards of 32 over 2 ranks (0 and 2 on rank 0, 1 on rank 1): the same files, byte
+    # for byte, as the fixture's one-process run with the same shard size.
+    got, want = files(out), files(emb_dir)
+    assert sorted(got) == sorted(want)
+    for name in got:
+        if name != "model.json":
+            assert got[name] == want[name], name
+    a, b = json.loads(got["model.json"]), json.loads(want["model.json"])
+    assert {k: v for k, v in a.items() if k != "source"} == {
+        k: v for k, v in b.items() if k != "source"
+    }
+    e = read_embeddings(out)
+    assert [r["item"] for r in e.rows] == list(range(96))
