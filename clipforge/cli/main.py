@@ -665,7 +665,14 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
         "on the summed log-probability) and print 'IMAGE<TAB>CAPTION' lines, or a JSON list.",
     )
     p.add_argument("model", help="run folder or checkpoint file with a caption decoder")
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("images", nargs="*", help="image files or folders of images")
+    p.add_argument(
+        "--captions-for",
+        metavar="FOLDER",
+        help="caption every image of a class-folder data set (FOLDER/<class>/<image>) and "
+        "write FOLDER/captions.jsonl, the captions `clipforge adapt` (caps) reads",
+    )
+    _overwrite_flag(p)
     add_number(p, "--beam", count, 1, "beams (1 = greedy)")
     add_number(p, "--max-len", count, 30, "most tokens per caption")
     add_number(p, "--batch-size", count, 64, "images decoded together")
@@ -681,13 +688,35 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from clipforge.eval.captioning import Captioner, open_images
     from clipforge.models import load
 
+    if bool(args.images) == bool(args.captions_for):
+        raise ClipforgeError("give IMAGES to print captions, or --captions-for FOLDER")
+    root = Path(args.captions_for) if args.captions_for else None
+    if root is not None:
+        from clipforge.outputs import check_file
+
+        if not root.is_dir():
+            raise ClipforgeError(f"--captions-for: folder not found: {root}")
+        classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise ClipforgeError(f"--captions-for: {root} has no class sub-folders")
+        out = check_file(root / "captions.jsonl", overwrite=args.overwrite,
+                         inputs=[args.model])  # fmt: skip
     torch.set_num_threads(args.threads)
     model = load(args.model)
     tokenizer = get_tokenizer(model.cfg.text.context_length)
     captioner = Captioner(model, tokenizer, beams=args.beam, max_len=args.max_len,
                           batch_size=args.batch_size, what=args.model)  # fmt: skip
-    images = open_images(args.images)
+    images = open_images(classes if root is not None else args.images)
     captions = captioner([im for _, im in images])
+    if root is not None:
+        from clipforge.outputs import atomic_write
+
+        # The key image_folder matches: the image's path below the data set's folder.
+        lines = [json.dumps({"image": p.relative_to(root).as_posix(), "caption": c})
+                 for (p, _), c in zip(images, captions, strict=True)]  # fmt: skip
+        atomic_write(out, "\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} captions to {out}")
+        return 0
     rows = [{"image": str(p), "caption": c} for (p, _), c in zip(images, captions, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))

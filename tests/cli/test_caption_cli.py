@@ -70,6 +70,31 @@ def test_caption_prints_the_captioners_captions(coca_run, images, capsys):
     assert [ln.split("\t")[1] if "\t" in ln else "" for ln in lines] == want
 
 
+def test_captions_for_a_class_folder_feed_the_adapt_reader(coca_run, images, tmp_path, capsys):
+    import shutil
+
+    from clipforge.eval.datasets import image_folder
+
+    root = tmp_path / "classes"
+    files = sorted(images.iterdir())
+    for i, f in enumerate(files):  # two classes: the first image, and the rest
+        (root / ("a" if i == 0 else "b")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / ("a" if i == 0 else "b") / f.name)
+    assert main(["caption", str(coca_run), "--captions-for", str(root)]) == 0
+    data = image_folder(root)
+    model = load(coca_run)
+    want = Captioner(model, get_tokenizer(model.cfg.text.context_length))(
+        [im for _, im in open_images([root / "a", root / "b"])]
+    )
+    assert data.captions == want and len(want) == len(files)
+    capsys.readouterr()
+    # A second run would replace the captions: only with --overwrite.
+    assert main(["caption", str(coca_run), "--captions-for", str(root)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["caption", str(coca_run), "--captions-for", str(root), "--overwrite"]) == 0
+    assert main(["caption", str(coca_run), str(images), "--captions-for", str(root)]) == 2
+
+
 @pytest.mark.parametrize(
     "which, args, needle",
     [
