@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from clipforge.adapt import make_embedder  # noqa: E402
-from clipforge.adapt.bench import bench, resolve_methods, write  # noqa: E402
+from clipforge.adapt.bench import bench, resolve_methods, usable_methods, write  # noqa: E402
 from clipforge.adapt.shapes_task import write_novel_classes  # noqa: E402
 from clipforge.config import parse_kv  # noqa: E402
 from clipforge.data.shapes.scenes import NUMBER_WORDS  # noqa: E402
@@ -95,8 +95,12 @@ def main() -> None:
             else:
                 write_digits(data, size)
         start = time.perf_counter()
-        res = bench(emb, image_folder(data / "train"), image_folder(data / "test"), methods,
+        train = image_folder(data / "train")
+        run, skipped = usable_methods(args.methods, methods, train)
+        res = bench(emb, train, image_folder(data / "test"), run,
                     shots, list(range(args.seeds)), options)  # fmt: skip
+        if skipped:
+            res["skipped"] = skipped
         res["options"] = options
         res["model"], res["seconds"] = str(args.model), round(time.perf_counter() - start, 1)
         write(res, out / task, f"{task}: {args.model}")

@@ -85,6 +85,7 @@ class Method:
     pixel batch, and features from the unmodified tower are refused. ``ood(tensors, params,
     x)``, where a method has one, gives named out-of-distribution scores of features
     (higher = in distribution); :func:`clipforge.adapt.harness.evaluate_ood` reports them.
+    ``needs_captions``: the shots must carry captions (CapS-Adapter's caption cache).
     """
 
     summary: str
@@ -94,6 +95,7 @@ class Method:
     paper: str = ""
     needs_model: bool = False
     needs_images: bool = False
+    needs_captions: bool = False
     ood: Callable[[Tensors, Params, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 

@@ -34,6 +34,19 @@ def resolve_methods(spec: str) -> list[str]:
     return names
 
 
+def usable_methods(
+    spec: str, methods: Sequence[str], train: ClassificationData
+) -> tuple[list[str], dict[str, str]]:
+    """``methods`` less those the training data cannot feed, when ``spec`` is ``all``
+    (CapS-Adapter on a folder without captions), with the reason for each one left out.
+    A method named explicitly stays, so that it fails with its own one-line reason."""
+    if spec != "all" or train.captions is not None:
+        return list(methods), {}
+    left = {m: "the training folder has no captions" for m in methods
+            if METHODS.get(m).needs_captions}  # fmt: skip
+    return [m for m in methods if m not in left], left
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
 
@@ -100,6 +113,8 @@ def report(results: dict[str, Any], title: str) -> str:
         last = rows[str(top)]
         cells += [f"{last['ece']['mean']:.3f}", f"{last['fit_seconds']['mean']:.3f}"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for m, why in results.get("skipped", {}).items():
+        lines.append(f"\nNot run: {m} ({why}).")
     return "\n".join(lines) + "\n"
 
 

@@ -96,5 +96,6 @@ register(
         "CapS-Adapter: image and caption caches of the shots (the data's captions) blended "
         "with zero-shot; training-free",
         fit, caps_logits, CapsOptions, "Wang et al. 2024, CapS-Adapter",
+        needs_captions=True,
     ),
 )  # fmt: skip

@@ -250,7 +250,7 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
 
 def cmd_adapt_bench(args: argparse.Namespace) -> int:
     from clipforge.adapt import make_embedder
-    from clipforge.adapt.bench import bench, resolve_methods, write
+    from clipforge.adapt.bench import bench, resolve_methods, usable_methods, write
     from clipforge.adapt.harness import options_of
     from clipforge.config import parse_kv
     from clipforge.eval.datasets import image_folder
@@ -276,10 +276,15 @@ def cmd_adapt_bench(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out, "adapt bench", overwrite=args.overwrite,
                        inputs=[source, train_dir, test_dir])  # fmt: skip
     train, test = image_folder(train_dir), image_folder(test_dir)
+    methods, skipped = usable_methods(args.methods, methods, train)
+    for m, why in skipped.items():
+        print(f"not running {m}: {why}")
     with out.building(keep=("cache",)) as build:
         emb = make_embedder(args.model, args.cache or out.kept("cache"), progress=True)
         results = bench(emb, train, test, methods, args.shots, list(range(args.seeds)), options)
         results["model"], results["options"] = str(args.model), options
+        if skipped:
+            results["skipped"] = skipped
         write(results, build, f"clipforge adapt bench: {train_dir} -> {test_dir}")
     for m, rows in results["methods"].items():
         cells = "  ".join(f"{k}:{100 * r['top1']['mean']:.1f}+-{100 * r['top1']['std']:.1f}"

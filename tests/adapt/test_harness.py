@@ -127,3 +127,18 @@ def test_caps_reads_the_folders_captions_and_chooses_on_validation(model, novel_
     shot_caps = emb.texts(sorted(set(data.captions)))
     assert all(any(torch.allclose(c, s) for s in shot_caps) for c in a.tensors["captions"])
     assert 0 <= evaluate(a, test)["top1"] <= 1
+
+
+def test_bench_all_leaves_out_caption_methods_on_a_folder_without_captions():
+    from types import SimpleNamespace
+
+    from clipforge.adapt.bench import resolve_methods, usable_methods
+
+    everything = resolve_methods("all")
+    assert "caps" in everything
+    bare, with_caps = SimpleNamespace(captions=None), SimpleNamespace(captions=["a", "b"])
+    kept, skipped = usable_methods("all", everything, bare)
+    assert "caps" not in kept and set(skipped) == {"caps"} and len(kept) == len(everything) - 1
+    assert usable_methods("all", everything, with_caps) == (everything, {})
+    # Named explicitly, it stays and fails with its own reason.
+    assert usable_methods("caps,tip", ["caps", "tip"], bare) == (["caps", "tip"], {})
