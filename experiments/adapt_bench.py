@@ -106,7 +106,7 @@ def main() -> None:
         write(res, out / task, f"{task}: {args.model}")
         print((out / task / "report.md").read_text())
         print(
-            f"{task}: {res['seconds']} s for {len(methods)} methods x {shots} x {args.seeds} seeds"
+            f"{task}: {res['seconds']} s for {len(run)} methods x {shots} x {args.seeds} seeds"
         )
 
 
