@@ -152,19 +152,27 @@ def test_coop_prompt_with_the_initial_context_is_the_plain_prompt(micro_args):
     assert csc.ctx.shape == (2, 16, model.cfg.text.width)
 
 
-def test_coop_trains_the_context_only_and_leaves_the_towers_untouched(micro_args):
+def _prompt_shots(micro_args):
+    """A random tiny model and six shots of three classes through its embedder: the
+    prompt learners' fixture (their towers must come out of a fit unchanged)."""
     from clipforge.adapt import make_embedder
-    from clipforge.eval.embed import model_fingerprint
     from clipforge.models import create_model
 
     torch.manual_seed(0)
     model = create_model("tiny", micro_args)
     emb = make_embedder(model)
-    before = model_fingerprint(model)
     x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
     y = torch.tensor([0, 1, 2] * 2)
     s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
               10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    return model, s
+
+
+def test_coop_trains_the_context_only_and_leaves_the_towers_untouched(micro_args):
+    from clipforge.eval.embed import model_fingerprint
+
+    model, s = _prompt_shots(micro_args)
+    x, y, before = s.x, s.y, model_fingerprint(model)
     a = fit_shots("coop", s, epochs=30, lr=0.05)
     assert model_fingerprint(model) == before == a.params["model_hash"]
     assert a.params["towers_unchanged"] is True
@@ -218,18 +226,10 @@ def test_cocoop_with_a_zero_meta_net_is_coop_with_the_same_context(micro_args):
 
 
 def test_cocoop_trains_context_and_meta_net_only(micro_args):
-    from clipforge.adapt import make_embedder
     from clipforge.eval.embed import model_fingerprint
-    from clipforge.models import create_model
 
-    torch.manual_seed(0)
-    model = create_model("tiny", micro_args)
-    emb = make_embedder(model)
-    before = model_fingerprint(model)
-    x = torch.nn.functional.normalize(torch.randn(6, micro_args["embed_dim"]), dim=-1)
-    y = torch.tensor([0, 1, 2] * 2)
-    s = Shots(x, y, torch.arange(6), torch.tensor([], dtype=torch.long), torch.zeros(3, 32),
-              10.0, ["red hexagon", "pink circle", "grey diamond"], 0, (), emb)  # fmt: skip
+    model, s = _prompt_shots(micro_args)
+    x, y, before = s.x, s.y, model_fingerprint(model)
     aware = fit_shots("cocoop", s, steps=5, lr=0.05, batch=4, reduction=4, class_aware=True)
     assert torch.equal(aware.tensors["class_text"], s.text) and aware.params["class_aware"]
     a = fit_shots("cocoop", s, steps=30, lr=0.05, batch=4, reduction=4)
