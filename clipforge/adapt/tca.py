@@ -127,15 +127,18 @@ def encode_condensed(model: Any, images: torch.Tensor, keep: float, start: int,
             f"class_token={cfg.class_token})"
         )
     images = images.to(model.logit_scale.dtype)
-    # The tower's own steps (VisionTransformer.tokens), so keep = 1 is the same numbers.
-    x = vis.patch_embed(images).flatten(2).transpose(1, 2)
-    x = torch.cat([vis.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-    x = vis.norm_pre(x + vis.pos_embed.to(x.dtype))
+    # The tower's own steps (VisionTransformer.forward), so keep = 1 is the same numbers:
+    # its input, the blocks, and for class-token pooling a last block run for that token.
+    x = vis.norm_pre(vis._embed(images))
     blocks = vis.transformer.blocks
+    early = cfg.pool == "cls" and vis.transformer.can_pool_early()
     for i, blk in enumerate(blocks):
         if keep < 1 and start <= i < len(blocks) - 1:
             x, attn = _block_with_class_attention(blk, x)
             x = condense(x, attn, keep, merge)
+        elif early and i == len(blocks) - 1:
+            x = blk(x, at=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+            return F.normalize(vis.proj(vis.norm_post(x)), dim=-1)
         else:
             x = blk(x)
     x = x if cfg.pool == "mean" else vis.norm_post(x)

@@ -64,7 +64,12 @@ class TextTransformer(nn.Module):
         else:
             pos = torch.full_like(rows, tokens.shape[1] - 1)
         length = tokens.shape[1]
-        x = self.transformer(self.add_positions(self.token_embed(tokens)), causal=self.cfg.causal)
+        x = self.add_positions(self.token_embed(tokens))
+        if not with_tokens and self.transformer.can_pool_early():
+            # Only the pooled position leaves the tower: its last block runs for that row.
+            x = self.transformer(x, causal=self.cfg.causal, at=pos)
+            return self.proj(self.norm_final(x))
+        x = self.transformer(x, causal=self.cfg.causal)
         pooled = self.proj(self.norm_final(x[rows, pos]))
         if not with_tokens:
             return pooled

@@ -126,13 +126,7 @@ class VisionTransformer(nn.Module):
     def sized_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`tokens` and, with token merging on, how many patches each stands for
         ``[B, n, 1]`` (None without merging: one each)."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        if self.class_embedding is not None:
-            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls, x], dim=1)
-        x = x + self.pos_embed.to(x.dtype)
-        if self.training and self.patch_dropout > 0:
-            x = self._drop_patches(x)
+        x = self._embed(images)
         size = None
         if self.merge_tokens > 0 and not self.training:
             if self.cfg.pool == "grid":
@@ -143,6 +137,17 @@ class VisionTransformer(nn.Module):
         else:
             x = self.transformer(self.norm_pre(x))
         return (x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)), size
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        # The transformer's input: patches, class token, positions, patch dropout.
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)
+        return x
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         # After the position embeddings, so each kept token still says where it was; the
@@ -174,6 +179,17 @@ class VisionTransformer(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The image embedding ``[B, embed_dim]``; with ``with_tokens`` also
         :meth:`token_features`, from the same pass."""
+        merging = self.merge_tokens > 0 and not self.training
+        if (
+            not with_tokens
+            and not merging
+            and self.cfg.pool == "cls"
+            and self.transformer.can_pool_early()
+        ):
+            # Class-token pooling reads one row of the last block: run that block for it.
+            x = self._embed(images)
+            at = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            return self.proj(self.norm_post(self.transformer(self.norm_pre(x), at=at)))
         x, size = self.sized_tokens(images)
         if with_tokens:
             return self._pool(x, size), self.token_features(x)

@@ -68,5 +68,22 @@ def build_optimizer(
     eps: float,
     layer_decay: float = 1.0,
 ) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, with the fused kernel wherever it applies.
+
+    The fused update reads each parameter, gradient and moment once instead of in a
+    dozen passes of separate element-wise kernels, which is 10-15% of a training step
+    when a large token-embedding table is trained (measured in ``bench/peer_throughput.py``).
+    It is deterministic, so resume stays bit-for-bit. Sharded (FSDP) parameters keep the
+    multi-tensor update, which they are known to support."""
     groups = param_groups(model, weight_decay, layer_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=_can_fuse(model))
+
+
+def _can_fuse(model: nn.Module) -> bool:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(
+        type(p.data) is torch.Tensor
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        for p in params
+    )

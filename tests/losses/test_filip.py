@@ -10,7 +10,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.losses.filip import filip_loss, late_interaction
 from clipforge.models import create_model
 from tests.losses.naive import dot, lse
-from tests.tolerance import reorder_bound, softmax_loss_bound
+from tests.tolerance import CANCEL, reorder_bound, softmax_loss_bound, tower_terms
 
 
 def _tokens(shape, seed):
@@ -71,8 +71,12 @@ def test_the_towers_give_token_features_in_the_same_pass(micro_args, pool):
     tokens[1, :3] = torch.tensor([49406, 320, 49407])
     plain = model(images, tokens)
     out = model(images, tokens, with_tokens=True)
-    # The same float64 computation with more outputs: the pooled embeddings agree exactly.
-    assert torch.equal(plain.image, out.image) and torch.equal(plain.text, out.text)
+    # The same float64 computation with more outputs, except that without token outputs a
+    # tower pooling one token runs its last block for that row alone (other matmul
+    # shapes): the pooled embeddings agree to a reordering of the towers' terms.
+    for a, b in ((plain.image, out.image), (plain.text, out.text)):
+        tol = reorder_bound(tower_terms(48, 32, 1, 24, 128, 16), CANCEL, torch.float64)
+        assert torch.allclose(a, b, rtol=0, atol=tol)
     assert out.image_tokens.shape == (2, 16, 32)  # (16 / 4)^2 patches, embed_dim 32
     assert out.text_tokens.shape == (2, 24, 32)  # padded back to the full context
     assert out.text_mask.sum(dim=1).tolist() == [4, 3]  # start to end token
