@@ -562,9 +562,13 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         description="Write image.onnx (pixels -> normalised features), text.onnx (tokens -> "
         "normalised features) and model.yaml into the folder --out.",
     )
+    from clipforge.config import add_number
+    from clipforge.ranges import count0
+
     p.add_argument("model", help="run folder or checkpoint")
     p.add_argument("--to", required=True, choices=["onnx"])
     p.add_argument("--out", required=True, help="output folder")
+    add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP + "; built into image.onnx")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
@@ -572,11 +576,13 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from clipforge.models import load
     from clipforge.models.export import check_onnx, export_onnx
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder
 
     out = OutputFolder(args.out, "export", overwrite=args.overwrite, inputs=[args.model])
     check_onnx()
     model = load(args.model)
+    set_merging(model, args.merge_tokens)
     with out.building() as build:
         files = export_onnx(model, build)
     for f in files:
