@@ -127,6 +127,9 @@ def upcycle(model: nn.Module, experts: int, top_k: int) -> nn.Module:
         if name.endswith("mlp.router.weight"):
             state[name] = t  # freshly drawn: small, so every expert starts near 1/E
     new.load_state_dict(state)
+    # The upcycled towers compute the dense ones, so a caption decoder reading their
+    # image tokens stays valid as it is.
+    new.heads.update(model.heads)
     return new.to(next(model.parameters()).dtype)
 
 
