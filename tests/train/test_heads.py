@@ -16,7 +16,6 @@ from clipforge.train import trainer as trainer_module
 from clipforge.train.ema import WeightEMA
 from tests.conftest import MICRO_ARGS
 
-
 # A patch stem (no batch norm), which OpenCLIP's format can hold.
 ARGS = {**MICRO_ARGS, "vision.stem": "patch"}
 
