@@ -109,7 +109,7 @@ def finetune_cfg(a: argparse.Namespace, base: Path, folder: Path, **over: Any) -
     fields = dict(
         **architecture(base), init=str(base), steps=a.steps, batch_size=a.batch_size, lr=lr,
         warmup=max(1, a.steps // 6), shapes_args={"colours": list(SHIFTED)}, evals="none",
-        eval_every=0, threads=a.threads, progress=False, seed=0, out=str(folder),
+        eval_every=0, threads=a.threads, progress=False, seed=a.seed, out=str(folder),
     )  # fmt: skip
     fields.update(over)
     fields["ckpt_every"] = fields["steps"]
@@ -249,6 +249,7 @@ def main() -> int:
     ap.add_argument("--moe-aux-weight", type=float, default=0.01)
     ap.add_argument("--rate-rounds", type=int, default=3,
                     help="rounds of the in-turn speed measurement of MoE against dense")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (stream, routers)")
     ap.add_argument("--only", default="", help="comma list of folders to run (default: all)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -354,7 +355,7 @@ def run_moe(a: argparse.Namespace, base: CLIP, base_path: Path, out: Path,
     """Upcycle the base, fine-tune it as the full fine-tune, report it; returns the
     load balance, parameter counts and speed against the dense fine-tune."""
     moe_path = out / "moe.pt"
-    torch.manual_seed(0)  # the routers are drawn fresh: the same ones on every rerun
+    torch.manual_seed(a.seed)  # the routers are drawn fresh: the same ones on every rerun
     upcycled = upcycle(base, a.moe_experts, a.moe_top_k)
     if not moe_path.exists():
         save_checkpoint(upcycled, moe_path, "clipforge")
