@@ -20,6 +20,8 @@ seed and sample stream:
   routers' balancing loss (``--moe-aux-weight``); its expert load (share of routed token
   slots per expert and layer, on 256 shifted-domain test samples) before and after, and
   its training speed against the dense full fine-tune's, timed in turns in this process;
+  with ``--moe-equal-wall``, the dense full fine-tune again with as many steps as the MoE
+  fine-tune's time holds at that ratio (folder ``full_moe_wall``);
 * with ``--equal-wall``, patch dropout 0.5 again with as many steps as fit in the full
   fine-tune's training wall time at its measured speed (accuracy at equal wall-clock).
 
@@ -247,6 +249,8 @@ def main() -> int:
     ap.add_argument("--moe-experts", type=int, default=4)
     ap.add_argument("--moe-top-k", type=int, default=2)
     ap.add_argument("--moe-aux-weight", type=float, default=0.01)
+    ap.add_argument("--moe-equal-wall", action="store_true",
+                    help="also the dense fine-tune with as many steps as the MoE's time holds")  # fmt: skip
     ap.add_argument("--rate-rounds", type=int, default=3,
                     help="rounds of the in-turn speed measurement of MoE against dense")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (stream, routers)")
@@ -399,6 +403,16 @@ def run_moe(a: argparse.Namespace, base: CLIP, base_path: Path, out: Path,
         "load_before": expert_load(upcycled, probe),
         "load_after": expert_load(model, probe),
     }
+    if a.moe_equal_wall:
+        # The dense fine-tune given the steps that the MoE fine-tune's time holds at their
+        # speed ratio measured in turns above: accuracy at equal training compute time.
+        steps = max(1, round(a.steps * rates["dense"] / rates["moe"]))
+        wall_cfg = finetune_cfg(a, base_path, out / "full_moe_wall", steps=steps)
+        wall = run(wall_cfg)
+        report("full fine-tune, the MoE's wall time", load(out / "full_moe_wall"),
+               seconds=round(wall, 1), trainable=trainable(base, wall_cfg), steps=steps,
+               samples_per_s=round(samples_per_s(out / "full_moe_wall"), 1))  # fmt: skip
+        info["equal_wall_dense_steps"] = steps
     print(json.dumps(info), flush=True)
     return info
 
