@@ -129,16 +129,20 @@ def model_payload(state_dict: Mapping[str, torch.Tensor], model_config: Any) -> 
     return {"model": dict(state_dict), "model_config": plain_config(model_config)}
 
 
-def heads_payload(heads: Mapping[str, Any]) -> dict[str, Any]:
+def heads_payload(
+    heads: Mapping[str, Any], states: Mapping[str, Mapping[str, torch.Tensor]] | None = None
+) -> dict[str, Any]:
     """The modules an objective trained beside the model (``Objective.heads()``: a caption
     decoder), each as its plain ``config`` and ``state``, under ``heads``; nothing when
-    there are none, so checkpoints of plain runs stay as they were."""
+    there are none, so checkpoints of plain runs stay as they were. ``states`` (by head
+    name) replaces the modules' own weights: an average of them (``ema.pt``)."""
     if not heads:
         return {}
     return {
         "heads": {
             name: {"config": plain_config(m.cfg),
-                   "state": {k: v.detach() for k, v in m.state_dict().items()}}
+                   "state": {k: v.detach() for k, v in
+                             (states[name] if states else m.state_dict()).items()}}
             for name, m in heads.items()
         }
     }  # fmt: skip

@@ -187,6 +187,7 @@ def test_the_argument_walk_sees_every_command_with_numbers():
         "wise",
         "stretch",
         "upcycle",
+        "export",
         "embed",
         "index",
         "search",

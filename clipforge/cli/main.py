@@ -23,6 +23,15 @@ def _overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def _drop_heads_flag(p: argparse.ArgumentParser, why: str) -> None:
+    p.add_argument(
+        "--drop-heads",
+        action="store_true",
+        help="write the towers without the heads a clipforge checkpoint carries (the caption "
+        f"decoder of --loss clip+coca; {why}); without it such a model is refused",
+    )
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import add_arguments
     from clipforge.train.config import TrainConfig
@@ -459,6 +468,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
         "state dict without open_clip_config.json is read with OpenAI's quick_gelu and "
         "64-wide heads)",
     )
+    _drop_heads_flag(p, "openclip and hf have no place for them")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_convert)
 
@@ -472,11 +482,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     inputs = [args.input]
     if not writes_folder(args.output, args.to):
         check_file(args.output, overwrite=args.overwrite, inputs=inputs)
-        ckpt, files = convert(args.input, args.output, args.to, args.arch, overrides)
+        ckpt, files = convert(
+            args.input, args.output, args.to, args.arch, overrides, drop_heads=args.drop_heads
+        )
     else:
         out = OutputFolder(args.output, "convert", overwrite=args.overwrite, inputs=inputs)
         with out.building() as build:
-            ckpt, files = convert(args.input, build, args.to, args.arch, overrides)
+            ckpt, files = convert(
+                args.input, build, args.to, args.arch, overrides, drop_heads=args.drop_heads
+            )
         files = [out.final(f) for f in files]
     print(f"read {ckpt.path} ({ckpt.format}): {describe(ckpt.config)}")
     for f in files:
@@ -539,6 +553,7 @@ def _wise_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fine_tuned", metavar="FT_MODEL", help="run folder or checkpoint")
     add_number(p, "--alpha", probability, 0.5, "weight of the fine-tuned model")
     p.add_argument("--out", required=True, help="the ensembled checkpoint (.pt)")
+    _drop_heads_flag(p, "needed when only one of the models has a head")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_wise)
 
@@ -549,13 +564,18 @@ def _cmd_wise(args: argparse.Namespace) -> int:
     from clipforge.outputs import check_file
 
     out = check_file(args.out, overwrite=args.overwrite, inputs=[args.zero_shot, args.fine_tuned])
-    model = interpolate(load(args.zero_shot), load(args.fine_tuned), args.alpha)
+    model = interpolate(
+        load(args.zero_shot), load(args.fine_tuned), args.alpha, drop_heads=args.drop_heads
+    )
     save_checkpoint(model, out, "clipforge")
     print(f"wrote {out} (alpha {args.alpha})")
     return 0
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.config import add_number
+    from clipforge.ranges import count0
+
     p = sub.add_parser(
         "export",
         help="export the image and text encoders (ONNX)",
@@ -565,6 +585,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="run folder or checkpoint")
     p.add_argument("--to", required=True, choices=["onnx"])
     p.add_argument("--out", required=True, help="output folder")
+    add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP + "; built into image.onnx")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
@@ -572,11 +593,13 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from clipforge.models import load
     from clipforge.models.export import check_onnx, export_onnx
+    from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder
 
     out = OutputFolder(args.out, "export", overwrite=args.overwrite, inputs=[args.model])
     check_onnx()
     model = load(args.model)
+    set_merging(model, args.merge_tokens)
     with out.building() as build:
         files = export_onnx(model, build)
     for f in files:

@@ -7,6 +7,12 @@ text tower exports without the trimming of the padded tail it does in PyTorch (a
 data-dependent shape); the result is the same, because the end token cannot see later
 positions under causal attention. ``model.yaml`` beside them records the architecture,
 so a server knows the image size, context length and normalisation.
+
+Token merging (``--merge-tokens r``, :mod:`clipforge.models.tome`) set on the model is
+built into ``image.onnx`` (and noted in ``model.yaml``); a mixture-of-experts model
+(``clipforge upcycle``) exports with every expert run on every token behind zero gates
+(:meth:`~clipforge.models.moe.MoEMLP._dense_dispatch`), since the graph cannot hold
+the per-expert token counts.
 """
 
 from __future__ import annotations
@@ -91,5 +97,13 @@ def export_onnx(model: CLIP, out: str | Path) -> list[Path]:
                 dynamic_shapes={name: {0: batch}}, dynamo=True, verbose=False,
             )  # fmt: skip
         program.save(str(out / file))
-    (out / "model.yaml").write_text(yaml.safe_dump(plain_config(model.cfg), sort_keys=False))
+    text = yaml.safe_dump(plain_config(model.cfg), sort_keys=False)
+    merge = getattr(model.visual, "merge_tokens", 0)
+    if merge:
+        # A comment, not a key: model.yaml stays the architecture that a ModelConfig reads.
+        text = (
+            f"# image.onnx merges {merge} tokens after every block (--merge-tokens {merge})\n"
+            + text
+        )
+    (out / "model.yaml").write_text(text)
     return [out / f for f in ONNX_FILES]

@@ -40,13 +40,20 @@ def load(
     path = resolve(path_or_run, what)
     ckpt = read_checkpoint(path, arch, overrides)
     model = model_from_state_dict(ckpt.config, ckpt.state_dict)
-    for name, payload in (ckpt.heads or {}).items():
+    return attach_heads(model, ckpt.heads, f"{what} {path}")
+
+
+def attach_heads(model: CLIP, heads: Mapping[str, Any] | None, where: str) -> CLIP:
+    """Rebuild the heads a checkpoint stores (``heads``: its ``heads`` entry, see
+    :func:`clipforge.checkpoint.heads_payload`) into ``model.heads``, in eval mode;
+    returns ``model``. Errors start with ``where`` (the file, and what it was given as)."""
+    for name, payload in (heads or {}).items():
         if name not in _HEADS:
-            raise ClipforgeError(f"{what} {path}: unknown head {name!r} in the checkpoint")
+            raise ClipforgeError(f"{where}: unknown head {name!r} in the checkpoint")
         try:
             model.heads[name] = _HEADS[name](payload)
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise ClipforgeError(f"{what} {path}: cannot read its {name}: {e}") from None
+            raise ClipforgeError(f"{where}: cannot read its {name}: {e}") from None
     return model
 
 
@@ -69,3 +76,14 @@ def differing_tensors(
         for k in names
         if k not in expected or k not in found or expected[k].shape != found[k].shape
     )
+
+
+def same_head(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two heads (caption decoders) have one architecture: equal ``cfg``, tensors
+    of equal names and shapes, and equal integer buffers (a decoder's vocabulary ids,
+    which say what its outputs mean), so that ``b``'s weights can take ``a``'s place or be
+    averaged with them."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if getattr(a, "cfg", None) != getattr(b, "cfg", None) or differing_tensors(sa, sb):
+        return False
+    return all(torch.equal(sa[k], v) for k, v in sb.items() if not v.is_floating_point())

@@ -75,14 +75,18 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def _sites(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[nn.Module, str]]:
-    """(parent module, attribute) of every target linear in the blocks of both towers."""
+    """(parent module, attribute) of every target linear in the blocks of both towers.
+
+    In a mixture-of-experts block (``clipforge upcycle``) ``fc1``/``fc2`` name the layers
+    of every expert, each with its own adapter; the router stays frozen with the rest.
+    """
     sites = []
     for tower in (model.visual, model.text):
         for blk in tower.transformer.blocks:
-            for parent, name in ((blk.attn, "qkv"), (blk.attn, "proj"), (blk.mlp, "fc1"),
-                                 (blk.mlp, "fc2")):  # fmt: skip
-                if name in targets:
-                    sites.append((parent, name))
+            mlps = getattr(blk.mlp, "experts", None) or [blk.mlp]
+            pairs = [(blk.attn, "qkv"), (blk.attn, "proj")]
+            pairs += [(mlp, name) for mlp in mlps for name in ("fc1", "fc2")]
+            sites += [(parent, name) for parent, name in pairs if name in targets]
     return sites
 
 

@@ -34,6 +34,8 @@ class MoEMLP(nn.Module):
         nn.init.normal_(self.router.weight, std=0.02)
         self.experts = nn.ModuleList(MLP(width, hidden, act) for _ in range(experts))
         self.last_aux: torch.Tensor | None = None  # the balancing loss of the last forward
+        # Each expert's share of the routed token slots of the last forward (``f_e``).
+        self.last_share: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -42,15 +44,33 @@ class MoEMLP(nn.Module):
         probs = probs.softmax(dim=-1)  # [N, E]
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-        out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            rows, slot = (chosen == e).nonzero(as_tuple=True)
-            if rows.numel():
-                out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
         n_experts = len(self.experts)
+        if torch.compiler.is_exporting():
+            out = self._dense_dispatch(flat, chosen, weights)
+        else:
+            out = torch.zeros_like(flat)
+            for e, expert in enumerate(self.experts):
+                rows, slot = (chosen == e).nonzero(as_tuple=True)
+                if rows.numel():
+                    out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
         share = F.one_hot(chosen, n_experts).float().sum(dim=(0, 1)) / chosen.numel()
         self.last_aux = n_experts * (share * probs.mean(dim=0)).sum()
+        self.last_share = share.detach()
         return out.reshape(x.shape)
+
+    def _dense_dispatch(
+        self, flat: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """The routed mixture with every expert run on every token and a zero gate where
+        it was not chosen: the same sums in the same expert order (a zero term adds
+        exactly), without the data-dependent row counts that an exported graph (ONNX)
+        cannot hold. ``experts / top_k`` times the MLP work of the sparse dispatch."""
+        gates = torch.zeros(flat.shape[0], len(self.experts), dtype=flat.dtype, device=flat.device)
+        gates = gates.scatter(1, chosen, weights)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            out = out + expert(flat) * gates[:, e, None]
+        return out
 
 
 def moe_layers(model: nn.Module) -> list[MoEMLP]:
@@ -61,6 +81,17 @@ def aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The summed load-balancing losses of the last forward (None: no experts)."""
     losses = [m.last_aux for m in moe_layers(model) if m.last_aux is not None]
     return torch.stack(losses).sum() if losses else None
+
+
+def expert_shares(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each MoE layer's share of routed token slots per expert in the last forward, by
+    module name (``visual.transformer.blocks.0.mlp``): the load balance, 1/E each when
+    even. A layer that has not run yet is left out."""
+    return {
+        name: m.last_share
+        for name, m in model.named_modules()
+        if isinstance(m, MoEMLP) and m.last_share is not None
+    }
 
 
 def make_experts(model: nn.Module, experts: int, top_k: int, act: str) -> None:
@@ -96,7 +127,10 @@ def upcycle(model: nn.Module, experts: int, top_k: int) -> nn.Module:
         if name.endswith("mlp.router.weight"):
             state[name] = t  # freshly drawn: small, so every expert starts near 1/E
     new.load_state_dict(state)
+    # The upcycled towers compute the dense ones, so a caption decoder reading their
+    # image tokens stays valid as it is.
+    new.heads.update(model.heads)
     return new.to(next(model.parameters()).dtype)
 
 
-__all__ = ["MoEMLP", "aux_loss", "make_experts", "moe_layers", "upcycle"]
+__all__ = ["MoEMLP", "aux_loss", "expert_shares", "make_experts", "moe_layers", "upcycle"]

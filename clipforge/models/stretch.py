@@ -47,4 +47,6 @@ def stretch_positions(model: CLIP, context: int, keep: int) -> CLIP:
     state = dict(model.state_dict())
     state["text.pos_embed"] = table.contiguous()
     out.load_state_dict(state, assign=True)
+    # A caption decoder reads image tokens and has its own positions: it stays as it is.
+    out.heads.update(model.heads)
     return out.eval()

@@ -36,7 +36,7 @@ from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
-from clipforge.models.loading import differing_tensors
+from clipforge.models.loading import differing_tensors, same_head
 from clipforge.models.lora import save_adapters
 from clipforge.train import checkpoint as train_state
 from clipforge.train import distributed, finetune, fsdp
@@ -122,13 +122,13 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
-    if cfg.init and state is None:
-        _init_weights_from(model, cfg.init)
+    init_heads = _init_weights_from(model, cfg.init) if cfg.init and state is None else {}
     trainable = finetune.configure(model, cfg)  # locks, LoRA, patch dropout
     # On its device (and in its dtype) before the optimizer exists, so restored optimizer
     # state lands there too.
     model.to(world.device, torch.float64 if cfg.precision == "fp64" else None)
     objective = parts.objective.to(world.device)
+    _init_heads_from(objective.heads(), init_heads, str(cfg.init), world)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
     if cfg.fsdp:
         fsdp.shard(model, world)  # before the optimizer, which then holds only the shards
@@ -144,7 +144,7 @@ def _train(
     # `positions[r]` is where rank r's stream continues; their sum counts the samples read
     # by all ranks (skipped ones included).
     step, positions, skipped = 0, [0] * world.size, {}
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = WeightEMA(model, cfg.ema_decay, objective.heads()) if cfg.ema_decay > 0 else None
     if state is not None:
         _restore(state, folder.path, model, objective, opt, trained if cfg.fsdp else None)
         if ema is not None:
@@ -261,7 +261,8 @@ def _train(
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
     if ema is not None:  # before final.pt, which is written last
-        atomic_save({**model_payload(ema.state, parts.model_config), "step": step},
+        atomic_save({**model_payload(ema.model_state(), parts.model_config),
+                     **heads_payload(objective.heads(), ema.head_states()), "step": step},
                     folder.path / "checkpoints" / "ema.pt")  # fmt: skip
     if cfg.lora_rank:
         # final.pt holds them too (loading merges them); this file is the adapters alone.
@@ -373,14 +374,15 @@ def skip_summary(skipped: dict[str, int], samples: int) -> str:
     return "\n".join(lines)
 
 
-def _init_weights_from(model: CLIP, path: str) -> None:
+def _init_weights_from(model: CLIP, path: str) -> dict[str, torch.nn.Module]:
     """Copy the weights of ``path`` (a run folder or any checkpoint clipforge reads) into
-    ``model``.
+    ``model``; returns the heads the checkpoint carries (a caption decoder), by name.
 
     The architecture must match; the logit scale/bias come along, so a fine-tune
     continues at the temperature the source run ended with.
     """
-    mine, theirs = model.state_dict(), load(path, what="--init").state_dict()
+    loaded = load(path, what="--init")
+    mine, theirs = model.state_dict(), loaded.state_dict()
     bad = differing_tensors(mine, theirs, extra_ok=True)
     if bad:
         raise ClipforgeError(
@@ -388,6 +390,32 @@ def _init_weights_from(model: CLIP, path: str) -> None:
             f"({len(bad)} tensors, e.g. {bad[0]}); pass the matching --model/--model-args"
         )
     model.load_state_dict({k: theirs[k] for k in mine})
+    return dict(loaded.heads)
+
+
+def _init_heads_from(
+    mine: Mapping[str, torch.nn.Module],
+    theirs: Mapping[str, torch.nn.Module],
+    path: str,
+    world: World,
+) -> None:
+    """Start the run's heads (``mine``, the objective's) from the ``--init`` checkpoint's
+    (``theirs``) of the same name, which must match them; a head the run does not train
+    is left out, and said so."""
+    for name, head in theirs.items():
+        if name not in mine:
+            if world.is_main:
+                print(f"--init {path}: its {name} head is not trained by this run's --loss and "
+                      "is left out of its checkpoints (keep it with --loss clip+coca)",
+                      file=sys.stderr)  # fmt: skip
+            continue
+        if not same_head(mine[name], head):
+            raise ClipforgeError(
+                f"--init {path}: its {name} ({getattr(head, 'cfg', None)}) differs from this "
+                f"run's ({getattr(mine[name], 'cfg', None)}); set the objective's options "
+                "(--coca-*) to match it"
+            )
+        mine[name].load_state_dict(head.state_dict())
 
 
 __all__ = ["TrainConfig", "TrainResult", "train"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from clipforge.checkpoint import atomic_save, model_payload
+from clipforge.checkpoint import atomic_save, heads_payload, model_payload
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig, get_model_config
@@ -228,7 +228,10 @@ def read_checkpoint(
     adapters = {k: v for k, v in raw.tensors.items() if fmt == "clipforge" and is_adapter_key(k)}
     tensors = {k: v for k, v in raw.tensors.items() if k not in adapters}
     return Checkpoint(
-        Path(path), fmt, cfg, {**import_tensors(tensors, fmt, cfg, raw.path), **adapters},
+        Path(path),
+        fmt,
+        cfg,
+        {**import_tensors(tensors, fmt, cfg, raw.path), **adapters},
         raw.heads,
     )
 
@@ -256,23 +259,36 @@ def writes_folder(out: str | Path, to: str) -> bool:
     return to == "hf" or (to == "openclip" and Path(out).suffix not in _WEIGHT_SUFFIXES)
 
 
-def save_checkpoint(model: CLIP, out: str | Path, to: str) -> list[Path]:
+def save_checkpoint(
+    model: CLIP, out: str | Path, to: str, *, drop_heads: bool = False
+) -> list[Path]:
     """Write ``model`` in format ``to`` (one of :data:`TARGETS`); returns the files written.
 
-    * ``clipforge``: one ``.pt`` file, as the trainer writes (``clipforge eval`` reads it).
+    * ``clipforge``: one ``.pt`` file, as the trainer writes (``clipforge eval`` reads it),
+      with the model's heads (``model.heads``: a CoCa caption decoder) unless
+      ``drop_heads``.
     * ``openclip``: a folder (``open_clip_config.json`` + ``open_clip_model.safetensors``,
       which ``open_clip.create_model("local-dir:OUT")`` loads), or, if ``out`` ends in
       ``.pt``/``.pth``/``.bin``/``.safetensors``, just the state dict.
     * ``hf``: a folder with ``config.json``, ``model.safetensors`` and
       ``preprocessor_config.json`` for ``CLIPModel`` or ``SiglipModel.from_pretrained``.
+
+    ``openclip`` and ``hf`` have no place for heads: a model with heads is refused there
+    unless ``drop_heads`` says to write the towers alone.
     """
     out = Path(out)
     cfg = model.cfg
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    heads = {} if drop_heads else dict(model.heads)
     if to == "clipforge":
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({**model_payload(sd, cfg), "step": 0}, out)
+        atomic_save({**model_payload(sd, cfg), **heads_payload(heads), "step": 0}, out)
         return [out]
+    if to in TARGETS and heads:
+        raise ClipforgeError(
+            f"the {to} format has no place for the model's {', '.join(sorted(heads))} head; "
+            "pass --drop-heads to write the towers alone, or write a clipforge checkpoint"
+        )
     if to == "openclip":
         oc = _arch.openclip_config(cfg, where=str(out))
         if "logit_bias" in sd:  # OpenCLIP creates the parameter only when given a value
@@ -303,13 +319,21 @@ def convert(
     to: str,
     arch: str | ModelConfig | None = None,
     overrides: dict[str, Any] | None = None,
+    *,
+    drop_heads: bool = False,
 ) -> tuple[Checkpoint, list[Path]]:
-    """Read ``src`` (any of :data:`FORMATS`) and write it to ``dst`` in format ``to``."""
+    """Read ``src`` (any of :data:`FORMATS`) and write it to ``dst`` in format ``to``;
+    the heads of a clipforge checkpoint come along (see :func:`save_checkpoint`)."""
+    # Here, not at the top: clipforge.models.loading reads checkpoints through this module.
+    from clipforge.models.loading import attach_heads
+
     if to not in TARGETS:
         raise ClipforgeError(f"unknown target format {to!r} (known: {', '.join(TARGETS)})")
     ckpt = read_checkpoint(src, arch, overrides)
     model = model_from_state_dict(ckpt.config, ckpt.state_dict)
-    return ckpt, save_checkpoint(model, dst, to)
+    if not drop_heads:
+        attach_heads(model, ckpt.heads, str(ckpt.path))
+    return ckpt, save_checkpoint(model, dst, to, drop_heads=drop_heads)
 
 
 def describe(cfg: ModelConfig) -> str:
