@@ -212,6 +212,25 @@ def test_a_damaged_shard_is_skipped_and_counted(tmp_path, collection, capsys):
     assert 80 <= len(emb.rows) < 96 and "skipped 1: truncated_shard" in capsys.readouterr().out
 
 
+def test_shards_named_by_a_relative_path_embed_as_absolute_rows(
+    tmp_path, collection, monkeypatch, capsys
+):
+    _, model_path, other, data, _, _ = collection
+    monkeypatch.chdir(tmp_path)
+    assert main(["shard", str(data), "--out", "shards", "--shard-size", "40"]) == 0
+    assert main(["embed", str(model_path), "shards", "--out", "emb", *ARGS]) == 0
+    before = read_embeddings(tmp_path / "emb")
+    tar = tmp_path.resolve() / "shards" / "train-000001.tar"
+    assert before.rows[40]["path"].startswith(f"{tar}:")
+    # --update opens the collection again by its absolute path, from anywhere: the same
+    # rows, so the same collection (relative rows made it look like another one).
+    monkeypatch.chdir(tmp_path / "shards")
+    assert main(["embed", "--update", str(tmp_path / "emb"), "--model", str(other), *ARGS]) == 0
+    after = read_embeddings(tmp_path / "emb")
+    assert [r["path"] for r in after.rows] == [r["path"] for r in before.rows]
+    assert after.fingerprint != before.fingerprint
+
+
 def test_update_re_embeds_the_same_rows_with_the_new_model(tmp_path, collection, capsys):
     _, model_path, other, data, _, _ = collection
     emb, fresh, idx = tmp_path / "emb", tmp_path / "fresh", tmp_path / "idx"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError
 from clipforge.serve.app import MAX_UPLOAD_BYTES
 from clipforge.serve.batching import Batcher
@@ -66,6 +67,40 @@ def test_thumbnails_page_health_and_metrics(client):
     assert route["requests"] >= 1 and route["by_status"].get("422", 0) >= 1
     assert route["p50_ms"] <= route["p99_ms"]
     assert m["encoder"]["texts"] >= 1
+
+
+def test_thumbnails_and_similar_items_of_a_webdataset_collection(tmp_path, collection, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from clipforge.cli.collections import load_searcher
+    from clipforge.index.search import IndexFolder
+    from clipforge.serve.app import create_app
+
+    _, model, _, data, _, index = collection
+    pngs = [r["path"] for r in IndexFolder(index).rows]  # the manifest's image files
+    monkeypatch.chdir(tmp_path)  # shards named by a relative path...
+    args = ["--progress", "false", "--threads", "1"]
+    assert main(["shard", str(data), "--out", "shards", "--shard-size", "40"]) == 0
+    assert main(["embed", str(model), "shards", "--out", "emb", *args]) == 0
+    assert main(["index", "emb", "--out", "idx"]) == 0
+    monkeypatch.chdir(tmp_path / "shards")  # ...and served from another directory
+    searcher = load_searcher(str(tmp_path / "idx"), None, "auto")
+    client = TestClient(create_app(searcher))
+    rows = searcher.index.rows
+    for item in (0, 45, 95):  # the first, a middle and the last tar
+        assert ".tar:" in rows[item]["path"]
+        r = client.get(f"/api/items/{item}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        # `clipforge shard` copies the PNG bytes, and a 32-pixel image is no thumbnail's
+        # reduction: the manifest's own image, pixel for pixel.
+        got, want = Image.open(io.BytesIO(r.content)), Image.open(pngs[item]).convert("RGB")
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+    # Images like item 45: the same query, so the same hits, as uploading its PNG.
+    r = client.get("/api/search", params={"item": 45, "k": 5})
+    upload = open(pngs[45], "rb").read()
+    same = client.post("/api/search", files={"image": ("q.png", upload)}, data={"k": "5"})
+    assert r.status_code == 200 and r.json()["hits"] == same.json()["hits"]
+    assert client.get("/api/items/96").status_code == 404
 
 
 def truncated_jpeg() -> bytes:
