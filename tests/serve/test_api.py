@@ -109,45 +109,57 @@ def truncated_jpeg() -> bytes:
     return buf.getvalue()[:300]
 
 
-@pytest.mark.parametrize(
-    "call, status, needle",
-    [
-        (lambda c: c.get("/api/search", params={"q": "", "k": 5}), 400, "the query is empty"),
-        (lambda c: c.get("/api/search", params={"q": "x" * 10_000}), 400, "10000 characters"),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": 0}), 422, ""),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": -1}), 422, ""),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": 10**9}), 422, ""),
-        (lambda c: c.get("/api/search"), 400, "give q"),
-        (lambda c: c.get("/api/search", params={"item": 10**6}), 404, "no item 1000000"),
-        (lambda c: c.get("/api/items/96"), 404, "no item 96"),
-        (lambda c: c.get("/api/items/-1"), 404, "no item -1"),
-        (lambda c: c.get("/api/items/abc"), 422, ""),
-        (
-            lambda c: c.post("/api/search", files={"image": ("a.txt", b"hello")}),
-            400,
-            "unreadable image",
-        ),
-        (
-            lambda c: c.post("/api/search", files={"image": ("t.jpg", truncated_jpeg())}),
-            400,
-            "t.jpg",
-        ),
-        (
-            lambda c: c.post("/api/search", files={"image": ("big.png", b"\0" * (50 * 2**20))}),
-            413,
-            "over 10 MB",
-        ),
-        (lambda c: c.post("/api/search"), 422, ""),
-        (lambda c: c.post("/api/embed"), 400, "give a text or an image"),
-        (lambda c: c.post("/api/embed", data={"text": "   "}), 400, "the query is empty"),
-    ],
-)
+# Every bad request: (call, expected status, a phrase of its one-line detail).
+BAD_REQUESTS = [
+    (lambda c: c.get("/api/search", params={"q": "", "k": 5}), 400, "the query is empty"),
+    (lambda c: c.get("/api/search", params={"q": "x" * 10_000}), 400, "10000 characters"),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": 0}), 422, ""),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": -1}), 422, ""),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": 10**9}), 422, ""),
+    (lambda c: c.get("/api/search"), 400, "give q"),
+    (lambda c: c.get("/api/search", params={"item": 10**6}), 404, "no item 1000000"),
+    (lambda c: c.get("/api/items/96"), 404, "no item 96"),
+    (lambda c: c.get("/api/items/-1"), 404, "no item -1"),
+    (lambda c: c.get("/api/items/abc"), 422, ""),
+    (
+        lambda c: c.post("/api/search", files={"image": ("a.txt", b"hello")}),
+        400,
+        "unreadable image",
+    ),
+    (
+        lambda c: c.post("/api/search", files={"image": ("t.jpg", truncated_jpeg())}),
+        400,
+        "t.jpg",
+    ),
+    (
+        lambda c: c.post("/api/search", files={"image": ("big.png", b"\0" * (50 * 2**20))}),
+        413,
+        "over 10 MB",
+    ),
+    (lambda c: c.post("/api/search"), 422, ""),
+    (lambda c: c.post("/api/embed"), 400, "give a text or an image"),
+    (lambda c: c.post("/api/embed", data={"text": "   "}), 400, "the query is empty"),
+]
+
+
+@pytest.mark.parametrize("call, status, needle", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, call, status, needle):
     r = call(client)
     assert r.status_code == status, r.text
     assert needle in str(r.json()["detail"])
     assert client.get("/api/search", params={"q": "a red circle", "k": 1}).status_code == 200
     assert MAX_UPLOAD_BYTES < 50 * 2**20
+
+
+def test_bad_requests_leave_every_file_as_it_was(client, collection):
+    def files() -> dict[str, bytes]:
+        root = collection[0]  # the model, data, embeddings and index folders
+        return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = files()
+    for call, status, _ in BAD_REQUESTS:
+        assert call(client).status_code == status
+    assert files() == before
 
 
 def test_a_server_for_another_model_is_refused(collection):
