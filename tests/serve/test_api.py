@@ -103,6 +103,32 @@ def test_thumbnails_and_similar_items_of_a_webdataset_collection(tmp_path, colle
     assert client.get("/api/items/96").status_code == 404
 
 
+def test_a_text_collection_is_served_over_its_texts(tmp_path, collection):
+    from fastapi.testclient import TestClient
+
+    from clipforge.cli.collections import load_searcher
+    from clipforge.serve.app import create_app
+
+    _, model, _, data, _, _ = collection
+    f = tmp_path / "t.txt"
+    f.write_text("a red circle\na blue square\nthree green stars\n")
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    quiet = ["--progress", "false", "--threads", "1"]
+    assert main(["embed", str(model), "--texts", str(f), "--out", str(emb), *quiet]) == 0
+    assert main(["index", str(emb), "--out", str(idx)]) == 0
+    client = TestClient(create_app(load_searcher(str(idx), None, "auto")))
+    r = client.get("/api/search", params={"q": "a blue square", "k": 1})
+    assert r.status_code == 200 and r.json()["hits"][0]["caption"] == "a blue square"
+    png = next((data / "images").iterdir()).read_bytes()
+    for call, status, needle in [
+        (lambda: client.get("/api/items/0"), 404, "item 0 is a text"),
+        (lambda: client.get("/api/search", params={"item": 0}), 400, "holds no images"),
+        (lambda: client.post("/api/search", files={"image": ("q.png", png)}), 400, "no images"),
+    ]:
+        r = call()
+        assert r.status_code == status and needle in r.json()["detail"], r.text
+
+
 def truncated_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "JPEG")
