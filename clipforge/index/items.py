@@ -23,6 +23,7 @@ from clipforge.data.readers import (
     decode_image,
     open_dataset,
 )
+from clipforge.data.readers.shards import is_remote, read_sample_image
 from clipforge.data.sample import Sample, SampleError
 from clipforge.errors import ClipforgeError
 
@@ -87,17 +88,18 @@ class ShardCollection(Collection):
     ``truncated_shard`` item counting as one, as in training. The embedding run asks for
     items in order, so each is read and decoded once, by one pass over the shards; a
     request elsewhere restarts the stream at that position (the reader skips what comes
-    before without reading it). A row's ``path`` is ``SHARD:KEY``.
+    before without reading it). A row's ``path`` is ``SHARD:KEY``, a local ``SHARD`` made
+    absolute (as an image folder's paths are), so that the row names its image from any
+    working directory (:func:`item_image` reads it back).
     """
 
     def __init__(self, ds: ShardDataset) -> None:
         self.ds = ds
         self.labels: list[str] = []  # SHARD:KEY of each position (SHARD for an error item)
         for shard in ds.shards:
+            name = shard if is_remote(shard) else os.path.abspath(shard)
             for item in ds.read_shard(shard, want=lambda _: False):
-                self.labels.append(
-                    shard if isinstance(item, SampleError) else f"{shard}:{item.key}"
-                )
+                self.labels.append(name if isinstance(item, SampleError) else f"{name}:{item.key}")
         self._stream: Any = None
         self._next = 0  # the position the stream yields next
         self._item: tuple[int, Sample | SampleError] | None = None
@@ -164,6 +166,22 @@ class TextCollection(Collection):
         return {"path": f"{self.path}:{line}", "caption": text}
 
 
+def item_image(path: str) -> Image.Image:
+    """The image a collection row's ``path`` names, decoded to RGB: an image file, or
+    ``SHARD:KEY``, sample KEY of a local tar shard (:class:`ShardCollection`'s rows).
+
+    Raises :class:`SampleError`: ``missing_image`` when neither is there (a remote shard's
+    member is not fetched), else as :func:`~clipforge.data.readers.decode_image` does.
+    """
+    if not os.path.exists(path):
+        # The shard's own name may hold a colon too: the split is where a file is.
+        for cut in (i for i, c in enumerate(path) if c == ":"):
+            shard, key = path[:cut], path[cut + 1 :]
+            if key and os.path.isfile(shard):
+                return read_sample_image(shard, key)
+    return decode_image(path, path)
+
+
 def open_collection(data: str | os.PathLike[str] | None, texts: str | None = None) -> Collection:
     """The collection ``clipforge embed DATA`` / ``--texts FILE`` reads."""
     if texts is not None:
@@ -180,4 +198,11 @@ def open_collection(data: str | os.PathLike[str] | None, texts: str | None = Non
     return ImageCollection(ds)
 
 
-__all__ = ["Collection", "ImageCollection", "ShardCollection", "TextCollection", "open_collection"]
+__all__ = [
+    "Collection",
+    "ImageCollection",
+    "ShardCollection",
+    "TextCollection",
+    "item_image",
+    "open_collection",
+]

@@ -22,6 +22,7 @@ from PIL import Image
 from clipforge.data.readers import decode_image
 from clipforge.data.sample import SampleError
 from clipforge.errors import ClipforgeError
+from clipforge.index.items import item_image
 from clipforge.index.search import MAX_K, Searcher, check_query
 from clipforge.serve.batching import Batcher
 from clipforge.serve.metrics import Metrics
@@ -86,9 +87,11 @@ def create_app(searcher: Searcher) -> FastAPI:
             raise HTTPException(
                 404, f"no item {item} (the index holds items 0 to {len(index.rows) - 1})"
             )
+        if index.info.get("kind") == "text":
+            raise HTTPException(404, f"item {item} is a text; this index holds no images")
         path = index.rows[item].get("path", "")
         try:
-            return decode_image(path, path)
+            return item_image(path)  # a file, or a member of a tar shard
         except SampleError as e:
             raise HTTPException(
                 404, f"item {item}: {e.reason.replace('_', ' ')} ({path})"

@@ -130,3 +130,44 @@ def test_odd_modes_long_texts_weights_and_json_captions_in_shards(tmp_path: Path
     proc = SampleProcessor(SeededCrop(8), seed=0)
     assert proc(0, good[3]).weight == 0.25
     assert len(proc(0, good[4]).text) == 2000  # an over-long caption is cut, not fatal
+
+
+def test_a_shard_sample_is_read_by_its_key(tmp_path: Path) -> None:
+    from clipforge.data.readers.shards import read_sample, read_sample_image
+
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    members = [
+        ("a/one.PNG", _encoded(red, "PNG")),
+        ("a/one.txt", b"red"),
+        ("two.jpg", _encoded(blue, "JPEG", quality=95)),
+        ("two.txt", b"blue"),
+        # The same key again: the reader's next sample, which a key cannot name.
+        ("two.jpg", _encoded(red, "JPEG")),
+        ("nopic.txt", b"no image"),
+    ]
+    shard = _tar(tmp_path / "s.tar", members)
+    assert read_sample(shard, "a/one") == {"png": members[0][1], "txt": b"red"}
+    assert read_sample(shard, "a/one", ("txt",)) == {"txt": b"red"}
+    assert np.array_equal(np.asarray(read_sample_image(shard, "a/one")), np.asarray(red))
+    # The first sample of a repeated key: JPEG keeps a flat colour within a few levels.
+    assert read_sample_image(shard, "two").getpixel((0, 0))[2] > 240
+    for key, detail in [("nokey", "no such sample"), ("nopic", "no image member")]:
+        with pytest.raises(SampleError, match=detail) as e:
+            read_sample_image(shard, key)
+        assert e.value.reason == "missing_image"
+    with pytest.raises(SampleError, match="no such shard"):
+        read_sample(str(tmp_path / "gone.tar"), "a/one")
+    # A rewritten shard is read again, not answered from the cached member table.
+    _tar(tmp_path / "s.tar", [("three.png", _encoded(blue, "PNG"))])
+    assert read_sample(shard, "three") == {"png": _encoded(blue, "PNG")}
+    # A compressed shard, and a damaged one: the members before the damage are readable.
+    gz = tmp_path / "s.tar.gz"
+    with tarfile.open(gz, "w:gz") as tf:
+        tf.add(shard, arcname="inner.tar")  # any member will do: a key and an extension
+    assert read_sample(str(gz), "inner") == {"tar": Path(shard).read_bytes()}
+    long = _tar(tmp_path / "l.tar", [(f"k{i}.png", _encoded(red, "PNG")) for i in range(8)])
+    data = Path(long).read_bytes()
+    Path(long).write_bytes(data[: len(data) // 2])
+    assert read_sample(long, "k0") == {"png": _encoded(red, "PNG")}
+    with pytest.raises(SampleError):
+        read_sample_image(long, "k7")

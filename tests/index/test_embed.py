@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clipforge.cli.main import main
@@ -107,6 +108,47 @@ def test_embed_texts_file(tmp_path, collection):
         "three green stars",
     ]
     assert [r["path"] for r in emb.rows] == [f"{f}:1", f"{f}:3", f"{f}:4"]
+
+
+# Micro models in the layouts clipforge can write as OpenCLIP / Hugging Face CLIP and as
+# Hugging Face SigLIP. pos_init only says how a model starts, which no file records.
+CLIP_LAYOUT = {"vision.stem": "patch", "vision.pool": "cls", "vision.pos_init": "random"}
+SIGLIP_LAYOUT = {
+    **CLIP_LAYOUT, "vision.pool": "map", "vision.pre_norm": False, "vision.class_token": False,
+    "vision.patch_bias": True, "vision.proj_type": "none", "vision.norm_eps": 1e-6,
+    "text.causal": False, "text.pool": "last", "text.proj_bias": True, "text.norm_eps": 1e-6,
+    "act": "gelu_tanh", "resize_mode": "squash", "logit_scale_max": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "layout, bias, formats",
+    [(CLIP_LAYOUT, None, ["openclip", "hf"]), (SIGLIP_LAYOUT, -10.0, ["hf"])],
+)
+def test_every_format_clipforge_loads_embeds_the_same(tmp_path, collection, layout, bias, formats):
+    from clipforge.models import create_model, save_checkpoint
+    from tests.conftest import MICRO_ARGS
+
+    _, _, _, data, _, _ = collection
+    torch.manual_seed(0)
+    # SigLIP has a logit bias (which embedding does not use, but the fingerprint hashes).
+    model = create_model("tiny", {**MICRO_ARGS, **layout}, init_logit_bias=bias)
+    save_checkpoint(model, tmp_path / "cf.pt", "clipforge")
+    args = [*ARGS, "--shard-size", "32"]
+    assert (
+        main(["embed", str(tmp_path / "cf.pt"), str(data), "--out", str(tmp_path / "e"), *args])
+        == 0
+    )
+    want = read_embeddings(tmp_path / "e")
+    for fmt in formats:
+        save_checkpoint(model, tmp_path / fmt, fmt)  # an OpenCLIP or Hugging Face folder
+        out = tmp_path / f"e-{fmt}"
+        assert main(["embed", str(tmp_path / fmt), str(data), "--out", str(out), *args]) == 0
+        got = read_embeddings(out)
+        # The same weights and architecture read from another layout: the same model (by
+        # fingerprint), so the same arithmetic, to the bit.
+        assert got.fingerprint == want.fingerprint
+        assert np.array_equal(got.images, want.images) and np.array_equal(got.texts, want.texts)
 
 
 def test_resume_after_a_crash_in_any_shard_equals_an_uninterrupted_run(tmp_path, collection):
@@ -210,6 +252,25 @@ def test_a_damaged_shard_is_skipped_and_counted(tmp_path, collection, capsys):
     emb = read_embeddings(out)
     assert emb.info["skipped"] == {"truncated_shard": 1}
     assert 80 <= len(emb.rows) < 96 and "skipped 1: truncated_shard" in capsys.readouterr().out
+
+
+def test_shards_named_by_a_relative_path_embed_as_absolute_rows(
+    tmp_path, collection, monkeypatch, capsys
+):
+    _, model_path, other, data, _, _ = collection
+    monkeypatch.chdir(tmp_path)
+    assert main(["shard", str(data), "--out", "shards", "--shard-size", "40"]) == 0
+    assert main(["embed", str(model_path), "shards", "--out", "emb", *ARGS]) == 0
+    before = read_embeddings(tmp_path / "emb")
+    tar = tmp_path.resolve() / "shards" / "train-000001.tar"
+    assert before.rows[40]["path"].startswith(f"{tar}:")
+    # --update opens the collection again by its absolute path, from anywhere: the same
+    # rows, so the same collection (relative rows made it look like another one).
+    monkeypatch.chdir(tmp_path / "shards")
+    assert main(["embed", "--update", str(tmp_path / "emb"), "--model", str(other), *ARGS]) == 0
+    after = read_embeddings(tmp_path / "emb")
+    assert [r["path"] for r in after.rows] == [r["path"] for r in before.rows]
+    assert after.fingerprint != before.fingerprint
 
 
 def test_update_re_embeds_the_same_rows_with_the_new_model(tmp_path, collection, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError
 from clipforge.serve.app import MAX_UPLOAD_BYTES
 from clipforge.serve.batching import Batcher
@@ -68,51 +69,123 @@ def test_thumbnails_page_health_and_metrics(client):
     assert m["encoder"]["texts"] >= 1
 
 
+def test_thumbnails_and_similar_items_of_a_webdataset_collection(tmp_path, collection, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from clipforge.cli.collections import load_searcher
+    from clipforge.index.search import IndexFolder
+    from clipforge.serve.app import create_app
+
+    _, model, _, data, _, index = collection
+    pngs = [r["path"] for r in IndexFolder(index).rows]  # the manifest's image files
+    monkeypatch.chdir(tmp_path)  # shards named by a relative path...
+    args = ["--progress", "false", "--threads", "1"]
+    assert main(["shard", str(data), "--out", "shards", "--shard-size", "40"]) == 0
+    assert main(["embed", str(model), "shards", "--out", "emb", *args]) == 0
+    assert main(["index", "emb", "--out", "idx"]) == 0
+    monkeypatch.chdir(tmp_path / "shards")  # ...and served from another directory
+    searcher = load_searcher(str(tmp_path / "idx"), None, "auto")
+    client = TestClient(create_app(searcher))
+    rows = searcher.index.rows
+    for item in (0, 45, 95):  # the first, a middle and the last tar
+        assert ".tar:" in rows[item]["path"]
+        r = client.get(f"/api/items/{item}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        # `clipforge shard` copies the PNG bytes, and a 32-pixel image is no thumbnail's
+        # reduction: the manifest's own image, pixel for pixel.
+        got, want = Image.open(io.BytesIO(r.content)), Image.open(pngs[item]).convert("RGB")
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+    # Images like item 45: the same query, so the same hits, as uploading its PNG.
+    r = client.get("/api/search", params={"item": 45, "k": 5})
+    upload = open(pngs[45], "rb").read()
+    same = client.post("/api/search", files={"image": ("q.png", upload)}, data={"k": "5"})
+    assert r.status_code == 200 and r.json()["hits"] == same.json()["hits"]
+    assert client.get("/api/items/96").status_code == 404
+
+
+def test_a_text_collection_is_served_over_its_texts(tmp_path, collection):
+    from fastapi.testclient import TestClient
+
+    from clipforge.cli.collections import load_searcher
+    from clipforge.serve.app import create_app
+
+    _, model, _, data, _, _ = collection
+    f = tmp_path / "t.txt"
+    f.write_text("a red circle\na blue square\nthree green stars\n")
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    quiet = ["--progress", "false", "--threads", "1"]
+    assert main(["embed", str(model), "--texts", str(f), "--out", str(emb), *quiet]) == 0
+    assert main(["index", str(emb), "--out", str(idx)]) == 0
+    client = TestClient(create_app(load_searcher(str(idx), None, "auto")))
+    r = client.get("/api/search", params={"q": "a blue square", "k": 1})
+    assert r.status_code == 200 and r.json()["hits"][0]["caption"] == "a blue square"
+    png = next((data / "images").iterdir()).read_bytes()
+    for call, status, needle in [
+        (lambda: client.get("/api/items/0"), 404, "item 0 is a text"),
+        (lambda: client.get("/api/search", params={"item": 0}), 400, "holds no images"),
+        (lambda: client.post("/api/search", files={"image": ("q.png", png)}), 400, "no images"),
+    ]:
+        r = call()
+        assert r.status_code == status and needle in r.json()["detail"], r.text
+
+
 def truncated_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "JPEG")
     return buf.getvalue()[:300]
 
 
-@pytest.mark.parametrize(
-    "call, status, needle",
-    [
-        (lambda c: c.get("/api/search", params={"q": "", "k": 5}), 400, "the query is empty"),
-        (lambda c: c.get("/api/search", params={"q": "x" * 10_000}), 400, "10000 characters"),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": 0}), 422, ""),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": -1}), 422, ""),
-        (lambda c: c.get("/api/search", params={"q": "a", "k": 10**9}), 422, ""),
-        (lambda c: c.get("/api/search"), 400, "give q"),
-        (lambda c: c.get("/api/search", params={"item": 10**6}), 404, "no item 1000000"),
-        (lambda c: c.get("/api/items/96"), 404, "no item 96"),
-        (lambda c: c.get("/api/items/-1"), 404, "no item -1"),
-        (lambda c: c.get("/api/items/abc"), 422, ""),
-        (
-            lambda c: c.post("/api/search", files={"image": ("a.txt", b"hello")}),
-            400,
-            "unreadable image",
-        ),
-        (
-            lambda c: c.post("/api/search", files={"image": ("t.jpg", truncated_jpeg())}),
-            400,
-            "t.jpg",
-        ),
-        (
-            lambda c: c.post("/api/search", files={"image": ("big.png", b"\0" * (50 * 2**20))}),
-            413,
-            "over 10 MB",
-        ),
-        (lambda c: c.post("/api/search"), 422, ""),
-        (lambda c: c.post("/api/embed"), 400, "give a text or an image"),
-        (lambda c: c.post("/api/embed", data={"text": "   "}), 400, "the query is empty"),
-    ],
-)
+# Every bad request: (call, expected status, a phrase of its one-line detail).
+BAD_REQUESTS = [
+    (lambda c: c.get("/api/search", params={"q": "", "k": 5}), 400, "the query is empty"),
+    (lambda c: c.get("/api/search", params={"q": "x" * 10_000}), 400, "10000 characters"),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": 0}), 422, ""),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": -1}), 422, ""),
+    (lambda c: c.get("/api/search", params={"q": "a", "k": 10**9}), 422, ""),
+    (lambda c: c.get("/api/search"), 400, "give q"),
+    (lambda c: c.get("/api/search", params={"item": 10**6}), 404, "no item 1000000"),
+    (lambda c: c.get("/api/items/96"), 404, "no item 96"),
+    (lambda c: c.get("/api/items/-1"), 404, "no item -1"),
+    (lambda c: c.get("/api/items/abc"), 422, ""),
+    (
+        lambda c: c.post("/api/search", files={"image": ("a.txt", b"hello")}),
+        400,
+        "unreadable image",
+    ),
+    (
+        lambda c: c.post("/api/search", files={"image": ("t.jpg", truncated_jpeg())}),
+        400,
+        "t.jpg",
+    ),
+    (
+        lambda c: c.post("/api/search", files={"image": ("big.png", b"\0" * (50 * 2**20))}),
+        413,
+        "over 10 MB",
+    ),
+    (lambda c: c.post("/api/search"), 422, ""),
+    (lambda c: c.post("/api/embed"), 400, "give a text or an image"),
+    (lambda c: c.post("/api/embed", data={"text": "   "}), 400, "the query is empty"),
+]
+
+
+@pytest.mark.parametrize("call, status, needle", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, call, status, needle):
     r = call(client)
     assert r.status_code == status, r.text
     assert needle in str(r.json()["detail"])
     assert client.get("/api/search", params={"q": "a red circle", "k": 1}).status_code == 200
     assert MAX_UPLOAD_BYTES < 50 * 2**20
+
+
+def test_bad_requests_leave_every_file_as_it_was(client, collection):
+    def files() -> dict[str, bytes]:
+        root = collection[0]  # the model, data, embeddings and index folders
+        return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = files()
+    for call, status, _ in BAD_REQUESTS:
+        assert call(client).status_code == status
+    assert files() == before
 
 
 def test_a_server_for_another_model_is_refused(collection):

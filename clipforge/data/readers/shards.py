@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from braceexpand import braceexpand
 
@@ -23,6 +24,9 @@ from clipforge.data.readers.common import (
 )
 from clipforge.data.sample import Sample, SampleError
 from clipforge.errors import ClipforgeError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Same split as webdataset's base_plus_ext: the key is everything up to the first dot of
 # the file name (directories included), the extension everything after it.
@@ -83,7 +87,7 @@ def _check_some_shard_opens(shards: list[str]) -> None:
     shard, but when no shard opens, the reader would otherwise go round and round the
     data skipping until the skip limit. Reading stops at the first good shard.
     """
-    if not shards or any(_is_remote(s) for s in shards):
+    if not shards or any(is_remote(s) for s in shards):
         return  # a remote shard may be fine; it is only opened when read
     first = None
     for shard in shards:
@@ -99,8 +103,92 @@ def _check_some_shard_opens(shards: list[str]) -> None:
     raise ClipforgeError(f"{first[0]} is not a tar shard ({first[1]}){others}")
 
 
-def _is_remote(url: str) -> bool:
+def is_remote(url: str) -> bool:
+    """Whether a shard name is a URL or ``pipe:`` command rather than a local file."""
     return "://" in url or url.startswith("pipe:")
+
+
+# The image extensions a sample is read from, first present wins (ShardDataset's default).
+IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+
+@functools.lru_cache(maxsize=64)
+def _member_table(shard: str, mtime_ns: int, size: int) -> dict[str, dict[str, tarfile.TarInfo]]:
+    """Each key of the local tar ``shard`` -> its members' headers by lower-case extension.
+
+    Built from the headers alone (tarfile seeks over the data), once per shard version:
+    ``mtime_ns`` and ``size`` are in the cache key so that a rewritten shard is read
+    again. Only the first sample of a repeated key is kept, and a damaged shard keeps the
+    members before the damage: a lookup by key cannot name a later one.
+    """
+    table: dict[str, dict[str, tarfile.TarInfo]] = {}
+    # Grouped as the reader groups them: consecutive members of one key, a repeated
+    # extension starting the next sample.
+    key_now: str | None = None
+    exts_now: set[str] = set()
+    keep = False
+    try:
+        with tarfile.open(shard, mode="r:*") as tf:
+            for member in tf:
+                match = _MEMBER_NAME.match(member.name) if member.isfile() else None
+                if match is None:
+                    continue
+                key, ext = match.group(1), match.group(2)
+                if key != key_now or ext in exts_now:
+                    key_now, exts_now = key, set()
+                    keep = key not in table
+                    if keep:
+                        table[key] = {}
+                exts_now.add(ext)
+                if keep:
+                    table[key].setdefault(ext.lower(), member)
+    except _TAR_ERRORS:
+        pass  # the intact members before the damage stay addressable
+    return table
+
+
+def read_sample(shard: str, key: str, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """The members of sample ``key`` of the local tar ``shard`` (those of ``exts`` only,
+    when given), by lower-case extension.
+
+    For random access by a sample's name (a thumbnail of an embedded shard member, say),
+    where :class:`ShardDataset` reads shards as streams. The shard's member table is read
+    once and cached (see :func:`_member_table`); each call then reads only that sample's
+    members. Raises ``SampleError("missing_image", ...)`` when the shard or the key is not
+    there and ``SampleError("truncated_shard", ...)`` when a member cannot be read.
+    """
+    label = f"{shard}:{key}"
+    try:
+        st = os.stat(shard)
+    except OSError:
+        raise SampleError("missing_image", f"{label} (no such shard)") from None
+    members = _member_table(shard, st.st_mtime_ns, st.st_size).get(key)
+    if members is None:
+        raise SampleError("missing_image", f"{label} (no such sample in the shard)")
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(shard, mode="r:*") as tf:
+            for ext, member in members.items():
+                if exts is not None and ext not in exts:
+                    continue
+                f = tf.extractfile(member)
+                out[ext] = f.read() if f is not None else b""
+    except _TAR_ERRORS as exc:
+        raise SampleError("truncated_shard", f"{label} ({exc})") from None
+    return out
+
+
+def read_sample_image(
+    shard: str, key: str, image_keys: tuple[str, ...] = IMAGE_KEYS
+) -> Image.Image:
+    """The decoded RGB image of sample ``key`` of the local tar ``shard`` (the first of
+    ``image_keys`` it has); raises :class:`SampleError` as :func:`read_sample` does, and
+    ``missing_image`` for a sample without an image member."""
+    data = read_sample(shard, key, image_keys)
+    ext = next((e for e in image_keys if e in data), None)
+    if ext is None:
+        raise SampleError("missing_image", f"{shard}:{key} (no image member)")
+    return decode_image(data[ext], f"{shard}:{key}.{ext}")
 
 
 def _always(index: int) -> bool:
@@ -171,7 +259,7 @@ class ShardDataset:
         self,
         urls: str | os.PathLike[str] | list[str] | list[os.PathLike[str]],
         caption_key: str = "txt",
-        image_keys: tuple[str, ...] = ("jpg", "jpeg", "png", "webp"),
+        image_keys: tuple[str, ...] = IMAGE_KEYS,
     ) -> None:
         patterns = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
         self._shards = [s for p in patterns for s in expand_pattern(os.fspath(p))]
@@ -179,12 +267,12 @@ class ShardDataset:
             raise ClipforgeError("no shards given")
         self.caption_key = caption_key
         self.image_keys = tuple(k.lower() for k in image_keys)
-        missing = [s for s in self._shards if not _is_remote(s) and not os.path.exists(s)]
+        missing = [s for s in self._shards if not is_remote(s) and not os.path.exists(s)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise ClipforgeError(f"shard not found: {missing[0]}{more}")
         for s in self._shards:
-            if not _is_remote(s) and not os.path.isfile(s):
+            if not is_remote(s) and not os.path.isfile(s):
                 raise ClipforgeError(f"shard is not a file: {s}")
         _check_some_shard_opens(self._shards)
 
@@ -267,7 +355,7 @@ class ShardDataset:
 
     def _open(self, shard: str, errors: list[Exception], stack: ExitStack) -> tarfile.TarFile:
         tarinfo = _recording_tarinfo(errors)
-        if _is_remote(shard):
+        if is_remote(shard):
             from webdataset import gopen
 
             # Remote streams cannot seek, so they are read in tarfile's stream mode; the
