@@ -23,6 +23,7 @@ from clipforge.data.shapes.scenes import (
     ShapeObject,
     relation_of,
 )
+from clipforge.data.shapes.twins import check_twin_kinds, twin_scene
 from clipforge.errors import ClipforgeError
 
 
@@ -45,6 +46,12 @@ class ShapesConfig:
     # The share of scenes (a seeded draw per scene) whose only caption is the
     # multi-sentence description of long_caption: long text for Long-CLIP fine-tuning.
     long_captions: float = 0.0
+    # The share of multi-object scenes at even indices whose next sample (the odd index
+    # after) is their counterfactual twin (:mod:`.twins`): the same scene with two colours
+    # exchanged or mirrored, with its own captions. Consecutive samples share a batch, so
+    # each twin is an in-batch negative that only binding can tell apart.
+    twins: float = 0.0
+    twin_kinds: tuple[str, ...] = ("attribute", "relation")
 
 
 class ShapesWorld:
@@ -69,6 +76,9 @@ class ShapesWorld:
         if unknown:
             known = ", ".join([*COLOURS, *OOD_COLOURS])
             raise ClipforgeError(f"unknown shapes colours {', '.join(unknown)} (known: {known})")
+        if not 0.0 <= cfg.twins <= 1.0:
+            raise ClipforgeError(f"shapes twins is a share in [0, 1], got {cfg.twins}")
+        check_twin_kinds(tuple(cfg.twin_kinds))
         self.config = ShapesConfig(**{**asdict(cfg), "image_size": image_size})
         self.image_size = image_size
         self.split = split
@@ -180,9 +190,21 @@ class ShapesWorld:
             _draw_shape(draw, o.shape, x0, y0, x1, y1, fill)
         return img.resize((self.image_size, self.image_size), Image.Resampling.BOX)
 
+    def twin(self, index: int) -> Scene | None:
+        """The counterfactual twin that replaces scene ``index`` (odd indices only, with
+        ``ShapesConfig.twins``), or None: the scene is then ``scene(index)``."""
+        cfg = self.config
+        if cfg.twins <= 0 or index % 2 == 0:
+            return None
+        rng = self.rng(index - 1, stream=6)
+        if rng.random() >= cfg.twins:
+            return None
+        base = self.scene(index - 1)
+        return twin_scene(base, rng.choice(cfg.twin_kinds), rng)
+
     def sample(self, index: int) -> Sample:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
-        sc = self.scene(index)
+        sc = self.twin(index) or self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
         caps = self._captions(sc)
         if self.config.long_captions and self.rng(index, 5).random() < self.config.long_captions:
