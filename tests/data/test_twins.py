@@ -77,9 +77,18 @@ def test_twins_follow_their_originals_with_their_own_captions():
     ]
 
 
+def test_twins_start_at_their_first_index():
+    w = _world(twins=1.0, twin_kinds=("attribute",), twins_from=200)
+    twins = [i for i in range(1, 400, 2) if w.twin(i) is not None]
+    assert twins and min(twins) > 200
+    assert [i for i in range(201, 400, 2) if _world(twins=1.0).twin(i) is not None]
+
+
 def test_no_twins_by_default_and_bad_settings_are_refused():
     assert all(_world().twin(i) is None for i in range(1, 200, 2))
     with pytest.raises(ClipforgeError, match="twins is a share"):
         _world(twins=1.5)
     with pytest.raises(ClipforgeError, match="unknown shapes twin kind 'colour'"):
         _world(twins=0.5, twin_kinds=("colour",))
+    with pytest.raises(ClipforgeError, match="twins_from"):
+        _world(twins=0.5, twins_from=-1)

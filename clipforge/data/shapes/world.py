@@ -52,6 +52,9 @@ class ShapesConfig:
     # each twin is an in-batch negative that only binding can tell apart.
     twins: float = 0.0
     twin_kinds: tuple[str, ...] = ("attribute", "relation")
+    # Twins start at this sample index: a curriculum that lets a run learn colours and
+    # shapes first (at batch B, index k * B is step k).
+    twins_from: int = 0
 
 
 class ShapesWorld:
@@ -78,6 +81,8 @@ class ShapesWorld:
             raise ClipforgeError(f"unknown shapes colours {', '.join(unknown)} (known: {known})")
         if not 0.0 <= cfg.twins <= 1.0:
             raise ClipforgeError(f"shapes twins is a share in [0, 1], got {cfg.twins}")
+        if cfg.twins_from < 0:
+            raise ClipforgeError(f"shapes twins_from is a sample index, got {cfg.twins_from}")
         check_twin_kinds(tuple(cfg.twin_kinds))
         self.config = ShapesConfig(**{**asdict(cfg), "image_size": image_size})
         self.image_size = image_size
@@ -194,7 +199,7 @@ class ShapesWorld:
         """The counterfactual twin that replaces scene ``index`` (odd indices only, with
         ``ShapesConfig.twins``), or None: the scene is then ``scene(index)``."""
         cfg = self.config
-        if cfg.twins <= 0 or index % 2 == 0:
+        if cfg.twins <= 0 or index % 2 == 0 or index < cfg.twins_from:
             return None
         rng = self.rng(index - 1, stream=6)
         if rng.random() >= cfg.twins:
