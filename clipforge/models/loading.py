@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import resolve
+from clipforge.data.tokenizer import Tokenizer, get_tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig
@@ -40,7 +41,31 @@ def load(
     path = resolve(path_or_run, what)
     ckpt = read_checkpoint(path, arch, overrides)
     model = model_from_state_dict(ckpt.config, ckpt.state_dict)
+    model.tokenizer_spec = ckpt.tokenizer
     return attach_heads(model, ckpt.heads, f"{what} {path}")
+
+
+def tokenizer_for(model: CLIP, context_length: int | None = None) -> Tokenizer | Any:
+    """The text tokenizer of ``model``: the one its checkpoint shipped (a SigLIP folder's
+    SentencePiece model, see :mod:`clipforge.data.hf_tokenizers`), else CLIP's BPE.
+
+    The one way callers get a tokenizer for a model, so a loaded checkpoint decides how
+    its texts become ids. Rows have the model's context length unless ``context_length``.
+    """
+    length = context_length if context_length is not None else model.cfg.text.context_length
+    spec = getattr(model, "tokenizer_spec", None)
+    return get_tokenizer(length) if spec is None else spec.build(length)
+
+
+def require_clip_tokenizer(model: CLIP, what: str) -> None:
+    """Refuse ``model`` (given as ``what``) where clipforge feeds it CLIP's BPE ids
+    (training's data path): its own tokenizer would be silently replaced."""
+    spec = getattr(model, "tokenizer_spec", None)
+    if spec is not None:
+        raise ClipforgeError(
+            f"{what}: the model tokenizes with its {spec.describe()}, and training feeds "
+            "CLIP's BPE ids; training with another tokenizer is not supported yet"
+        )
 
 
 def attach_heads(model: CLIP, heads: Mapping[str, Any] | None, where: str) -> CLIP:

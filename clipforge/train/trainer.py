@@ -36,7 +36,7 @@ from clipforge.data.loader import iter_batches
 from clipforge.errors import ClipforgeError
 from clipforge.eval.suite import evaluate, flat_metrics
 from clipforge.models import CLIP, load
-from clipforge.models.loading import differing_tensors, same_head
+from clipforge.models.loading import differing_tensors, require_clip_tokenizer, same_head
 from clipforge.models.lora import save_adapters
 from clipforge.train import checkpoint as train_state
 from clipforge.train import distributed, finetune, fsdp
@@ -382,6 +382,7 @@ def _init_weights_from(model: CLIP, path: str) -> dict[str, torch.nn.Module]:
     continues at the temperature the source run ended with.
     """
     loaded = load(path, what="--init")
+    require_clip_tokenizer(loaded, f"--init {path}")
     mine, theirs = model.state_dict(), loaded.state_dict()
     bad = differing_tensors(mine, theirs, extra_ok=True)
     if bad:
