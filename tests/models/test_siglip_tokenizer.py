@@ -114,3 +114,26 @@ def test_a_tokenizer_larger_than_the_text_tower_is_refused(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["text_config"]["vocab_size"] == 20
     with pytest.raises(ClipforgeError, match="more than the text tower's 20"):
         load(tmp_path)
+
+
+def test_clip_bpe_files_in_a_siglip_folder_must_be_clips(tmp_path):
+    # What clipforge writes for a SigLIP-style model trained on CLIP's BPE: that BPE's
+    # vocab.json + merges.txt, which transformers' CLIPTokenizer reads too.
+    from clipforge.data.tokenizer import clip_bpe_files, get_tokenizer
+
+    hf_siglip_model().save_pretrained(tmp_path)
+    files = clip_bpe_files()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    model = load(tmp_path)
+    assert model.tokenizer_spec is None and tokenizer_for(model) is get_tokenizer(CTX)
+    peer = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    text = "a photo of a Cat, on the left."
+    assert peer(text).input_ids == [
+        49406, *tokenizer_for(model).encode(text), 49407
+    ]  # fmt: skip
+    lines = files["merges.txt"].decode().split("\n")
+    lines[1], lines[2] = lines[2], lines[1]  # another merge order: other ids
+    (tmp_path / "merges.txt").write_text("\n".join(lines))
+    with pytest.raises(ClipforgeError, match="not CLIP's BPE"):
+        load(tmp_path)

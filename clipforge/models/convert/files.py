@@ -103,7 +103,10 @@ def _read_folder(path: Path) -> RawCheckpoint:
         if (path / "preprocessor_config.json").is_file():
             raw.hf_preprocessor = _read_json(path / "preprocessor_config.json")
         raw.tokenizer = find_tokenizer(path)
-        raw.tokenizer_files = _tokenizer_files(path, raw.tokenizer)
+        # A CLIP folder's vocab.json + merges.txt are CLIP's BPE by definition (as clipforge
+        # has always read them); any other folder's are checked to be.
+        if raw.tokenizer is not None or raw.hf_config.get("model_type") != "clip":
+            raw.tokenizer_files = _tokenizer_files(path, raw.tokenizer)
         return raw
     if (path / "open_clip_config.json").is_file():
         raw = RawCheckpoint(path, "openclip folder", _read_weights_in(path, OPENCLIP_WEIGHT_FILES))
