@@ -23,7 +23,6 @@ from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
 from clipforge.losses.towers import TeacherTower, embed, freeze
 from clipforge.models import load
-from clipforge.models.loading import require_clip_tokenizer
 from clipforge.ranges import below_one, non_negative
 
 
@@ -76,7 +75,6 @@ class AlipObjective(TeacherTower, Objective):
         self.teacher: nn.Module | None = None
         if self.mode == "frozen":
             self.teacher = freeze(load(teacher, what="alip teacher"))
-            require_clip_tokenizer(self.teacher, f"alip teacher {teacher}")
         self._last: dict[str, float] = {}
 
     def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:

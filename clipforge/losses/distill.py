@@ -23,7 +23,6 @@ from clipforge.losses.clip import clip_loss
 from clipforge.losses.registry import LossSpec, register
 from clipforge.losses.towers import TeacherTower, embed, freeze
 from clipforge.models import load
-from clipforge.models.loading import require_clip_tokenizer
 from clipforge.ranges import below_one, non_negative, positive, probability
 
 # Stored embeddings carry no temperature; 0.01 is what CLIP models learn (scale 100).
@@ -123,7 +122,6 @@ class DistillObjective(TeacherTower, Objective):
         self.teacher: nn.Module | None = None
         if self.mode == "frozen":
             self.teacher = freeze(load(teacher, what="distillation teacher"))
-            require_clip_tokenizer(self.teacher, f"distillation teacher {teacher}")
         elif self.mode == "data":
             self.batch_keys = ("teacher_image", "teacher_text")
         self._last: dict[str, float] = {}

@@ -9,11 +9,18 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import resolve
+from clipforge.data.hf_tokenizers import TokenizerSpec
 from clipforge.data.tokenizer import Tokenizer, get_tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig
-from clipforge.models.convert import model_from_state_dict, read_checkpoint
+from clipforge.models.convert import (
+    check_tokenizer,
+    detect_format,
+    model_from_state_dict,
+    read_checkpoint,
+)
+from clipforge.models.convert.files import read_raw
 from clipforge.models.decoder import decoder_from_payload
 
 # How each kind of head a checkpoint may carry is rebuilt (see ``Objective.heads``).
@@ -57,15 +64,14 @@ def tokenizer_for(model: CLIP, context_length: int | None = None) -> Tokenizer |
     return get_tokenizer(length) if spec is None else spec.build(length)
 
 
-def require_clip_tokenizer(model: CLIP, what: str) -> None:
-    """Refuse ``model`` (given as ``what``) where clipforge feeds it CLIP's BPE ids
-    (training's data path): its own tokenizer would be silently replaced."""
-    spec = getattr(model, "tokenizer_spec", None)
-    if spec is not None:
-        raise ClipforgeError(
-            f"{what}: the model tokenizes with its {spec.describe()}, and training feeds "
-            "CLIP's BPE ids; training with another tokenizer is not supported yet"
-        )
+def tokenizer_spec_of(path_or_run: str | Path, what: str = "model") -> TokenizerSpec | None:
+    """The tokenizer the checkpoint at ``path_or_run`` ships (``None``: CLIP's BPE), read
+    without building the model, and refused as :func:`load` refuses it (a SigLIP folder
+    without its tokenizer files)."""
+    path = resolve(path_or_run, what)
+    raw = read_raw(path)
+    check_tokenizer(raw, detect_format(raw))
+    return raw.tokenizer
 
 
 def attach_heads(model: CLIP, heads: Mapping[str, Any] | None, where: str) -> CLIP:

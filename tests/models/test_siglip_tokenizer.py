@@ -18,7 +18,7 @@ from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval.embed import model_fingerprint
 from clipforge.models import load, tokenizer_for
-from clipforge.models.loading import require_clip_tokenizer
+from clipforge.models.loading import tokenizer_spec_of
 from tests.models.test_convert import CTX, assert_parity, hf_outputs, hf_siglip_model, inputs, ours
 from tests.spiece import add_spiece, spiece_model
 
@@ -95,10 +95,13 @@ def test_fingerprint_changes_with_the_tokenizer(siglip_folder):
     assert len({with_sp, other_options, clip_bpe}) == 3
 
 
-def test_training_refuses_a_model_with_its_own_tokenizer(siglip_folder):
+def test_the_tokenizer_is_read_without_the_model(siglip_folder, tmp_path):
+    # What training reads before it builds the model (--init's tokenizer).
     _, folder = siglip_folder
-    with pytest.raises(ClipforgeError, match="SentencePiece tokenizer"):
-        require_clip_tokenizer(load(folder), f"--init {folder}")
+    assert tokenizer_spec_of(folder) == load(folder).tokenizer_spec
+    hf_siglip_model().save_pretrained(tmp_path / "bare")
+    with pytest.raises(ClipforgeError, match="without its text tokenizer"):
+        tokenizer_spec_of(tmp_path / "bare", "--init")
 
 
 def test_a_tokenizer_larger_than_the_text_tower_is_refused(tmp_path):

@@ -242,11 +242,12 @@ def read_checkpoint(
     )
 
 
-def check_tokenizer(raw: RawCheckpoint, fmt: str, cfg: ModelConfig) -> None:
+def check_tokenizer(raw: RawCheckpoint, fmt: str, cfg: ModelConfig | None = None) -> None:
     """Refuse what would tokenize ``raw``'s texts with the wrong vocabulary.
 
     A Hugging Face SigLIP folder must ship its tokenizer (SigLIP was not trained on CLIP's
-    BPE, and no default is right for it), and a tokenizer's ids must fit the text tower.
+    BPE, and no default is right for it), and a tokenizer's ids must fit the text tower
+    (of ``cfg``, when given).
     """
     if fmt == "hf-siglip" and not raw.tokenizer_files:
         looked = ", ".join([*TOKENIZER_FILES, "vocab.json + merges.txt"])
@@ -255,7 +256,7 @@ def check_tokenizer(raw: RawCheckpoint, fmt: str, cfg: ModelConfig) -> None:
             f"for {looked}); copy the tokenizer files of the checkpoint it came from into it"
         )
     spec = raw.tokenizer
-    if spec is not None and not cfg.text.external_dim:
+    if spec is not None and cfg is not None and not cfg.text.external_dim:
         size = spec.build(cfg.text.context_length).vocab_size
         if size > cfg.text.vocab_size:
             raise ClipforgeError(
@@ -311,8 +312,7 @@ def save_checkpoint(
     spec = model.tokenizer_spec
     if to == "clipforge":
         out.parent.mkdir(parents=True, exist_ok=True)
-        tok = {"tokenizer": spec.to_payload()} if spec is not None else {}
-        atomic_save({**model_payload(sd, cfg), **heads_payload(heads), **tok, "step": 0}, out)
+        atomic_save({**model_payload(sd, cfg, spec), **heads_payload(heads), "step": 0}, out)
         return [out]
     if to in TARGETS and heads:
         raise ClipforgeError(
@@ -391,6 +391,7 @@ __all__ = [
     "FORMATS",
     "TARGETS",
     "Checkpoint",
+    "check_tokenizer",
     "convert",
     "describe",
     "detect_format",
