@@ -120,8 +120,7 @@ class TokenizerSpec:
     def hf_files(self) -> dict[str, bytes]:
         """The files that give this tokenizer to a Hugging Face folder (``transformers``
         and :func:`find_tokenizer` read them back): the tokenizer file and its config."""
-        opts = dict(self.options)
-        config: dict[str, Any] = {k: v for k, v in opts.items() if k != "model_max_length"}
+        config: dict[str, Any] = dict(self.options)
         if self.kind == "sentencepiece":
             config["tokenizer_class"] = "SiglipTokenizer"
         return {

@@ -140,3 +140,17 @@ def test_clip_bpe_files_in_a_siglip_folder_must_be_clips(tmp_path):
     (tmp_path / "merges.txt").write_text("\n".join(lines))
     with pytest.raises(ClipforgeError, match="not CLIP's BPE"):
         load(tmp_path)
+
+
+def test_clip_folders_keep_clips_bpe(tmp_path):
+    # Hub CLIP folders ship a tokenizer.json of CLIP's BPE (no ftfy clean-up, padded with
+    # the end token): clipforge keeps its own exact BPE for them, and their fingerprint.
+    from tests.models.test_convert import hf_clip_model
+
+    hf_clip_model().save_pretrained(tmp_path)
+    before = model_fingerprint(load(tmp_path))
+    add_spiece(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{")  # not even read
+    model = load(tmp_path)
+    assert model.tokenizer_spec is None and isinstance(tokenizer_for(model), Tokenizer)
+    assert model_fingerprint(model) == before

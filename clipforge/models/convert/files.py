@@ -102,10 +102,11 @@ def _read_folder(path: Path) -> RawCheckpoint:
         raw.hf_config = _read_json(path / "config.json")
         if (path / "preprocessor_config.json").is_file():
             raw.hf_preprocessor = _read_json(path / "preprocessor_config.json")
-        raw.tokenizer = find_tokenizer(path)
-        # A CLIP folder's vocab.json + merges.txt are CLIP's BPE by definition (as clipforge
-        # has always read them); any other folder's are checked to be.
-        if raw.tokenizer is not None or raw.hf_config.get("model_type") != "clip":
+        # A CLIP folder's tokenizer is CLIP's BPE by definition, as clipforge has always
+        # read it (hub folders also ship a tokenizer.json of that BPE, without ftfy's
+        # clean-up and padded with the end token: not used). Any other folder's is read.
+        if raw.hf_config.get("model_type") != "clip":
+            raw.tokenizer = find_tokenizer(path)
             raw.tokenizer_files = _tokenizer_files(path, raw.tokenizer)
         return raw
     if (path / "open_clip_config.json").is_file():
