@@ -123,10 +123,16 @@ def plain_config(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(to_dict(cfg)))
 
 
-def model_payload(state_dict: Mapping[str, torch.Tensor], model_config: Any) -> dict[str, Any]:
-    """The part of every checkpoint that makes it loadable as a model: the weights and
-    the architecture (a :class:`~clipforge.models.ModelConfig`)."""
-    return {"model": dict(state_dict), "model_config": plain_config(model_config)}
+def model_payload(
+    state_dict: Mapping[str, torch.Tensor], model_config: Any, tokenizer: Any = None
+) -> dict[str, Any]:
+    """The part of every checkpoint that makes it loadable as a model: the weights, the
+    architecture (a :class:`~clipforge.models.ModelConfig`) and, when it is not CLIP's
+    BPE, the text tokenizer (a :class:`~clipforge.data.hf_tokenizers.TokenizerSpec`)."""
+    out = {"model": dict(state_dict), "model_config": plain_config(model_config)}
+    if tokenizer is not None:
+        out["tokenizer"] = tokenizer.to_payload()
+    return out
 
 
 def heads_payload(

@@ -29,12 +29,11 @@ def make_embedder(
     precision: str = "fp32",
 ) -> Embedder:  # fmt: skip
     """The evaluator's embedder for ``model`` (a CLIP, a run folder or a checkpoint)."""
-    from clipforge.data.tokenizer import get_tokenizer
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
 
     if isinstance(model, (str, os.PathLike)):
         model = load(model)
-    tok = get_tokenizer(model.cfg.text.context_length)
+    tok = tokenizer_for(model)
     return Embedder(model, tok, cache_dir=cache_dir, progress=progress, precision=precision)
 
 

@@ -95,10 +95,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
     from clipforge.checkpoint import resolve
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.index.embedding import embed_collection
     from clipforge.index.items import open_collection
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
     from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder, marker_command
 
@@ -144,7 +143,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = load(args.model)
     set_merging(model, args.merge_tokens)  # part of the fingerprint a resume checks
     info = embed_collection(
-        model, get_tokenizer(model.cfg.text.context_length), items, out,
+        model, tokenizer_for(model), items, out,
         model_source=str(Path(args.model).resolve()), dtype=args.dtype,
         precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
         resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
@@ -198,12 +197,11 @@ def _update(args: argparse.Namespace) -> int:
     """``clipforge embed --update EMB_DIR --model NEW``: the same collection, re-embedded
     by another model into a new folder that replaces EMB_DIR whole when complete."""
     from clipforge.checkpoint import resolve
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.embed import model_fingerprint
     from clipforge.index.embedding import embed_collection
     from clipforge.index.items import open_collection
     from clipforge.index.store import read_embeddings
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
     from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder, marker_command
 
@@ -242,7 +240,7 @@ def _update(args: argparse.Namespace) -> int:
         return 0
     with folder.building() as build:  # the old embeddings stay whole until the new ones are
         info = embed_collection(
-            model, get_tokenizer(model.cfg.text.context_length), items, build,
+            model, tokenizer_for(model), items, build,
             model_source=str(Path(args.new_model).resolve()), dtype=old.info["dtype"],
             precision=args.precision, batch_size=args.batch_size,
             shard_size=int(old.info["shard_size"]), progress=args.progress, source=src,
@@ -513,16 +511,15 @@ def serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_searcher(index_dir: str, model: str | None, precision: str) -> Searcher:
     """The index folder with its model loaded (once) and checked by fingerprint."""
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.index.search import IndexFolder, Searcher
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
 
     index = IndexFolder(index_dir)
     source = model or index.info.get("model")
     if model is None and not Path(str(source)).exists():
         raise ClipforgeError(f"the index's model {source} is gone; give it with --model")
     m = load(source)
-    return Searcher(index, m, get_tokenizer(m.cfg.text.context_length), precision)
+    return Searcher(index, m, tokenizer_for(m), precision)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -172,9 +172,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from clipforge.checkpoint import resolve
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import DEFAULT_TASKS, evaluate, flat_metrics
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
     from clipforge.models.tome import set_merging
     from clipforge.outputs import atomic_write, check_file
 
@@ -197,7 +196,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_file(out, overwrite=args.overwrite, inputs=[source])  # before the evaluation runs
     model = load(path)
     set_merging(model, args.merge_tokens)
-    tok = get_tokenizer(model.cfg.text.context_length)
+    tok = tokenizer_for(model)
     results = evaluate(
         model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
         scenes=args.pairs, progress=args.progress, precision=args.precision,
@@ -213,9 +212,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.suite import resolve_tasks, run_suite
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
     from clipforge.models.tome import set_merging
     from clipforge.outputs import OutputFolder
 
@@ -241,7 +239,7 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
     with out.building(keep=("cache",)) as build:
         results = run_suite(
             model,
-            get_tokenizer(model.cfg.text.context_length),
+            tokenizer_for(model),
             build,
             tasks,
             args.data,
@@ -707,9 +705,8 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_caption(args: argparse.Namespace) -> int:
     import torch
 
-    from clipforge.data.tokenizer import get_tokenizer
     from clipforge.eval.captioning import Captioner, open_images
-    from clipforge.models import load
+    from clipforge.models import load, tokenizer_for
 
     if bool(args.images) == bool(args.captions_for):
         raise ClipforgeError("give IMAGES to print captions, or --captions-for FOLDER")
@@ -726,7 +723,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
                          inputs=[args.model])  # fmt: skip
     torch.set_num_threads(args.threads)
     model = load(args.model)
-    tokenizer = get_tokenizer(model.cfg.text.context_length)
+    tokenizer = tokenizer_for(model)
     captioner = Captioner(model, tokenizer, beams=args.beam, max_len=args.max_len,
                           batch_size=args.batch_size, what=args.model)  # fmt: skip
     images = open_images(classes if root is not None else args.images)

@@ -34,6 +34,7 @@ import functools
 import gzip
 import html
 import itertools
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -46,7 +47,14 @@ import torch
 
 from clipforge.errors import ClipforgeError
 
-__all__ = ["DEFAULT_BPE_PATH", "Tokenizer", "bytes_to_unicode", "get_tokenizer"]
+__all__ = [
+    "DEFAULT_BPE_PATH",
+    "Tokenizer",
+    "bytes_to_unicode",
+    "clip_bpe_files",
+    "get_tokenizer",
+    "is_clip_bpe",
+]
 
 DEFAULT_BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 """The merges file that defines CLIP's vocabulary."""
@@ -394,3 +402,31 @@ class Tokenizer:
 def get_tokenizer(context_length: int = 77) -> Tokenizer:
     """The shared CLIP tokenizer for ``context_length`` (one instance per length)."""
     return Tokenizer(context_length=context_length)
+
+
+# Hugging Face's CLIPTokenizer names the special tokens this way in vocab.json.
+_HF_SPECIALS = {SOT_TOKEN: "<|startoftext|>", EOT_TOKEN: "<|endoftext|>"}
+
+
+def clip_bpe_files() -> dict[str, bytes]:
+    """CLIP's BPE as a Hugging Face ``CLIPTokenizer`` reads it: ``vocab.json`` and
+    ``merges.txt`` (the version header and the merges CLIP uses)."""
+    codec = _get_codec(str(DEFAULT_BPE_PATH))
+    vocab = {_HF_SPECIALS.get(s, s): i for s, i in codec.encoder.items()}
+    with gzip.open(DEFAULT_BPE_PATH, "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : _NUM_MERGES + 1]  # after the file's own header
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode(),
+        "merges.txt": ("\n".join(["#version: 0.2", *merges]) + "\n").encode(),
+    }
+
+
+def is_clip_bpe(vocab: dict[str, Any], merges: str) -> bool:
+    """Whether a Hugging Face ``vocab.json`` (parsed) and ``merges.txt`` (text) are CLIP's
+    BPE: the same merges in the same order (which fix every id) and the same vocabulary."""
+    codec = _get_codec(str(DEFAULT_BPE_PATH))
+    lines = [ln for ln in merges.split("\n") if ln and not ln.startswith("#version")]
+    theirs = [tuple(ln.split()) for ln in lines[:_NUM_MERGES]]
+    if theirs != list(codec.ranks):
+        return False
+    return {_HF_SPECIALS.get(s, s): i for s, i in codec.encoder.items()} == vocab

@@ -58,8 +58,9 @@ ONNX_MIN_COSINE = 0.9999
 
 
 def model_fingerprint(model: CLIP) -> str:
-    """A digest of the architecture and every weight: two models share cached features
-    only when they compute the same function."""
+    """A digest of the architecture, every weight and the text tokenizer (when it is not
+    CLIP's BPE, which leaves the digest as it was): two models share cached features only
+    when they compute the same function of the same images and texts."""
     h = hashlib.sha1(json.dumps(to_dict(model.cfg), sort_keys=True, default=str).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -67,6 +68,9 @@ def model_fingerprint(model: CLIP) -> str:
     merge = getattr(model.visual, "merge_tokens", 0)
     if merge:  # token merging computes another function of the same weights
         h.update(f"merge_tokens={merge}".encode())
+    spec = getattr(model, "tokenizer_spec", None)
+    if spec is not None:  # other ids for the same text: another function of the texts
+        h.update(f"tokenizer={spec.digest}".encode())
     return h.hexdigest()[:16]
 
 

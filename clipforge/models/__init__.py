@@ -14,7 +14,7 @@ from clipforge.models.config import (
     get_model_config,
 )
 from clipforge.models.convert import save_checkpoint
-from clipforge.models.loading import load
+from clipforge.models.loading import load, tokenizer_for
 from clipforge.models.preprocess import image_transform
 
 
@@ -44,4 +44,5 @@ __all__ = [
     "list_models",
     "load",
     "save_checkpoint",
+    "tokenizer_for",
 ]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.data.hf_tokenizers import TokenizerSpec
 from clipforge.models.config import ModelConfig
 from clipforge.models.external_text import ExternalText
 from clipforge.models.moe import make_experts
@@ -57,6 +58,10 @@ class CLIP(nn.Module):
         # filled by :func:`clipforge.models.load`. Not submodules: the model's state dict,
         # exports and every reader of the towers stay as they are.
         self.heads: dict[str, nn.Module] = {}
+        # The text tokenizer the weights were trained with when it is not CLIP's BPE (a
+        # SigLIP checkpoint's SentencePiece model), set by :func:`clipforge.models.load`;
+        # callers get the tokenizer from :func:`clipforge.models.tokenizer_for`.
+        self.tokenizer_spec: TokenizerSpec | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -9,10 +9,18 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import resolve
+from clipforge.data.hf_tokenizers import TokenizerSpec
+from clipforge.data.tokenizer import Tokenizer, get_tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig
-from clipforge.models.convert import model_from_state_dict, read_checkpoint
+from clipforge.models.convert import (
+    check_tokenizer,
+    detect_format,
+    model_from_state_dict,
+    read_checkpoint,
+)
+from clipforge.models.convert.files import read_raw
 from clipforge.models.decoder import decoder_from_payload
 
 # How each kind of head a checkpoint may carry is rebuilt (see ``Objective.heads``).
@@ -40,7 +48,30 @@ def load(
     path = resolve(path_or_run, what)
     ckpt = read_checkpoint(path, arch, overrides)
     model = model_from_state_dict(ckpt.config, ckpt.state_dict)
+    model.tokenizer_spec = ckpt.tokenizer
     return attach_heads(model, ckpt.heads, f"{what} {path}")
+
+
+def tokenizer_for(model: CLIP, context_length: int | None = None) -> Tokenizer | Any:
+    """The text tokenizer of ``model``: the one its checkpoint shipped (a SigLIP folder's
+    SentencePiece model, see :mod:`clipforge.data.hf_tokenizers`), else CLIP's BPE.
+
+    The one way callers get a tokenizer for a model, so a loaded checkpoint decides how
+    its texts become ids. Rows have the model's context length unless ``context_length``.
+    """
+    length = context_length if context_length is not None else model.cfg.text.context_length
+    spec = getattr(model, "tokenizer_spec", None)
+    return get_tokenizer(length) if spec is None else spec.build(length)
+
+
+def tokenizer_spec_of(path_or_run: str | Path, what: str = "model") -> TokenizerSpec | None:
+    """The tokenizer the checkpoint at ``path_or_run`` ships (``None``: CLIP's BPE), read
+    without building the model, and refused as :func:`load` refuses it (a SigLIP folder
+    without its tokenizer files)."""
+    path = resolve(path_or_run, what)
+    raw = read_raw(path)
+    check_tokenizer(raw, detect_format(raw))
+    return raw.tokenizer
 
 
 def attach_heads(model: CLIP, heads: Mapping[str, Any] | None, where: str) -> CLIP:

@@ -130,6 +130,7 @@ def upcycle(model: nn.Module, experts: int, top_k: int) -> nn.Module:
     # The upcycled towers compute the dense ones, so a caption decoder reading their
     # image tokens stays valid as it is.
     new.heads.update(model.heads)
+    new.tokenizer_spec = model.tokenizer_spec
     return new.to(next(model.parameters()).dtype)
 
 

@@ -49,4 +49,5 @@ def stretch_positions(model: CLIP, context: int, keep: int) -> CLIP:
     out.load_state_dict(state, assign=True)
     # A caption decoder reads image tokens and has its own positions: it stays as it is.
     out.heads.update(model.heads)
+    out.tokenizer_spec = model.tokenizer_spec  # the same vocabulary, rows of the new length
     return out.eval()

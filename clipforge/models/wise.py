@@ -46,6 +46,11 @@ def interpolate(
         raise ClipforgeError(
             f"the models have different architectures ({len(bad)} tensors differ, e.g. {bad[0]})"
         )
+    if zero_shot.tokenizer_spec != fine_tuned.tokenizer_spec:
+        raise ClipforgeError(
+            "the models tokenize texts differently (their checkpoints ship other tokenizers); "
+            "their weights do not mix"
+        )
     heads = {} if drop_heads else _mixed_heads(zero_shot.heads, fine_tuned.heads, alpha)
     with torch.device("meta"):
         out = CLIP(
@@ -53,6 +58,7 @@ def interpolate(
         )
     out.load_state_dict(_mix(a, b, alpha), assign=True)
     out.heads.update(heads)
+    out.tokenizer_spec = fine_tuned.tokenizer_spec
     return out.eval()
 
 

@@ -7,12 +7,15 @@ here, not in the loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
 from clipforge.config import check_ranges
 from clipforge.data.batches import CAPTION_STRATEGIES, Collator, SampleProcessor
+from clipforge.data.hf_tokenizers import TokenizerSpec
 from clipforge.data.shapes import ShapesConfig, ShapesWorld
 from clipforge.data.sources import ShapesSource, Source, open_source
 from clipforge.data.textaug import TextAugment
@@ -24,6 +27,7 @@ from clipforge.losses import LossSpec, get_loss
 from clipforge.losses.base import Objective
 from clipforge.models import ModelConfig, get_model_config
 from clipforge.models.external_text import TEXT_EMBEDDING
+from clipforge.models.loading import tokenizer_spec_of
 from clipforge.precision import PRECISIONS, Precision, model_width, resolve
 from clipforge.train import distributed, finetune, fsdp
 from clipforge.train.config import TrainConfig
@@ -38,16 +42,21 @@ class RunParts:
     model_config: ModelConfig
     loss: LossSpec
     objective: Objective
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | Any  # CLIP's BPE, or the tokenizer --init's checkpoint ships
     source: Source
     processor: SampleProcessor
     collate: Collator
     evals: list[str]  # eval tasks on the shapes world; empty with --data or evals=none
     precision: Precision  # --precision resolved: auto becomes fp32 or bf16 here
+    tokenizer_spec: TokenizerSpec | None = None  # what the checkpoints store (None: CLIP's)
 
 
-def build(cfg: TrainConfig, world: World) -> RunParts:
-    """Check ``cfg`` and build everything but the model, for this process of ``world``."""
+def build(cfg: TrainConfig, world: World, state: Mapping[str, Any] | None = None) -> RunParts:
+    """Check ``cfg`` and build everything but the model, for this process of ``world``.
+
+    The tokenizer is the one the model's weights were trained with: a resumed run's
+    (``state``, its ``last.pt``), else that of the ``--init`` checkpoint (a SigLIP
+    folder's SentencePiece model), else CLIP's BPE."""
     check_config(cfg)
     distributed.check_batch(world, cfg.batch_size, cfg.accum_steps)
     mcfg = get_model_config(cfg.model, cfg.model_args)
@@ -83,13 +92,23 @@ def build(cfg: TrainConfig, world: World) -> RunParts:
         regions=objective.regions,
     )
     evals = [] if cfg.data is not None or cfg.evals in ("", "none") else resolve_tasks(cfg.evals)
-    tokenizer = get_tokenizer(mcfg.text.context_length)
+    tok_spec = run_tokenizer(cfg, state)
+    length = mcfg.text.context_length
+    tokenizer = get_tokenizer(length) if tok_spec is None else tok_spec.build(length)
     precision = resolve(cfg.precision, model_width(mcfg), world.device, use="train")
     return RunParts(
         mcfg, spec, objective, tokenizer, build_source(cfg, size), processor,
         Collator(tokenizer, mcfg.mean, mcfg.std, cfg.caption_noise, cfg.seed, objective.regions),
-        evals, precision,
+        evals, precision, tok_spec,
     )  # fmt: skip
+
+
+def run_tokenizer(cfg: TrainConfig, state: Mapping[str, Any] | None) -> TokenizerSpec | None:
+    """The tokenizer of a run's model (see :func:`build`); ``None`` is CLIP's BPE."""
+    if state is not None:
+        entry = state.get("tokenizer")
+        return None if entry is None else TokenizerSpec.from_payload(entry, "the run's last.pt")
+    return tokenizer_spec_of(cfg.init, "--init") if cfg.init else None
 
 
 def check_config(cfg: TrainConfig) -> None:

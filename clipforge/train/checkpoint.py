@@ -32,7 +32,7 @@ def training_state(
     (a sharded model, :mod:`clipforge.train.fsdp`)."""
     model_state, optimizer_state = states or (model.state_dict(), optimizer.state_dict())
     return {
-        **model_payload(model_state, model_config),
+        **model_payload(model_state, model_config, getattr(model, "tokenizer_spec", None)),
         **heads_payload(objective.heads() if hasattr(objective, "heads") else {}),
         "optimizer": optimizer_state,
         "objective": objective.state_dict(),

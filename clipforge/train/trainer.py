@@ -114,7 +114,7 @@ def _train(
             return _completed(folder, state)
     else:
         folder, state = RunFolder.new(cfg, world, overwrite), None
-    parts = build(cfg, world)
+    parts = build(cfg, world, state)
     torch.set_num_threads(cfg.threads)
     # The resolved precision is what the saved config says, so a resumed run keeps it on
     # any machine.
@@ -122,6 +122,7 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
+    model.tokenizer_spec = parts.tokenizer_spec  # --init's (or the resumed run's) tokenizer
     init_heads = _init_weights_from(model, cfg.init) if cfg.init and state is None else {}
     trainable = finetune.configure(model, cfg)  # locks, LoRA, patch dropout
     # On its device (and in its dtype) before the optimizer exists, so restored optimizer
@@ -130,6 +131,7 @@ def _train(
     objective = parts.objective.to(world.device)
     _init_heads_from(objective.heads(), init_heads, str(cfg.init), world)
     objective.attach(model)  # after --init: an EMA teacher starts from the loaded weights
+    _check_tokenizers(model, objective, str(cfg.init))
     if cfg.fsdp:
         fsdp.shard(model, world)  # before the optimizer, which then holds only the shards
     # Heads the objective trains (a caption decoder) travel with the model, as a loaded
@@ -261,7 +263,7 @@ def _train(
         final.update({"split": "test", **result.metrics})
     log.write({"step": step, "final": True, **final})
     if ema is not None:  # before final.pt, which is written last
-        atomic_save({**model_payload(ema.model_state(), parts.model_config),
+        atomic_save({**model_payload(ema.model_state(), parts.model_config, parts.tokenizer_spec),
                      **heads_payload(objective.heads(), ema.head_states()), "step": step},
                     folder.path / "checkpoints" / "ema.pt")  # fmt: skip
     if cfg.lora_rank:
@@ -269,7 +271,7 @@ def _train(
         # Before final.pt, which is written last: a finished run has both.
         save_adapters(model, folder.path / "adapters.safetensors")
     weights = model.state_dict() if gathered is None else gathered
-    folder.finish(final, {**model_payload(weights, parts.model_config),
+    folder.finish(final, {**model_payload(weights, parts.model_config, parts.tokenizer_spec),
                           **heads_payload(objective.heads()), "step": step})  # fmt: skip
     distributed.barrier(world)
     return result
@@ -382,6 +384,8 @@ def _init_weights_from(model: CLIP, path: str) -> dict[str, torch.nn.Module]:
     continues at the temperature the source run ended with.
     """
     loaded = load(path, what="--init")
+    if loaded.tokenizer_spec != model.tokenizer_spec:  # build() took it from the same path
+        raise ClipforgeError(f"--init {path}: its tokenizer changed while the run started")
     mine, theirs = model.state_dict(), loaded.state_dict()
     bad = differing_tensors(mine, theirs, extra_ok=True)
     if bad:
@@ -391,6 +395,27 @@ def _init_weights_from(model: CLIP, path: str) -> dict[str, torch.nn.Module]:
         )
     model.load_state_dict({k: theirs[k] for k in mine})
     return dict(loaded.heads)
+
+
+def _check_tokenizers(model: CLIP, objective: torch.nn.Module, init: str) -> None:
+    """Refuse what would feed a model ids of another vocabulary: a frozen teacher or
+    reference model (distillation, ALIP, CWCL: they read the student's token rows) that
+    tokenizes otherwise, or a caption decoder (trained on CLIP's BPE ids, with a start
+    token) beside a model with its own tokenizer."""
+    spec = model.tokenizer_spec
+    for name, m in objective.named_modules():
+        if isinstance(m, CLIP) and m.tokenizer_spec != spec:
+            theirs = m.tokenizer_spec.describe() if m.tokenizer_spec else "CLIP's BPE"
+            ours = spec.describe() if spec else "CLIP's BPE"
+            raise ClipforgeError(
+                f"the loss's {name or 'model'} tokenizes with {theirs} and the run's model "
+                f"with {ours}: it would read ids of another vocabulary"
+            )
+    if spec is not None and objective.heads():
+        raise ClipforgeError(
+            f"--init {init} tokenizes with its {spec.describe()}; caption decoders "
+            f"({', '.join(sorted(objective.heads()))}) train on CLIP's BPE only"
+        )
 
 
 def _init_heads_from(

@@ -151,6 +151,48 @@ def test_every_format_clipforge_loads_embeds_the_same(tmp_path, collection, layo
         assert np.array_equal(got.images, want.images) and np.array_equal(got.texts, want.texts)
 
 
+def test_a_siglip_folder_embeds_and_searches_with_its_sentencepiece_ids(tmp_path):
+    pytest.importorskip("sentencepiece")
+    from clipforge.cli.collections import load_searcher
+    from clipforge.data.hf_tokenizers import SentencePieceTokenizer, TokenizerSpec
+    from clipforge.models import create_model, save_checkpoint, tokenizer_for
+    from tests.conftest import MICRO_ARGS
+    from tests.spiece import spiece_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", {**MICRO_ARGS, **SIGLIP_LAYOUT}, init_logit_bias=-10.0)
+    under_clip_bpe = model_fingerprint(model)
+    model.tokenizer_spec = TokenizerSpec("sentencepiece", spiece_model())
+    save_checkpoint(model, tmp_path / "cf.pt", "clipforge")  # stores the tokenizer
+    save_checkpoint(model, tmp_path / "hf", "hf")  # writes spiece.model beside the weights
+    assert (tmp_path / "hf" / "spiece.model").is_file()
+    captions = ["A photo of a RED circle.", "two small, dotted triangles!", "a dark dog"]
+    (tmp_path / "q.txt").write_text("\n".join(captions) + "\n")
+    got = {}
+    for name in ("cf.pt", "hf"):
+        out = tmp_path / f"e-{name}"
+        args = ["embed", str(tmp_path / name), "--texts", str(tmp_path / "q.txt"), "--out"]
+        assert main([*args, str(out), "--dtype", "float32", *ARGS]) == 0
+        got[name] = read_embeddings(out)
+    # One model (weights and tokenizer) from either file, and not the same weights under
+    # CLIP's BPE: embeddings of the two never mix.
+    fp = model_fingerprint(model)
+    assert got["cf.pt"].fingerprint == got["hf"].fingerprint == fp != under_clip_bpe
+    assert np.array_equal(got["cf.pt"].texts, got["hf"].texts)
+    # The stored features are those of the SentencePiece ids (the same embedder, the same
+    # batch: the same arithmetic); CLIP's ids give other texts, O(1) away on unit vectors.
+    tok = tokenizer_for(load(tmp_path / "hf"))
+    assert isinstance(tok, SentencePieceTokenizer)
+    sp = Embedder(model, tok, progress=False).text_batch(captions).numpy()
+    bpe = Embedder(model, get_tokenizer(24), progress=False).text_batch(captions).numpy()
+    assert np.array_equal(got["hf"].texts, sp)
+    assert np.abs(got["hf"].texts - bpe).max() > 0.1
+    # Queries go through the same tokenizer: search loads the model with its own.
+    assert main(["index", str(tmp_path / "e-hf"), "--out", str(tmp_path / "ix")]) == 0
+    searcher = load_searcher(str(tmp_path / "ix"), None, "fp32")
+    assert isinstance(searcher.embedder.tokenizer, SentencePieceTokenizer)
+
+
 def test_resume_after_a_crash_in_any_shard_equals_an_uninterrupted_run(tmp_path, collection):
     _, model_path, _, data, _, _ = collection
     model = load(model_path)

@@ -20,6 +20,7 @@ import torch
 from clipforge.errors import ClipforgeError
 from clipforge.models import CLIP, ModelConfig, TextConfig, VisionConfig, load
 from clipforge.models.convert import read_checkpoint, save_checkpoint
+from tests.spiece import add_spiece
 from tests.tolerance import CANCEL, clip_terms, reorder_bound, tower_terms
 
 open_clip = pytest.importorskip("open_clip")
@@ -431,6 +432,7 @@ def test_hf_clip_legacy_eos_parity(tmp_path: Path) -> None:
 def test_hf_siglip_parity(tmp_path: Path) -> None:
     peer = hf_siglip_model()
     peer.save_pretrained(tmp_path)
+    add_spiece(tmp_path)  # a SigLIP folder without its tokenizer is refused
     ckpt = read_checkpoint(tmp_path)
     cfg = ckpt.config
     assert ckpt.format == "hf-siglip"

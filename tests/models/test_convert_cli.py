@@ -22,6 +22,7 @@ from tests.models.test_convert import (
     ours,
     perturb,
 )
+from tests.spiece import add_spiece, spiece_model
 
 
 def _same_weights(a: CLIP, b: CLIP) -> None:
@@ -56,9 +57,15 @@ def test_convert_all_directions(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 def test_convert_siglip_to_clipforge_and_back(tmp_path: Path) -> None:
     hf_siglip_model().save_pretrained(tmp_path / "hf")
+    add_spiece(tmp_path / "hf")
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "s.pt"), "--to", "clipforge"]) == 0
     assert main(["convert", str(tmp_path / "s.pt"), str(tmp_path / "hf2"), "--to", "hf"]) == 0
     _same_weights(load(tmp_path / "hf"), load(tmp_path / "hf2"))
+    # The tokenizer travels with the weights: stored in the checkpoint, written back out.
+    spec = load(tmp_path / "hf").tokenizer_spec
+    assert spec is not None and spec.kind == "sentencepiece"
+    assert load(tmp_path / "s.pt").tokenizer_spec == spec == load(tmp_path / "hf2").tokenizer_spec
+    assert (tmp_path / "hf2" / "spiece.model").read_bytes() == spiece_model()
     cfg = load(tmp_path / "s.pt").cfg
     assert cfg == load(tmp_path / "hf2").cfg
     assert (cfg.vision.pool, cfg.text.causal, cfg.act) == ("map", False, "gelu_tanh")

@@ -118,8 +118,10 @@ def test_loaded_checkpoints_preprocess_as_their_source(tmp_path: Path) -> None:
     # A SigLIP folder says "squash, mean 0.5": the loaded model carries that recipe.
     from clipforge.models import load
     from tests.models.test_convert import hf_siglip_model
+    from tests.spiece import add_spiece
 
     hf_siglip_model().save_pretrained(tmp_path)
+    add_spiece(tmp_path)
     cfg = load(tmp_path).cfg
     assert (cfg.resize_mode, cfg.mean, cfg.std) == ("squash", (0.5,) * 3, (0.5,) * 3)
     ramp = np.arange(0, 256, 4, dtype=np.uint8)  # dark on the left, bright on the right

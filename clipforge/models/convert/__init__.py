@@ -30,6 +30,8 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import atomic_save, heads_payload, model_payload
+from clipforge.data.hf_tokenizers import TOKENIZER_FILES, TokenizerSpec
+from clipforge.data.tokenizer import clip_bpe_files
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig, get_model_config
@@ -37,6 +39,7 @@ from clipforge.models.convert import arch as _arch
 from clipforge.models.convert import tables as _tables
 from clipforge.models.convert.files import RawCheckpoint, read_raw, write_json, write_state_dict
 from clipforge.models.lora import apply_adapters, is_adapter_key, merge_lora
+from clipforge.outputs import atomic_write
 
 FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip")
 """Formats :func:`read_checkpoint` reads."""
@@ -56,6 +59,7 @@ class Checkpoint:
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     heads: dict[str, Any] | None = None  # what a clipforge checkpoint holds of its heads
+    tokenizer: TokenizerSpec | None = None  # not CLIP's BPE: the one the model needs
 
 
 def detect_format(raw: RawCheckpoint) -> str:
@@ -227,13 +231,38 @@ def read_checkpoint(
     # LoRA adapters (clipforge names only) pass through beside the mapped tensors.
     adapters = {k: v for k, v in raw.tensors.items() if fmt == "clipforge" and is_adapter_key(k)}
     tensors = {k: v for k, v in raw.tensors.items() if k not in adapters}
+    check_tokenizer(raw, fmt, cfg)
     return Checkpoint(
         Path(path),
         fmt,
         cfg,
         {**import_tensors(tensors, fmt, cfg, raw.path), **adapters},
         raw.heads,
+        raw.tokenizer,
     )
+
+
+def check_tokenizer(raw: RawCheckpoint, fmt: str, cfg: ModelConfig | None = None) -> None:
+    """Refuse what would tokenize ``raw``'s texts with the wrong vocabulary.
+
+    A Hugging Face SigLIP folder must ship its tokenizer (SigLIP was not trained on CLIP's
+    BPE, and no default is right for it), and a tokenizer's ids must fit the text tower
+    (of ``cfg``, when given).
+    """
+    if fmt == "hf-siglip" and not raw.tokenizer_files:
+        looked = ", ".join([*TOKENIZER_FILES, "vocab.json + merges.txt"])
+        raise ClipforgeError(
+            f"{raw.path}: a Hugging Face SigLIP folder without its text tokenizer (looked "
+            f"for {looked}); copy the tokenizer files of the checkpoint it came from into it"
+        )
+    spec = raw.tokenizer
+    if spec is not None and cfg is not None and not cfg.text.external_dim:
+        size = spec.build(cfg.text.context_length).vocab_size
+        if size > cfg.text.vocab_size:
+            raise ClipforgeError(
+                f"{raw.path}: its {spec.describe()} has {size} tokens, more than the text "
+                f"tower's {cfg.text.vocab_size} embeddings"
+            )
 
 
 def model_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> CLIP:
@@ -280,14 +309,20 @@ def save_checkpoint(
     cfg = model.cfg
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     heads = {} if drop_heads else dict(model.heads)
+    spec = model.tokenizer_spec
     if to == "clipforge":
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({**model_payload(sd, cfg), **heads_payload(heads), "step": 0}, out)
+        atomic_save({**model_payload(sd, cfg, spec), **heads_payload(heads), "step": 0}, out)
         return [out]
     if to in TARGETS and heads:
         raise ClipforgeError(
             f"the {to} format has no place for the model's {', '.join(sorted(heads))} head; "
             "pass --drop-heads to write the towers alone, or write a clipforge checkpoint"
+        )
+    if to == "openclip" and spec is not None:
+        raise ClipforgeError(
+            f"the openclip format has no place for the model's {spec.describe()}; write a "
+            "clipforge checkpoint or a Hugging Face folder (--to hf)"
         )
     if to == "openclip":
         oc = _arch.openclip_config(cfg, where=str(out))
@@ -309,7 +344,17 @@ def save_checkpoint(
         write_json(config, out / "config.json")
         write_json(_arch.hf_preprocessor_config(cfg), out / "preprocessor_config.json")
         write_state_dict(tensors, out / "model.safetensors")
-        return [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
+        written = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
+        # The tokenizer goes with the weights, so the folder tokenizes as the model did:
+        # its own (a SigLIP checkpoint's), else CLIP's BPE in CLIPTokenizer's files.
+        files = spec.hf_files() if spec is not None else {
+            **clip_bpe_files(),
+            "tokenizer_config.json": b'{"tokenizer_class": "CLIPTokenizer"}\n',
+        }  # fmt: skip
+        for name, data in files.items():
+            atomic_write(out / name, data)
+            written.append(out / name)
+        return written
     raise ClipforgeError(f"unknown target format {to!r} (known: {', '.join(TARGETS)})")
 
 
@@ -331,6 +376,7 @@ def convert(
         raise ClipforgeError(f"unknown target format {to!r} (known: {', '.join(TARGETS)})")
     ckpt = read_checkpoint(src, arch, overrides)
     model = model_from_state_dict(ckpt.config, ckpt.state_dict)
+    model.tokenizer_spec = ckpt.tokenizer
     if not drop_heads:
         attach_heads(model, ckpt.heads, str(ckpt.path))
     return ckpt, save_checkpoint(model, dst, to, drop_heads=drop_heads)
@@ -345,6 +391,7 @@ __all__ = [
     "FORMATS",
     "TARGETS",
     "Checkpoint",
+    "check_tokenizer",
     "convert",
     "describe",
     "detect_format",

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import atomic_save, torch_load
+from clipforge.data.hf_tokenizers import TokenizerSpec, find_tokenizer
+from clipforge.data.tokenizer import is_clip_bpe
 from clipforge.errors import ClipforgeError
 from clipforge.outputs import atomic_file, atomic_write
 
@@ -53,6 +55,12 @@ class RawCheckpoint:
     openclip_config: dict[str, Any] | None = None  # open_clip_config.json
     openclip_model: str | None = None  # the run's `model: NAME` (open_clip_train params.txt)
     heads: dict[str, Any] | None = None  # a clipforge checkpoint's trained heads (a decoder)
+    # The text tokenizer the checkpoint ships when it is not CLIP's BPE (a SigLIP folder's
+    # spiece.model, a clipforge checkpoint's stored copy); see tokenizer_files.
+    tokenizer: TokenizerSpec | None = None
+    # The tokenizer files found: a folder's names (CLIP's vocab.json + merges.txt, checked
+    # to be CLIP's BPE, count too), or ["checkpoint"] for a clipforge checkpoint's entry.
+    tokenizer_files: tuple[str, ...] = ()
 
 
 def read_raw(path: str | Path) -> RawCheckpoint:
@@ -62,8 +70,11 @@ def read_raw(path: str | Path) -> RawCheckpoint:
         return _read_folder(path)
     if not path.is_file():
         raise ClipforgeError(f"checkpoint not found: {path}")
-    tensors, container, clipforge_config, heads = _read_file(path)
+    tensors, container, clipforge_config, heads, tok = _read_file(path)
     raw = RawCheckpoint(path, container, tensors, clipforge_config=clipforge_config, heads=heads)
+    if tok is not None:
+        raw.tokenizer = TokenizerSpec.from_payload(tok, str(path))
+        raw.tokenizer_files = ("checkpoint",)
     # OpenCLIP hub folders keep the model config next to the weights.
     sidecar = path.with_name("open_clip_config.json")
     if clipforge_config is None and sidecar.is_file():
@@ -91,6 +102,12 @@ def _read_folder(path: Path) -> RawCheckpoint:
         raw.hf_config = _read_json(path / "config.json")
         if (path / "preprocessor_config.json").is_file():
             raw.hf_preprocessor = _read_json(path / "preprocessor_config.json")
+        # A CLIP folder's tokenizer is CLIP's BPE by definition, as clipforge has always
+        # read it (hub folders also ship a tokenizer.json of that BPE, without ftfy's
+        # clean-up and padded with the end token: not used). Any other folder's is read.
+        if raw.hf_config.get("model_type") != "clip":
+            raw.tokenizer = find_tokenizer(path)
+            raw.tokenizer_files = _tokenizer_files(path, raw.tokenizer)
         return raw
     if (path / "open_clip_config.json").is_file():
         raw = RawCheckpoint(path, "openclip folder", _read_weights_in(path, OPENCLIP_WEIGHT_FILES))
@@ -99,6 +116,26 @@ def _read_folder(path: Path) -> RawCheckpoint:
     raise ClipforgeError(
         f"{path} is a folder without config.json (Hugging Face) or open_clip_config.json (OpenCLIP)"
     )
+
+
+def _tokenizer_files(folder: Path, spec: TokenizerSpec | None) -> tuple[str, ...]:
+    """The tokenizer files of a Hugging Face folder: ``spec``'s file, else CLIP's BPE
+    (``vocab.json`` + ``merges.txt``, refused when they are another BPE vocabulary)."""
+    if spec is not None:
+        return (spec.file_name,)
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        return ()
+    try:
+        same = is_clip_bpe(_read_json(vocab), merges.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"cannot read {merges}: {e}") from None
+    if not same:
+        raise ClipforgeError(
+            f"{folder}: its vocab.json and merges.txt are not CLIP's BPE vocabulary, the one "
+            "BPE clipforge tokenizes with"
+        )
+    return ("vocab.json", "merges.txt")
 
 
 def _read_weights_in(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -125,34 +162,33 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_file(
-    path: Path,
-) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, dict[str, Any] | None]:
-    """(tensors, container kind, and if it is a clipforge checkpoint its model_config and
-    heads)."""
+_Read = tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, dict[str, Any] | None, Any]
+
+
+def _read_file(path: Path) -> _Read:
+    """(tensors, container kind, and if it is a clipforge checkpoint its model_config,
+    heads and tokenizer entry)."""
     if _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(path, device="cpu"), "safetensors", None, None
+            return load_file(path, device="cpu"), "safetensors", None, None, None
         except (SafetensorError, OSError, ValueError) as e:
             raise ClipforgeError(f"cannot read {path}: {_first_line(e)}") from None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             prefix = _torchscript_prefix(z)
             if prefix is not None:
-                return read_torchscript_tensors(path, z, prefix), "torchscript", None, None
+                return read_torchscript_tensors(path, z, prefix), "torchscript", None, None, None
     obj = torch_load(path)
     return _unwrap(path, obj)
 
 
-def _unwrap(
-    path: Path, obj: Any
-) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, dict[str, Any] | None]:
-    cfg = heads = None
+def _unwrap(path: Path, obj: Any) -> _Read:
+    cfg = heads = tokenizer = None
     if isinstance(obj, dict) and "model" in obj and "model_config" in obj:
-        heads = obj.get("heads")
+        heads, tokenizer = obj.get("heads"), obj.get("tokenizer")
         obj, cfg = obj["model"], obj["model_config"]  # a clipforge checkpoint
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # an OpenCLIP training checkpoint
@@ -169,7 +205,7 @@ def _unwrap(
     # Checkpoints saved from DistributedDataParallel prefix every name with "module.".
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return dict(obj), "pickle", cfg, heads
+    return dict(obj), "pickle", cfg, heads, tokenizer
 
 
 def _first_line(e: Exception) -> str:

@@ -1,0 +1,41 @@
+"""A tiny SentencePiece model trained in the tests (offline, deterministic), standing in
+for a real SigLIP checkpoint's ``spiece.model``: the same special-token layout as
+SigLIP's (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, no ``<s>``), a unigram vocabulary."""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "a photo of the red blue green circle square triangle star big small three two one "
+    "cat dog on in left right above below picture drawing painting bright dark shiny "
+    "striped dotted"
+).split()
+VOCAB_SIZE = 56  # what a few hundred captions of 30 words support (SentencePiece says so)
+
+
+@functools.lru_cache(maxsize=1)
+def spiece_model() -> bytes:
+    """The serialized model, trained once per test process on 300 random captions."""
+    spm = pytest.importorskip("sentencepiece")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=VOCAB_SIZE,
+        hard_vocab_limit=False, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
+def add_spiece(folder: Path) -> Path:
+    """Write ``spiece.model`` into a Hugging Face folder, as SigLIP's hub folders ship it."""
+    path = Path(folder) / "spiece.model"
+    path.write_bytes(spiece_model())
+    return path
