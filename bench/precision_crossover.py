@@ -148,8 +148,10 @@ def main() -> None:
     ap.add_argument("--no-first-shape", action="store_true", help="skip the first-shape timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"bf16 hardware: {bf16_hardware(torch.device('cpu')) or 'none'}; threads {args.threads}; "
-          f"bf16/fp32 matmul speed (auto's check): {bf16_matmul_speedup():.2f}x")
+    print(
+        f"bf16 hardware: {bf16_hardware(torch.device('cpu')) or 'none'}; threads {args.threads}; "
+        f"bf16/fp32 matmul speed (auto's check): {bf16_matmul_speedup():.2f}x"
+    )
     print(f"{'stem':<6}{'width':>6}{'train bf16/fp32':>17}{'infer bf16/fp32':>17}"
           f"{'stem bf16/fp32':>16}{'stem share':>12}{'fp32 samples/s':>16}")  # fmt: skip
     for stem in args.stems.split(","):

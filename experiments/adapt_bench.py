@@ -105,9 +105,7 @@ def main() -> None:
         res["model"], res["seconds"] = str(args.model), round(time.perf_counter() - start, 1)
         write(res, out / task, f"{task}: {args.model}")
         print((out / task / "report.md").read_text())
-        print(
-            f"{task}: {res['seconds']} s for {len(run)} methods x {shots} x {args.seeds} seeds"
-        )
+        print(f"{task}: {res['seconds']} s for {len(run)} methods x {shots} x {args.seeds} seeds")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,12 @@ def crop_box(
     """A pixel box ``(x0, y0, x1, y1)`` of the source image in the coordinates of a crop
     from :meth:`SeededCrop.apply`, as fractions of the crop's side (may leave ``[0, 1]``)."""
     top, left, ch, cw, flipped = crop
-    x0, y0, x1, y1 = (box[0] - left) / cw, (box[1] - top) / ch, (box[2] - left) / cw, (box[3] - top) / ch
+    x0, y0, x1, y1 = (
+        (box[0] - left) / cw,
+        (box[1] - top) / ch,
+        (box[2] - left) / cw,
+        (box[3] - top) / ch,
+    )
     if flipped:
         x0, x1 = 1 - x1, 1 - x0
     return x0, y0, x1, y1

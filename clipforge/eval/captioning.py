@@ -72,9 +72,7 @@ class Captioner:
     ) -> None:
         decoder = model.heads.get("decoder")
         if decoder is None:
-            raise ClipforgeError(
-                f"{what} has no caption decoder: train one with --loss clip+coca"
-            )
+            raise ClipforgeError(f"{what} has no caption decoder: train one with --loss clip+coca")
         self.decoder = decoder.to(next(model.parameters()).device).eval()
         self.tokenizer = tokenizer
         self.embedder = embedder or Embedder(model, tokenizer, progress=False)

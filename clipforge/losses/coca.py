@@ -113,9 +113,7 @@ class CocaObjective(Objective):
                 text = f.text[captioned]
                 mask = attentive_mask(image_tokens.detach(), text.detach(), self.keep,
                                       inputs.shape[1])  # fmt: skip
-        logits = self.decoder(
-            self.decoder.to_decoder_ids(inputs), image_tokens, mask=mask
-        )
+        logits = self.decoder(self.decoder.to_decoder_ids(inputs), image_tokens, mask=mask)
         weights = None if f.weights is None else f.weights[rows]
         # The cross-entropy in float32 under bf16 autocast; a float64 run keeps float64.
         if logits.dtype != torch.float64:

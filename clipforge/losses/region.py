@@ -119,7 +119,9 @@ class RegionOptions:
         0.0, "region: weight of the textual intra-modal contrast (TIC; 0 = off)",
         check=non_negative,
     )  # fmt: skip
-    region_tic_k: int = option(3, "region: TIC negatives per phrase (its most similar)", check=count)
+    region_tic_k: int = option(
+        3, "region: TIC negatives per phrase (its most similar)", check=count
+    )
 
 
 def _build(o: RegionOptions, run: Any) -> Objective:

@@ -18,7 +18,9 @@ def cell_weights(boxes: torch.Tensor, side: int) -> torch.Tensor:
 
     def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # [..., side]: the length of [a, b] inside each cell, over the cell's length.
-        return (torch.minimum(b[..., None], hi) - torch.maximum(a[..., None], lo)).clamp(min=0) * side
+        return (torch.minimum(b[..., None], hi) - torch.maximum(a[..., None], lo)).clamp(
+            min=0
+        ) * side
 
     wx = overlap(boxes[..., 0], boxes[..., 2])
     wy = overlap(boxes[..., 1], boxes[..., 3])

@@ -73,7 +73,9 @@ def test_onnx_runtime_equals_torch_and_records_itself(onnx_run):
 def test_an_export_folder_is_run_as_given_and_the_cache_reused(onnx_run, capsys):
     tmp, model_path, data, _, onnx_out = onnx_run
     cached = read_embeddings(onnx_out).info["onnx"]
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp / "cache" / "clipforge" / "onnx").iterdir()}
+    before = {
+        p.name: p.stat().st_mtime_ns for p in (tmp / "cache" / "clipforge" / "onnx").iterdir()
+    }
     again = tmp / "again"
     assert main(["embed", str(model_path), str(data), "--out", str(again), "--runtime", "onnx",
                  "--onnx", cached, *ARGS]) == 0  # fmt: skip

@@ -26,9 +26,7 @@ def test_next_token_loss_by_hand():
     # Caption 0: softmax(0, ln 2, 0) = (1/4, 1/2, 1/4), target 1 -> ln 2; then uniform over
     # three, target 2 -> ln 3. Caption 1: target 0 of (1/4, 1/2, 1/4) -> ln 4, then a
     # padding position whose huge wrong logit must not count.
-    logits = torch.tensor(
-        [[[0.0, ln2, 0.0], [0.0, 0.0, 0.0]], [[0.0, ln2, 0.0], [0.0, 50.0, 0.0]]]
-    )
+    logits = torch.tensor([[[0.0, ln2, 0.0], [0.0, 0.0, 0.0]], [[0.0, ln2, 0.0], [0.0, 50.0, 0.0]]])
     targets = torch.tensor([[1, 2], [0, 0]])
     valid = torch.tensor([[True, True], [True, False]])
     want = (ln2 + ln3 + 2 * ln2) / 3

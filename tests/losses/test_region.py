@@ -44,9 +44,11 @@ def test_region_contrast_by_hand():
     group = torch.tensor([0, 1, 0])
     s = torch.tensor(2.0, dtype=torch.float64)
     got = float(region_contrast(r, p, group, s))
+
     # U = (p0, p1). Region -> phrase: softmax over (s r.u0, s r.u1).
     def nll(a, b):  # -log e^a / (e^a + e^b)
         return math.log(math.exp(a) + math.exp(b)) - a
+
     l_r = (nll(2, 0) + nll(2, 0) + nll(1.2, 1.6)) / 3  # region 2 scores (1.2, 1.6)
     # Phrase -> region: u0 scores (2, 0, 1.2), positives regions 0 and 2; u1 (0, 2, 1.6).
     z0 = math.exp(2) + math.exp(0) + math.exp(1.2)
@@ -87,7 +89,9 @@ def test_the_pipeline_carries_boxes_and_phrases():
     items = [proc(i, s) for i, s in enumerate(samples)]
     tok = get_tokenizer(24)
     batch = Collator(tok, (0.5,) * 3, (0.5,) * 3, regions=4)(items, 6, {})
-    boxes, mask, phrases = (batch.extra[k] for k in ("region_boxes", "region_mask", "region_tokens"))
+    boxes, mask, phrases = (
+        batch.extra[k] for k in ("region_boxes", "region_mask", "region_tokens")
+    )
     assert boxes.shape == (6, 4, 4) and mask.shape == (6, 4) and phrases.shape == (6, 4, 24)
     for i, s in enumerate(samples):
         objs = s.meta["objects"]
