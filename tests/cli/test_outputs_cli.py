@@ -189,7 +189,11 @@ def test_convert_follows_the_output_rule(
     printed = _ok(["convert", src, str(out), "--to", "hf", "--overwrite"], capsys)
     assert f"wrote {out / 'model.safetensors'}" in printed
     names = sorted(p.name for p in out.iterdir())
-    assert names == [MARKER, "config.json", "model.safetensors", "preprocessor_config.json"]
+    # The weights and configs, and CLIP's BPE files, so transformers reads the tokenizer.
+    assert names == [
+        MARKER, "config.json", "merges.txt", "model.safetensors", "preprocessor_config.json",
+        "tokenizer_config.json", "vocab.json",
+    ]  # fmt: skip
 
 
 # -- eval -----------------------------------------------------------------------------------
