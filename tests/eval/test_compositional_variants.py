@@ -38,6 +38,8 @@ def test_calib_modifiers_combine():
     }  # fmt: skip
     assert over["hard_negatives"] == "attribute" and "loss" not in over
     assert variant_config("default+textneg01")["loss"] == "clip+0.1*textneg"
+    pairs = from_dict(TrainConfig, variant_config("default+attrneg+pairs"))
+    assert pairs.shapes_args == {"group_prob": 0.2} and pairs.hard_negatives == "attribute"
 
 
 def test_unknown_variant_and_schedule():
