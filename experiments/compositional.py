@@ -124,7 +124,7 @@ VARIANTS: tuple[str, ...] = (
     "default", "cls", "map", "map+hardneg", "map+textneg", "cls+textneg", "cls+hardneg",
     "default+hardneg", "default+textneg", "filip", "grid", "grid+hardneg", "calib",
     "calib+map", "calib+conv", "calib+hardneg", "default+textneg01", "default+attrneg",
-    "default+attrneg+textneg01", "default+attrneg+pairs",
+    "default+attrneg+textneg01", "default+attrneg+pairs", "grid+attrneg",
 )  # fmt: skip
 
 
