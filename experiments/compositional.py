@@ -16,12 +16,23 @@ Variants (``--variants all`` runs every one, in this order):
                 (MAP), mean + grid cells
 ``X+hardneg``   variant X with ``--hard-negatives attribute,relation`` (extra negative
                 columns of every image's softmax, NegCLIP style)
+``X+attrneg``   variant X with ``--hard-negatives attribute`` (colour swaps only)
 ``X+textneg``   variant X with ``--loss clip+textneg`` and the same hard negatives, which
                 the ``textneg`` term also contrasts with their own image under a margin
+``X+textneg01`` the same at a tenth of the weight, ``--loss clip+0.1*textneg``
+``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects
 ``filip``       ``--loss clip+filip`` (token-level late interaction beside the pooled loss)
+``calib``       ../shared/CALIBRATION.md's class-token recipe: plain patch stem, random
+                learned positions, class-token pooling, lr 1e-3, 30 warm-up steps;
+                ``calib+map``, ``calib+mean``, ``calib+conv``, ``calib+sincos`` change
+                its pooling, stem or position init (modifiers combine:
+                ``calib+conv+sincos+hardneg``)
 
 A run of another ``--steps`` keeps the default schedule's shape (warm-up 50/350 of the
-steps). The held-out evaluation runs once, at the end (``--eval-every 0``), so a variant's wall
+steps; ``calib`` keeps its 30). ``--bench STEPS`` trains nothing: it interleaves STEPS
+training steps of every listed variant in one process and prints each one's samples/s
+and the step count that takes the wall clock of ``--steps`` steps of ``default``, so a
+variant with a faster or slower step is compared at equal time, not equal steps. The held-out evaluation runs once, at the end (``--eval-every 0``), so a variant's wall
 time is its training plus one evaluation. Each finished variant is appended to
 ``OUT/compositional.json`` and the markdown table ``OUT/compositional.md`` is rewritten,
 so a long queue can be read (and stopped) at any point, and queues run side by side
@@ -46,27 +57,74 @@ POOLS = {"default": "mean", "cls": "cls", "map": "map", "grid": "grid"}
 KINDS = ("attribute", "relation", "shape", "count")
 
 
+# CALIBRATION.md's class-token recipe: CLIP's plain ViT (one strided patch convolution,
+# random learned positions, class-token pooling) at half the default's peak learning rate
+# and a 30-step warm-up. It bound attributes at 87% there (18 classes, another caption mix).
+CALIB_MODEL = {"vision.stem": "patch", "vision.pos_init": "random", "vision.pool": "cls"}
+CALIB_LR, CALIB_WARMUP = 1e-3, 30
+# Modifiers after the base name: what each changes in the variant's config.
+MODIFIERS = (
+    "hardneg", "attrneg", "textneg", "textneg01", "pairs", "map", "mean", "conv", "sincos",
+)  # fmt: skip
+# "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
+# repeated object, so scenes of distinct objects, the only ones an attribute swap
+# applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
+PAIRS_GROUP_PROB = 0.2
+NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01"}
+
+
 def variant_config(name: str) -> dict[str, Any]:
-    """TrainConfig overrides of variant ``name`` (``POOL``, ``POOL+hardneg``,
-    ``POOL+textneg`` or ``filip``)."""
+    """TrainConfig overrides of variant ``name``: ``filip``, or a base (``default``,
+    ``cls``, ``map``, ``grid``, ``calib``) followed by ``+``-joined modifiers
+    (``hardneg``, ``attrneg``, ``textneg``, ``textneg01``, ``pairs``; for ``calib`` also
+    ``map``, ``mean``,
+    ``conv``, ``sincos``), e.g. ``calib+conv+sincos``."""
     if name == "filip":
         return {"loss": "clip+filip"}
-    pool, _, extra = name.partition("+")
-    if pool not in POOLS or extra not in ("", "hardneg", "textneg"):
-        raise SystemExit(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+    base, *mods = name.split("+")
+    known = f"known: {', '.join(VARIANTS)}; modifiers {', '.join(MODIFIERS)}"
+    if base not in POOLS and base != "calib":
+        raise SystemExit(f"unknown variant {name!r} ({known})")
+    for m in mods:
+        architectural = m in ("map", "mean", "conv", "sincos")
+        if m not in MODIFIERS or (architectural and base != "calib") or mods.count(m) > 1:
+            raise SystemExit(f"unknown variant {name!r} ({known})")
+    if "textneg" in mods and "textneg01" in mods:
+        raise SystemExit(f"variant {name!r}: textneg and textneg01 exclude each other")
     over: dict[str, Any] = {}
-    if pool != "default":
-        over["model_args"] = {"vision.pool": POOLS[pool]}
-    if extra:
-        over["hard_negatives"] = HARD_NEGATIVES
-    if extra == "textneg":
+    if base == "calib":
+        model = dict(CALIB_MODEL)
+        for m, key, value in (
+            ("map", "vision.pool", "map"), ("mean", "vision.pool", "mean"),
+            ("conv", "vision.stem", "conv"), ("sincos", "vision.pos_init", "sincos"),
+        ):  # fmt: skip
+            if m in mods:
+                model[key] = value
+        over.update(model_args=model, lr=CALIB_LR, warmup=CALIB_WARMUP)
+    elif base != "default":
+        over["model_args"] = {"vision.pool": POOLS[base]}
+    if "hardneg" in mods and "attrneg" in mods:
+        raise SystemExit(f"variant {name!r}: hardneg and attrneg exclude each other")
+    if NEGATIVE_MODIFIERS & set(mods):
+        # attrneg: colour swaps alone. Under mean pooling a relation flip is a negative
+        # the image embedding may not be able to reject, and its inverse phrasing ("B
+        # above A" for "A below B") is one of the scene's own positive captions.
+        over["hard_negatives"] = "attribute" if "attrneg" in mods else HARD_NEGATIVES
+    if "pairs" in mods:
+        over["shapes_args"] = {"group_prob": PAIRS_GROUP_PROB}
+    if "textneg" in mods:
         over["loss"] = "clip+textneg"
+    if "textneg01" in mods:
+        # A tenth of the weight: the full term kept the default on the colour plateau.
+        over["loss"] = "clip+0.1*textneg"
     return over
 
 
 VARIANTS: tuple[str, ...] = (
     "default", "cls", "map", "map+hardneg", "map+textneg", "cls+textneg", "cls+hardneg",
-    "default+hardneg", "default+textneg", "filip", "grid", "grid+hardneg",
+    "default+hardneg", "default+textneg", "filip", "grid", "grid+hardneg", "calib",
+    "calib+map", "calib+conv", "calib+hardneg", "default+textneg01", "default+attrneg",
+    "default+attrneg+textneg01", "default+attrneg+pairs", "grid+attrneg",
 )  # fmt: skip
 
 
@@ -74,6 +132,60 @@ def warmup(steps: int) -> int:
     """The default run's warm-up (50 of 350 steps), scaled to a shorter or longer run so
     the schedule keeps its shape."""
     return max(1, round(50 * steps / 350))
+
+
+def run_config(name: str, steps: int, seed: int, threads: int, out: Path) -> TrainConfig:
+    """The TrainConfig of variant ``name``: the default run's, with the variant's
+    overrides (its own warm-up where it has one)."""
+    over = variant_config(name)
+    return from_dict(TrainConfig, {
+        "steps": steps, "seed": seed, "threads": threads, "eval_every": 0,
+        "warmup": warmup(steps), "evals": "zeroshot,retrieval,compositional",
+        "ckpt_every": steps, "progress": False, "out": str(out), **over,
+    })  # fmt: skip
+
+
+def bench(names: list[str], steps: int, threads: int, warm: int = 3) -> dict[str, float]:
+    """Training samples/s of each variant (data, forward, backward, AdamW), measured
+    side by side: every variant's model, objective, optimizer and data stream is built
+    in this process, and their steps are interleaved one by one, so a change of machine
+    load (other jobs) hits all of them alike. Each variant's ``warm`` first steps
+    (allocator, tokenizer cache) are not timed; the rate is the batch size over the
+    median of its ``steps`` timed steps."""
+    import statistics
+
+    import torch
+
+    from clipforge.data.loader import iter_batches
+    from clipforge.models import CLIP
+    from clipforge.train.builders import build
+    from clipforge.train.distributed import World
+    from clipforge.train.optim import build_optimizer
+    from clipforge.train.step import Stepper
+
+    world = World()
+    torch.set_num_threads(threads)
+    runs = []
+    for n in names:
+        cfg = run_config(n, 350, 0, threads, Path("unused"))
+        parts = build(cfg, world)
+        torch.manual_seed(0)
+        model = CLIP(parts.model_config, parts.loss.init_logit_scale, parts.loss.init_logit_bias)
+        objective = parts.objective
+        objective.attach(model)
+        trained = torch.nn.ModuleList([model, objective])
+        opt = build_optimizer(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+        model.train()
+        batches = iter_batches(parts.source, parts.processor, parts.collate, cfg.batch_size)
+        runs.append((n, cfg.batch_size, Stepper(cfg, world, model, model, objective, opt), batches))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(warm + steps):
+        for n, _, stepper, batches in runs:
+            t0 = time.perf_counter()
+            stepper(next(batches), i)
+            if i >= warm:
+                times[n].append(time.perf_counter() - t0)
+    return {n: size / statistics.median(times[n]) for n, size, _, _ in runs}
 
 
 def _final(folder: Path) -> dict[str, Any]:
@@ -120,9 +232,22 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS[:6]),
                     help="comma list of variants, or 'all' (default: the first six)")  # fmt: skip
+    ap.add_argument("--bench", type=int, default=0, metavar="STEPS",
+                    help="instead of training: samples/s of each variant, STEPS steps each "
+                         "interleaved in one process, and its step count equal in wall "
+                         "clock to --steps of default")  # fmt: skip
     a = ap.parse_args()
     names = list(VARIANTS) if a.variants == "all" else [v.strip() for v in a.variants.split(",")]
-    overrides = {n: variant_config(n) for n in names}  # every name checked before training
+    for n in names:  # every name checked before anything is trained
+        variant_config(n)
+    if a.bench:
+        speeds = bench(["default"] + [n for n in names if n != "default"], a.bench, a.threads)
+        for n, v in speeds.items():
+            ratio = v / speeds["default"]
+            print(json.dumps({"variant": n, "samples_per_s": round(v, 1),
+                              "ratio": round(ratio, 3),
+                              "steps_equal_to_default": round(a.steps * ratio)}))  # fmt: skip
+        return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "compositional.json"
@@ -131,12 +256,7 @@ def main() -> int:
         seconds: float | None = None
         if not (folder / "checkpoints" / "final.pt").exists():
             t0 = time.perf_counter()
-            cfg = from_dict(TrainConfig, dict(
-                steps=a.steps, seed=a.seed, threads=a.threads, eval_every=0,
-                warmup=warmup(a.steps),
-                evals="zeroshot,retrieval,compositional", ckpt_every=a.steps, progress=False,
-                out=str(folder), **overrides[name],
-            ))  # fmt: skip
+            cfg = run_config(name, a.steps, a.seed, a.threads, folder)
             train(cfg)
             seconds = time.perf_counter() - t0
         row = row_of(name, _final(folder), seconds)

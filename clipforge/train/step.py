@@ -184,38 +184,62 @@ class Stepper:
         k = cfg.accum_steps
         parts = [_to(batch.rows(slice(i * self.micro, (i + 1) * self.micro)), world.device)
                  for i in range(k)]  # fmt: skip
+        # A token-level objective (FILIP) reads per-token features too: they are cached
+        # and differentiated like the pooled embeddings.
+        tokens = getattr(self.objective, "needs_tokens", False)
         buffers = [b.detach().clone() for b in model.buffers()]
-        rng, images, texts = [], [], []
+        rng: list[torch.Tensor] = []
+        cached: list[list[torch.Tensor]] = [[], [], [], []]  # image, text, image/text tokens
+        masks: list[torch.Tensor] = []
         with torch.no_grad(), torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
             for part in parts:
                 rng.append(torch.get_rng_state())
-                out = model(part.images, part.tokens)
-                images.append(out.image)
-                texts.append(out.text)
+                out = model(part.images, part.tokens, with_tokens=tokens)
+                cached[0].append(out.image)
+                cached[1].append(out.text)
+                if tokens:
+                    cached[2].append(out.image_tokens)
+                    cached[3].append(out.text_tokens)
+                    masks.append(out.text_mask)
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
-        keep = (lambda x: x) if images[0].dtype == torch.float64 else (lambda x: x.float())
-        image = keep(torch.cat(images)).requires_grad_()
-        text = keep(torch.cat(texts)).requires_grad_()
+        keep = (lambda x: x) if cached[0][0].dtype == torch.float64 else (lambda x: x.float())
+        leaves = [keep(torch.cat(c)).requires_grad_() if c else None for c in cached]
+        image, text, image_tokens, text_tokens = leaves
+        extra: dict[str, torch.Tensor] = {}
+        if tokens:
+            assert image_tokens is not None and text_tokens is not None
+            # As batch_loss puts them, the mask as numbers.
+            extra = {"image_tokens": image_tokens, "text_tokens": text_tokens,
+                     "text_token_mask": torch.cat(masks).to(text.dtype)}  # fmt: skip
         with torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
             f = Features(image, text, model.logit_scale_exp(), model.logit_bias,
-                         _owners(parts), torch.cat([p.weights for p in parts]))  # fmt: skip
+                         _owners(parts), torch.cat([p.weights for p in parts]), extra)  # fmt: skip
             loss = self.objective(f)
         if not torch.isfinite(loss):
             raise ClipforgeError(f"loss became {float(loss)} at step {step + 1}; lower --lr")
         loss.backward()
-        assert image.grad is not None and text.grad is not None
-        d_image = image.grad.split([p.images.shape[0] for p in parts])
-        d_text = text.grad.split([p.tokens.shape[0] for p in parts])
+        rows = [p.images.shape[0] for p in parts], [p.tokens.shape[0] for p in parts]
+        grads = [
+            None if x is None or x.grad is None else x.grad.split(rows[i % 2])
+            for i, x in enumerate(leaves)
+        ]
+        assert grads[0] is not None and grads[1] is not None
         for i, part in enumerate(parts):
             torch.set_rng_state(rng[i])
             with contextlib.nullcontext() if i + 1 == k else distributed.no_sync(self.ddp):
                 with torch.autocast(world.device.type, torch.bfloat16, enabled=self.amp):
-                    out = self.ddp(part.images, part.tokens)
-                surrogate = (out.image * d_image[i].to(out.image.dtype)).sum() + (
-                    out.text * d_text[i].to(out.text.dtype)
-                ).sum()
+                    out = self.ddp(part.images, part.tokens, with_tokens=tokens)
+                outs = (out.image, out.text, out.image_tokens, out.text_tokens)
+                # <output, dL/d output> over every cached output: its gradient is this
+                # micro-batch's exact share of the chain rule.
+                surrogate = sum(
+                    (o * g[i].to(o.dtype)).sum()
+                    for o, g in zip(outs, grads, strict=True)
+                    if g is not None and o is not None
+                )
+                assert isinstance(surrogate, torch.Tensor)
                 surrogate.backward()
         return float(loss.detach())
 

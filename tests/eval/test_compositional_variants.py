@@ -14,16 +14,41 @@ def test_every_variant_is_a_valid_run(name):
     cfg = from_dict(TrainConfig, variant_config(name))
     model = get_model_config(cfg.model, cfg.model_args)
     get_loss(cfg.loss).build(cfg)  # the objective accepts the run's hard negatives
-    pool = name.partition("+")[0]
-    want = {"default": "mean", "filip": "mean"}.get(pool, pool)
+    base, *mods = name.split("+")
+    want = {"default": "mean", "filip": "mean", "calib": "cls"}.get(base, base)
+    want = "map" if "map" in mods else want
     assert model.vision.pool == want
-    assert bool(cfg.hard_negatives) == name.endswith(("+hardneg", "+textneg"))
-    assert ("textneg" in cfg.loss) == name.endswith("+textneg")
+    negatives = {"hardneg", "attrneg", "textneg", "textneg01"} & set(mods)
+    assert bool(cfg.hard_negatives) == bool(negatives)
+    assert (cfg.hard_negatives == "attribute") == ("attrneg" in mods)
+    assert ("textneg" in cfg.loss) == bool({"textneg", "textneg01"} & set(mods))
+    if base == "calib":
+        # CALIBRATION.md's recipe: CLIP's plain ViT at lr 1e-3, 30 warm-up steps.
+        assert (model.vision.stem, model.vision.pos_init) == (
+            "conv" if "conv" in mods else "patch",
+            "sincos" if "sincos" in mods else "random",
+        )
+        assert (cfg.lr, cfg.warmup) == (1e-3, 30)
+
+
+def test_calib_modifiers_combine():
+    over = variant_config("calib+conv+sincos+attrneg")
+    assert over["model_args"] == {
+        "vision.stem": "conv", "vision.pos_init": "sincos", "vision.pool": "cls"
+    }  # fmt: skip
+    assert over["hard_negatives"] == "attribute" and "loss" not in over
+    assert variant_config("default+textneg01")["loss"] == "clip+0.1*textneg"
+    pairs = from_dict(TrainConfig, variant_config("default+attrneg+pairs"))
+    assert pairs.shapes_args == {"group_prob": 0.2} and pairs.hard_negatives == "attribute"
 
 
 def test_unknown_variant_and_schedule():
     with pytest.raises(SystemExit, match="unknown variant"):
         variant_config("cls+nosuch")
+    with pytest.raises(SystemExit, match="unknown variant"):
+        variant_config("default+conv")  # architecture modifiers belong to calib
+    with pytest.raises(SystemExit, match="exclude each other"):
+        variant_config("calib+hardneg+attrneg")
     assert warmup(350) == 50 and warmup(100) == 14 and warmup(1) == 1
 
 

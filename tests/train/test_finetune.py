@@ -189,7 +189,13 @@ def _batch() -> Batch:
     return mixed_batch(hard=True)
 
 
-def _grads(loss: str, accum: int, exact: bool, micro_args, dropout: float = 0.0):
+# FILIP's score of a pair is built from all N x L token similarities (16 patches x 24
+# tokens), and a gradient entry sums them over the B x B pairs: 12 x 12 x 16 x 24 = 55,296
+# terms more along the chain, rounded up to 10^5 on top of TERMS.
+FILIP_TERMS = TERMS + 100_000
+
+
+def _grads(loss: str, accum: int, exact: bool, micro_args, dropout: float = 0.0, hard: bool = True):
     cfg = TrainConfig(
         model_args={**micro_args, "vision.stem": "patch"}, loss=loss, batch_size=B,
         accum_steps=accum, accum_exact=exact, precision="fp64", grad_clip=0.0,
@@ -205,7 +211,8 @@ def _grads(loss: str, accum: int, exact: bool, micro_args, dropout: float = 0.0)
     trained = torch.nn.ModuleList([model, objective])
     opt = build_optimizer(trained, 0.0, 0.0, (0.9, 0.98), 1e-6)  # lr 0: grads stay readable
     torch.manual_seed(5)
-    result = Stepper(cfg, World(), model, model, objective, opt)(_batch(), 0)
+    batch = mixed_batch(hard=hard)
+    result = Stepper(cfg, World(), model, model, objective, opt)(batch, 0)
     return result.loss, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -223,6 +230,24 @@ def test_exact_accumulation_equals_the_full_batch(loss, micro_args):
     _, plain = _grads(loss, 3, False, micro_args)
     worst = max(float((plain[n] - g).abs().max()) for n, g in ref.items())
     assert worst > 1e6 * reorder_bound(TERMS, CANCEL, torch.float64)
+
+
+def test_exact_accumulation_of_token_level_filip_equals_the_full_batch(micro_args):
+    # clip+filip reads per-token features as well as the pooled embeddings: gradient
+    # caching caches and differentiates both. FILIP takes one caption per image, so the
+    # batch has no hard negatives.
+    ref_loss, ref = _grads("clip+filip", 1, False, micro_args, hard=False)
+    got_loss, got = _grads("clip+filip", 3, True, micro_args, hard=False)
+    assert got_loss == pytest.approx(
+        ref_loss, rel=0,
+        abs=reorder_bound(FILIP_TERMS, CANCEL * (1 + abs(ref_loss)), torch.float64),
+    )  # fmt: skip
+    for name, g in ref.items():
+        tol = reorder_bound(FILIP_TERMS, CANCEL * (1 + float(g.abs().max())), torch.float64)
+        assert float((got[name] - g).abs().max()) <= tol, name
+    _, plain = _grads("clip+filip", 3, False, micro_args, hard=False)
+    worst = max(float((plain[n] - g).abs().max()) for n, g in ref.items())
+    assert worst > 1e6 * reorder_bound(FILIP_TERMS, CANCEL, torch.float64)
 
 
 def test_exact_accumulation_replays_patch_dropout(micro_args):
@@ -245,8 +270,9 @@ def test_exact_accumulation_refusals(tmp_path, micro_args):
     assert not (tmp_path / "run").exists()
 
 
-def test_exact_accumulation_trains(tmp_path, micro_args):
-    run = train(_cfg(tmp_path, micro_args, accum_exact=True, accum_steps=2))
+@pytest.mark.parametrize("loss", ["clip", "clip+filip"])
+def test_exact_accumulation_trains(tmp_path, micro_args, loss):
+    run = train(_cfg(tmp_path, micro_args, accum_exact=True, accum_steps=2, loss=loss))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] > 0 for r in rows if "loss" in r)
 
