@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import re
 import string
@@ -202,6 +203,18 @@ def _build(spec: TokenizerSpec, context_length: int) -> SentencePieceTokenizer |
     return cls(spec, context_length)
 
 
+def _require(package: str, spec: TokenizerSpec) -> Any:
+    """The optional ``package`` a tokenizer file needs, or a one-line refusal saying how
+    to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ClipforgeError(
+            f"{spec.describe()} needs the {package} package: "
+            f"pip install 'clipforge[siglip]' (or pip install {package})"
+        ) from None
+
+
 def _check_length(context_length: Any) -> int:
     if (
         isinstance(context_length, bool)
@@ -219,7 +232,26 @@ def _rows(id_lists: Sequence[Sequence[int]], length: int, pad_id: int) -> torch.
     return out
 
 
-class SentencePieceTokenizer:
+class _FromSpec:
+    """Pickling and repr of a tokenizer built from a :class:`TokenizerSpec`: neither the
+    SentencePiece processor nor a ``tokenizers`` object pickles, so DataLoader workers
+    rebuild the tokenizer from its spec."""
+
+    spec: TokenizerSpec
+    context_length: int
+    vocab_size: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.spec, self.context_length))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(context_length={self.context_length}, "
+            f"vocab_size={self.vocab_size})"
+        )
+
+
+class SentencePieceTokenizer(_FromSpec):
     """SigLIP's SentencePiece tokenizer, id for id as ``transformers.SiglipTokenizer``
     with ``padding="max_length", truncation=True, max_length=context_length``.
 
@@ -233,13 +265,7 @@ class SentencePieceTokenizer:
     sot_token_id: int | None = None
 
     def __init__(self, spec: TokenizerSpec, context_length: int = 64) -> None:
-        try:
-            import sentencepiece as spm
-        except ImportError:
-            raise ClipforgeError(
-                f"{spec.describe()} needs the sentencepiece package: "
-                "pip install 'clipforge[siglip]' (or pip install sentencepiece)"
-            ) from None
+        spm = _require("sentencepiece", spec)
         self.spec = spec
         self.context_length = _check_length(context_length)
         opts = dict(spec.options)
@@ -270,16 +296,6 @@ class SentencePieceTokenizer:
         alternatives = sorted(set(specials), key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
         self._unk_length = len(sp.encode(self.unk_token, out_type=str))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The SentencePiece processor does not pickle; DataLoader workers rebuild it.
-        return (type(self), (self.spec, self.context_length))
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(context_length={self.context_length}, "
-            f"vocab_size={self.vocab_size})"
-        )
 
     def _canonical(self, text: str) -> str:
         """SiglipTokenizer's canonical text: lower case, no punctuation, single spaces."""
@@ -350,7 +366,7 @@ class SentencePieceTokenizer:
         return _rows(rows, length, self.pad_token_id)
 
 
-class JsonTokenizer:
+class JsonTokenizer(_FromSpec):
     """A Hugging Face fast tokenizer (``tokenizer.json``), run by the ``tokenizers``
     package as ``transformers.PreTrainedTokenizerFast`` runs it with
     ``padding="max_length", truncation=True, max_length=context_length``: the file's own
@@ -361,13 +377,7 @@ class JsonTokenizer:
     sot_token_id: int | None = None
 
     def __init__(self, spec: TokenizerSpec, context_length: int = 64) -> None:
-        try:
-            from tokenizers import Tokenizer as _HFTokenizer
-        except ImportError:
-            raise ClipforgeError(
-                f"{spec.describe()} needs the tokenizers package: "
-                "pip install 'clipforge[siglip]' (or pip install tokenizers)"
-            ) from None
+        _HFTokenizer = _require("tokenizers", spec).Tokenizer
         self._cls = _HFTokenizer
         self.spec = spec
         self.context_length = _check_length(context_length)
@@ -394,15 +404,6 @@ class JsonTokenizer:
         eos = next((t for t in ("</s>", "<eos>", "<|endoftext|>") if tok.token_to_id(t) is not None),
                    None)  # fmt: skip
         self.eot_token_id = tok.token_to_id(eos) if eos is not None else None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.spec, self.context_length))
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(context_length={self.context_length}, "
-            f"vocab_size={self.vocab_size})"
-        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens and without truncation."""

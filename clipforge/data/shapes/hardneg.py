@@ -25,6 +25,7 @@ from typing import Any
 
 from clipforge.data.shapes.captions import captions_for
 from clipforge.data.shapes.scenes import INVERSE, SHAPES, Scene, ShapeObject
+from clipforge.data.shapes.twins import swap_colours
 from clipforge.errors import ClipforgeError
 
 PERTURBATIONS: tuple[str, ...] = ("attribute", "relation", "count", "shape")
@@ -63,23 +64,7 @@ def positive_caption(meta: Mapping[str, Any], template: int = 0) -> str:
 def _perturbed_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
     objs = scene.objects
     if kind == "attribute":
-        if scene.kind not in ("pair", "many"):
-            return None
-        pairs = [
-            (i, j)
-            for i in range(len(objs))
-            for j in range(i + 1, len(objs))
-            if objs[i].colour != objs[j].colour
-        ]
-        if not pairs:
-            return None
-        i, j = rng.choice(pairs)
-        new = list(objs)
-        new[i], new[j] = (
-            replace(objs[i], colour=objs[j].colour),
-            replace(objs[j], colour=objs[i].colour),
-        )
-        return replace(scene, objects=new)
+        return swap_colours(scene, rng)
     if kind == "relation":
         if scene.kind != "pair" or scene.relation is None:
             return None

@@ -36,26 +36,34 @@ def check_twin_kinds(kinds: tuple[str, ...]) -> None:
         )
 
 
+def swap_colours(scene: Scene, rng: random.Random) -> Scene | None:
+    """``scene`` with the colours of two differently coloured objects exchanged (a seeded
+    choice of the pair), or None for a lone object or objects of one colour. The attribute
+    twin and the attribute hard-negative caption (:mod:`.hardneg`) are this one change."""
+    objs = scene.objects
+    if scene.kind not in ("pair", "many"):
+        return None
+    pairs = [
+        (i, j)
+        for i in range(len(objs))
+        for j in range(i + 1, len(objs))
+        if objs[i].colour != objs[j].colour
+    ]
+    if not pairs:
+        return None
+    i, j = rng.choice(pairs)
+    new = list(objs)
+    new[i] = replace(objs[i], colour=objs[j].colour)
+    new[j] = replace(objs[j], colour=objs[i].colour)
+    return replace(scene, objects=new)
+
+
 def twin_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
     """``scene`` with one ``kind`` change, or None where the change does not apply (a lone
     object, a group of identical objects, a relation twin of more than two objects)."""
     objs = scene.objects
     if kind == "attribute":
-        if scene.kind not in ("pair", "many"):
-            return None
-        pairs = [
-            (i, j)
-            for i in range(len(objs))
-            for j in range(i + 1, len(objs))
-            if objs[i].colour != objs[j].colour
-        ]
-        if not pairs:
-            return None
-        i, j = rng.choice(pairs)
-        new = list(objs)
-        new[i] = replace(objs[i], colour=objs[j].colour)
-        new[j] = replace(objs[j], colour=objs[i].colour)
-        return replace(scene, objects=new)
+        return swap_colours(scene, rng)
     if kind == "relation":
         if scene.kind != "pair" or not scene.image_size:
             return None
