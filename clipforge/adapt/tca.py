@@ -131,14 +131,13 @@ def encode_condensed(model: Any, images: torch.Tensor, keep: float, start: int,
     # its input, the blocks, and for class-token pooling a last block run for that token.
     x = vis.norm_pre(vis._embed(images))
     blocks = vis.transformer.blocks
-    early = cfg.pool == "cls" and vis.transformer.can_pool_early()
+    early = vis.pools_early()
     for i, blk in enumerate(blocks):
         if keep < 1 and start <= i < len(blocks) - 1:
             x, attn = _block_with_class_attention(blk, x)
             x = condense(x, attn, keep, merge)
         elif early and i == len(blocks) - 1:
-            x = blk(x, at=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
-            return F.normalize(vis.proj(vis.norm_post(x)), dim=-1)
+            return F.normalize(vis.pool_class_row(blk(x, at=vis.class_rows(x))), dim=-1)
         else:
             x = blk(x)
     x = x if cfg.pool == "mean" else vis.norm_post(x)

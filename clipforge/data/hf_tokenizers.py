@@ -244,6 +244,17 @@ class _FromSpec:
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.spec, self.context_length))
 
+    def _batch(
+        self, texts: str | Sequence[str], context_length: int | None
+    ) -> tuple[list[str], int]:
+        # One text or a batch, checked, and the row length of this call.
+        length = self.context_length if context_length is None else _check_length(context_length)
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        bad = [type(t).__name__ for t in batch if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be str, got {bad[0]}")
+        return batch, length
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(context_length={self.context_length}, "
@@ -354,9 +365,7 @@ class SentencePieceTokenizer(_FromSpec):
         self, texts: str | Sequence[str], context_length: int | None = None
     ) -> torch.Tensor:
         """Tokenize one text or a batch into a ``LongTensor`` of shape ``[N, L]``."""
-        length = self.context_length if context_length is None else _check_length(context_length)
-        if isinstance(texts, str):
-            texts = [texts]
+        texts, length = self._batch(texts, context_length)
         rows = []
         for t in texts:
             ids = self.encode(t)[: length - 1]
@@ -421,17 +430,12 @@ class JsonTokenizer(_FromSpec):
         self, texts: str | Sequence[str], context_length: int | None = None
     ) -> torch.Tensor:
         """Tokenize one text or a batch into a ``LongTensor`` of shape ``[N, L]``."""
-        length = self.context_length if context_length is None else _check_length(context_length)
-        if isinstance(texts, str):
-            texts = [texts]
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be str, got {bad[0]}")
+        texts, length = self._batch(texts, context_length)
         tok = self._truncating.get(length)
         if tok is None:
             # A tokenizer per length that cuts the text and keeps the special tokens (what
             # truncation=True does); shared by the calls of that length.
             tok = self._truncating[length] = self._cls.from_str(self._tok.to_str())
             tok.enable_truncation(length)
-        rows = [enc.ids for enc in tok.encode_batch(list(texts), add_special_tokens=True)]
+        rows = [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=True)]
         return _rows(rows, length, self.pad_token_id)

@@ -132,12 +132,10 @@ class Transformer(nn.Module):
         """Whether :meth:`forward`'s ``at`` may shorten the last block: not with rotary
         positions (a lone query would need its own rotation) and not with a mixture of
         experts there (its router's load statistics would count one token per sequence)."""
-        last = self.blocks[-1] if len(self.blocks) else None
-        return (
-            last is not None
-            and self.blocks[-1].attn.rope_base is None
-            and isinstance(last.mlp, MLP)
-        )
+        if not len(self.blocks):
+            return False
+        last = self.blocks[-1]
+        return last.attn.rope_base is None and isinstance(last.mlp, MLP)
 
     def forward(
         self, x: torch.Tensor, causal: bool = False, at: torch.Tensor | None = None

@@ -138,6 +138,21 @@ class VisionTransformer(nn.Module):
             x = self.transformer(self.norm_pre(x))
         return (x if self.cfg.pool in ("mean", "grid") else self.norm_post(x)), size
 
+    def pools_early(self) -> bool:
+        """Whether the last block may run for the class token alone: class-token pooling
+        reads one row of it (see :meth:`Transformer.can_pool_early`)."""
+        return self.cfg.pool == "cls" and self.transformer.can_pool_early()
+
+    @staticmethod
+    def class_rows(x: torch.Tensor) -> torch.Tensor:
+        """The class token's position in every sequence of ``x``: the ``at`` of the
+        last block when :meth:`pools_early`."""
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def pool_class_row(self, row: torch.Tensor) -> torch.Tensor:
+        """The embedding of the last block's class-token row ``[B, width]``."""
+        return self.proj(self.norm_post(row))
+
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         # The transformer's input: patches, class token, positions, patch dropout.
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
@@ -180,16 +195,9 @@ class VisionTransformer(nn.Module):
         """The image embedding ``[B, embed_dim]``; with ``with_tokens`` also
         :meth:`token_features`, from the same pass."""
         merging = self.merge_tokens > 0 and not self.training
-        if (
-            not with_tokens
-            and not merging
-            and self.cfg.pool == "cls"
-            and self.transformer.can_pool_early()
-        ):
-            # Class-token pooling reads one row of the last block: run that block for it.
+        if not with_tokens and not merging and self.pools_early():
             x = self._embed(images)
-            at = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            return self.proj(self.norm_post(self.transformer(self.norm_pre(x), at=at)))
+            return self.pool_class_row(self.transformer(self.norm_pre(x), at=self.class_rows(x)))
         x, size = self.sized_tokens(images)
         if with_tokens:
             return self._pool(x, size), self.token_features(x)

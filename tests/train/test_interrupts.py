@@ -25,6 +25,10 @@ from tests.conftest import MICRO_ARGS_CLI
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 STARTUP = 120.0  # seconds for the trainer to import torch and fork its workers (shared CPUs)
+# How long orphaned workers may take to go: a bound for "they go" on a loaded machine, not
+# a speed claim (before the fix they stayed for good; the kernel or the watchdog ends them
+# within about a second).
+GONE = 60.0
 
 
 def _cmd(out: Path, steps: int, *extra: str) -> list[str]:
@@ -120,7 +124,7 @@ def test_sigkill_takes_the_workers_with_it(tmp_path):
         proc.wait(timeout=30)
         # The kernel kills them at once (PR_SET_PDEATHSIG); the watchdog, where that is
         # not armed, within a second. Before, they stayed for good.
-        assert _wait_gone(workers, 5.0) == []
+        assert _wait_gone(workers, GONE) == []
 
 
 def test_ctrl_c_with_workers_leaves_it_to_the_trainer_and_resumes(tmp_path):
@@ -138,7 +142,7 @@ def test_ctrl_c_with_workers_leaves_it_to_the_trainer_and_resumes(tmp_path):
         err = proc.stderr.read() if proc.stderr else ""
         assert proc.returncode == 130 and "clipforge: error" not in err, err
         assert "interrupted" in err
-        assert _wait_gone(workers, 5.0) == []
+        assert _wait_gone(workers, GONE) == []
     step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     # The interrupted run continues from its checkpoint; --steps ends it a few steps on.
     done = subprocess.run(
