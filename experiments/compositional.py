@@ -20,6 +20,11 @@ Variants (``--variants all`` runs every one, in this order):
 ``X+textneg``   variant X with ``--loss clip+textneg`` and the same hard negatives, which
                 the ``textneg`` term also contrasts with their own image under a margin
 ``X+textneg01`` the same at a tenth of the weight, ``--loss clip+0.1*textneg``
+``X+textsep``   variant X with ``--loss clip+textsep`` and colour-swap hard negatives (all
+                kinds with ``hardneg``): each caption pushed from its own negatives in
+                the text tower alone
+``X+para``      ``--caption all --max-captions 2``: two captions of every image, both
+                positives (``textsep``'s paraphrase reference)
 ``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects
 ``filip``       ``--loss clip+filip`` (token-level late interaction beside the pooled loss)
 ``calib``       ../shared/CALIBRATION.md's class-token recipe: plain patch stem, random
@@ -64,13 +69,14 @@ CALIB_MODEL = {"vision.stem": "patch", "vision.pos_init": "random", "vision.pool
 CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
-    "hardneg", "attrneg", "textneg", "textneg01", "pairs", "map", "mean", "conv", "sincos",
+    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "pairs", "map", "mean", "conv",
+    "sincos",
 )  # fmt: skip
 # "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
 # repeated object, so scenes of distinct objects, the only ones an attribute swap
 # applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
 PAIRS_GROUP_PROB = 0.2
-NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01"}
+NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01", "textsep"}
 
 
 def variant_config(name: str) -> dict[str, Any]:
@@ -109,7 +115,12 @@ def variant_config(name: str) -> dict[str, Any]:
         # attrneg: colour swaps alone. Under mean pooling a relation flip is a negative
         # the image embedding may not be able to reject, and its inverse phrasing ("B
         # above A" for "A below B") is one of the scene's own positive captions.
-        over["hard_negatives"] = "attribute" if "attrneg" in mods else HARD_NEGATIVES
+        # textsep alone: colour swaps too, the binding the text tower lacks.
+        colour_only = "attrneg" in mods or ("textsep" in mods and "hardneg" not in mods)
+        over["hard_negatives"] = "attribute" if colour_only else HARD_NEGATIVES
+    if "para" in mods:
+        # Two captions of each image, both positives: a caption's paraphrase in the batch.
+        over.update(caption="all", max_captions=2)
     if "pairs" in mods:
         over["shapes_args"] = {"group_prob": PAIRS_GROUP_PROB}
     if "textneg" in mods:
@@ -117,6 +128,8 @@ def variant_config(name: str) -> dict[str, Any]:
     if "textneg01" in mods:
         # A tenth of the weight: the full term kept the default on the colour plateau.
         over["loss"] = "clip+0.1*textneg"
+    if "textsep" in mods:
+        over["loss"] = over.get("loss", "clip") + "+textsep"
     return over
 
 
