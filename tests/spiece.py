@@ -64,6 +64,7 @@ def add_gemma_json(folder: Path, padding_side: str | None = "right") -> Path:
     tok.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / "tokenizer.json"
     tok.save(str(path))
     config = {"tokenizer_class": "GemmaTokenizer", "pad_token": "<pad>"}

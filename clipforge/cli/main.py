@@ -579,7 +579,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export the image and text encoders (ONNX)",
         description="Write image.onnx (pixels -> normalised features), text.onnx (tokens -> "
-        "normalised features) and model.yaml into the folder --out.",
+        "normalised features), model.yaml and the model's tokenizer (its files and "
+        "tokenizer_info.json) into the folder --out.",
     )
     p.add_argument("model", help="run folder or checkpoint")
     p.add_argument("--to", required=True, choices=["onnx"])
