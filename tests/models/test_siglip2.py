@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipforge.cli.main import main
 from clipforge.data.hf_tokenizers import JsonTokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval.embed import model_fingerprint
-from clipforge.models import load, tokenizer_for
+from clipforge.models import image_transform, load, tokenizer_for
 from clipforge.models.convert import convert, read_checkpoint
 from tests.models.test_convert import (
     CTX,
@@ -144,6 +145,28 @@ def test_siglip2_folder_matches_transformers_at_its_default_size(siglip2):
     assert_parity(ours(model, x, ids), hf2_outputs(peer, x, want), terms(SIDE * SIDE))
 
 
+def test_siglip2_preprocessing_equals_its_image_processor_on_square_images(siglip2):
+    # transformers' Siglip2ImageProcessor, read from the folder, on a square photo: resized
+    # to the 4 x 4 patch grid (32 px, bilinear), rescaled and normalised, as patches.
+    # clipforge's tensor route resizes with the same torchvision kernel, so the pixels are
+    # the same up to the two normalisations' rounding: each rounds at most 5 times, every
+    # rounding worth at most (1 + mean) / std of the output (as in test_preprocess.py).
+    _, folder = siglip2
+    cfg = load(folder).cfg
+    g = torch.Generator().manual_seed(1)
+    photo = torch.randint(0, 256, (3, 96, 96), generator=g, dtype=torch.uint8)
+    photo = (photo.float().cumsum(1) / 96).to(torch.uint8)  # some smooth structure
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proc = transformers.AutoImageProcessor.from_pretrained(folder)
+        out = proc(images=[photo], return_tensors="pt")
+    assert out["spatial_shapes"].tolist() == [[SIDE, SIDE]]
+    assert bool(out["pixel_attention_mask"].all())  # a square image fills the grid
+    ours = convert_image_to_patches(image_transform(cfg)(photo), PATCH)
+    tol = reorder_bound(5, (1 + max(cfg.mean)) / min(cfg.std))
+    torch.testing.assert_close(ours, out["pixel_values"][0], rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("padding_side", [None, "right"])
 def test_siglip2_tokenizer_lowercases_and_pads_as_transformers(tmp_path, padding_side):
     # transformers runs a siglip2 folder's tokenizer.json through Siglip2Tokenizer (not the
@@ -174,6 +197,10 @@ def test_another_square_size_resizes_the_positions_as_transformers(siglip2, tmp_
     x = images(64)
     assert_parity(ours(model, x, ids), hf2_outputs(peer, x, ids), terms(64))
     assert model_fingerprint(model) != model_fingerprint(load(folder))
+    # The same size chosen on the command line, into a checkpoint that records it.
+    args = ["convert", str(folder), str(tmp_path / "s2-64.pt"), "--to", "clipforge"]
+    assert main([*args, "--model-args", "vision.image_size=64"]) == 0
+    assert model_fingerprint(load(tmp_path / "s2-64.pt")) == model_fingerprint(model)
 
     # Other sizes (shrinking, where antialiasing widens the filter, and a factor of 2.5):
     # the table equals transformers' own resize, which runs in float32: each entry sums the
