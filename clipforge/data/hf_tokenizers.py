@@ -8,10 +8,11 @@ it ships (looked for in this order, see :func:`find_tokenizer`):
   does it (:class:`SentencePieceTokenizer`), with the options of ``tokenizer_config.json``
   and ``special_tokens_map.json`` (lower-casing, the end, unknown and padding tokens).
 * ``tokenizer.json``: a Hugging Face fast tokenizer (SigLIP 2's Gemma vocabulary, for
-  instance), run by the ``tokenizers`` package (:class:`JsonTokenizer`). In a SigLIP 2
+  instance), run by the ``tokenizers`` package (:class:`JsonTokenizer`), padded on the
+  side transformers pads it: ``tokenizer_config.json``'s ``padding_side``, else the
+  file's own, else the default of the tokenizer class (left for Gemma's). In a SigLIP 2
   folder (``model_type: siglip2``, or ``tokenizer_class: Siglip2Tokenizer``) it is run
-  as ``transformers.Siglip2Tokenizer`` runs it: lower-cased, ``<pad>`` by default, padded
-  on the side ``tokenizer_config.json`` names (left if it names none).
+  as ``transformers.Siglip2Tokenizer`` runs it: lower-cased, ``<pad>`` by default.
 
 Both give rows of the model's context length: the text's ids, its end token (as the
 tokenizer appends it), then the padding id; too long a text is cut first. A tokenizer is
@@ -170,8 +171,26 @@ _SP_DEFAULTS: dict[str, Any] = {
 }
 
 
-# tokenizer_config.json classes that make transformers lower-case a tokenizer.json.
-_SIGLIP2_CLASSES = ("Siglip2Tokenizer", "Siglip2TokenizerFast")
+# transformers 5's tokenizer classes whose padding side is left by default.
+_LEFT_PADDING_CLASSES = frozenset(
+    {"GemmaTokenizer", "Siglip2Tokenizer", "LlamaTokenizer", "CodeLlamaTokenizer",
+     "CohereTokenizer", "XLNetTokenizer"}
+)  # fmt: skip
+
+
+def _file_sides(data: bytes) -> tuple[str | None, str | None]:
+    """The padding and truncation sides a ``tokenizer.json`` states itself (``None``: it
+    has no such setting); an unreadable file is left for the tokenizer to refuse."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    sides = []
+    for key in ("padding", "truncation"):
+        setting = obj.get(key) if isinstance(obj, dict) else None
+        direction = setting.get("direction") if isinstance(setting, dict) else None
+        sides.append(str(direction).lower() if direction else None)
+    return sides[0], sides[1]
 
 
 def find_tokenizer(folder: str | Path, model_type: str | None = None) -> TokenizerSpec | None:
@@ -202,26 +221,34 @@ def find_tokenizer(folder: str | Path, model_type: str | None = None) -> Tokeniz
             options["additional_special_tokens"] = [t for t in map(_token_text, extra) if t]
             spec = TokenizerSpec("sentencepiece", data, tuple(sorted(options.items())), str(path))
         else:
-            # transformers runs a siglip2 folder's tokenizer.json through Siglip2Tokenizer
-            # whatever tokenizer_class says (the hub's say Gemma's), and a folder that names
-            # that class anywhere likewise: it lower-cases, pads with <pad> and pads on the
-            # left unless told otherwise. Left out when default, so older specs keep their
-            # digests.
-            siglip2 = model_type == "siglip2" or config.get("tokenizer_class") in _SIGLIP2_CLASSES
+            # The tokenizer class transformers runs the file through decides what its
+            # config leaves open: a siglip2 folder's is Siglip2Tokenizer whatever
+            # tokenizer_class says (the hub's say Gemma's), which lower-cases and pads with
+            # <pad>; otherwise the class named. Options left out when default, so older
+            # specs keep their digests.
+            cls = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+            siglip2 = model_type == "siglip2" or cls == "Siglip2Tokenizer"
+            if siglip2:
+                cls = "Siglip2Tokenizer"
             pad = _token_text(special.get("pad_token", config.get("pad_token")))
             if pad is None and siglip2:
                 pad = "<pad>"
             if pad is not None:
                 options["pad_token"] = pad
-            side = config.get("padding_side", "left" if siglip2 else "right")
+            padding, truncation = _file_sides(data)
+            # transformers' order: tokenizer_config.json, the file's own setting, the
+            # class's default (left for Gemma's and SigLIP 2's, among others).
+            side = config.get("padding_side") or padding
+            side = side or ("left" if cls in _LEFT_PADDING_CLASSES else "right")
             if side not in ("left", "right"):
                 raise ClipforgeError(f"{folder}: unknown padding_side {side!r} (left, right)")
             if side == "left":
                 options["padding_side"] = "left"
-            if config.get("truncation_side", "right") != "right":
+            cut = config.get("truncation_side") or truncation or "right"
+            if cut != "right":
                 raise ClipforgeError(
-                    f"{folder}: truncation_side {config['truncation_side']!r} is not supported "
-                    "(clipforge cuts the end of a text)"
+                    f"{folder}: truncation_side {cut!r} is not supported (clipforge cuts the "
+                    "end of a text)"
                 )
             if siglip2:
                 options["lowercase"] = True

@@ -33,6 +33,7 @@ from tests.models.test_convert import (
     assert_parity,
     double,
     hf_outputs,
+    hf_siglip_model,
     ours,
     perturb,
 )
@@ -180,6 +181,21 @@ def test_siglip2_tokenizer_lowercases_and_pads_as_transformers(tmp_path, padding
     # The empty text: <bos> and padding, the padding in front when on the left.
     bos, pad = (-1, 0) if padding_side is None else (0, 1)
     assert want[3, bos] == 2 and want[3, pad] == 0
+
+
+@pytest.mark.parametrize("padding_side", [None, "right"])
+def test_fixed_size_siglip2_folders_tokenize_as_transformers(tmp_path, padding_side):
+    # SigLIP 2's fixed-resolution releases are SiglipModel folders with Gemma's
+    # tokenizer.json: transformers runs it through GemmaTokenizer, which keeps case and
+    # pads on the left unless tokenizer_config.json says otherwise.
+    folder = tmp_path / "fixed"
+    hf_siglip_model().save_pretrained(folder)
+    add_gemma_json(folder, padding_side)
+    want = hf_ids(folder)
+    tok = tokenizer_for(load(folder))
+    assert torch.equal(tok(CAPTIONS), want)
+    assert tok.encode("A RED Circle") != tok.encode("a red circle")
+    assert want[3, -1 if padding_side is None else 0] == 2
 
 
 def test_another_square_size_resizes_the_positions_as_transformers(siglip2, tmp_path):

@@ -462,7 +462,7 @@ def infer_hf(
     )
 
 
-def siglip2_patch(
+def _siglip2_patch(
     tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, path: Path
 ) -> tuple[int, int]:
     """SigLIP 2's patch size and learned position grid, checked against its tensors."""
@@ -507,7 +507,7 @@ def _infer_siglip2(
     of 16: 256 px), or ``vision.image_size`` when the caller overrides it.
     """
     where = f"{path}/config.json" if path.is_dir() else str(path)
-    patch, _ = siglip2_patch(tensors, config, path)
+    patch, _ = _siglip2_patch(tensors, config, path)
     vision_config = dict((config or {}).get("vision_config") or {})
     if not vision_config.get("vision_use_head", True):
         raise ClipforgeError(f"{where}: SigLIP 2 without its image head (vision_use_head=false)")
