@@ -129,10 +129,12 @@ class TokenizerSpec:
         if self.kind == "sentencepiece":
             config["tokenizer_class"] = "SiglipTokenizer"
         else:
-            # The class that lower-cases for transformers (and for find_tokenizer), and
-            # the padding side stated, since that class's default is left.
-            if config.pop("lowercase", False):
-                config["tokenizer_class"] = "Siglip2Tokenizer"
+            # The class that lower-cases for transformers (and for find_tokenizer), else
+            # the plain fast tokenizer (without a class, transformers would take a SigLIP
+            # folder's SentencePiece one); and the padding side stated, as class defaults
+            # differ.
+            lower = config.pop("lowercase", False)
+            config["tokenizer_class"] = "Siglip2Tokenizer" if lower else "PreTrainedTokenizerFast"
             config.setdefault("padding_side", "right")
         return {
             self.file_name: self.data,

@@ -196,6 +196,10 @@ def test_fixed_size_siglip2_folders_tokenize_as_transformers(tmp_path, padding_s
     assert torch.equal(tok(CAPTIONS), want)
     assert tok.encode("A RED Circle") != tok.encode("a red circle")
     assert want[3, -1 if padding_side is None else 0] == 2
+    # Written back (--to hf), the folder tokenizes the same for transformers and clipforge.
+    convert(folder, tmp_path / "out", "hf")
+    assert torch.equal(hf_ids(tmp_path / "out"), want)
+    assert load(tmp_path / "out").tokenizer_spec == load(folder).tokenizer_spec
 
 
 def test_another_square_size_resizes_the_positions_as_transformers(siglip2, tmp_path):
