@@ -39,3 +39,36 @@ def add_spiece(folder: Path) -> Path:
     path = Path(folder) / "spiece.model"
     path.write_bytes(spiece_model())
     return path
+
+
+def add_gemma_json(folder: Path, padding_side: str | None = "right") -> Path:
+    """Write a ``tokenizer.json`` laid out as SigLIP 2's Gemma tokenizer (``<pad>`` 0,
+    ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, byte-fallback BPE, ``<bos>`` added in front, no
+    lower-casing of its own) trained on the test words in both cases, and a
+    ``tokenizer_config.json`` naming Gemma's class as the hub folders do."""
+    import json
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=specials, show_progress=False)
+    lines = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
+    tok.train_from_iterator(lines + [line.upper() for line in lines], trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 2)]
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / "tokenizer.json"
+    tok.save(str(path))
+    config = {"tokenizer_class": "GemmaTokenizer", "pad_token": "<pad>"}
+    if padding_side is not None:
+        config["padding_side"] = padding_side
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+    return path

@@ -446,7 +446,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="convert OpenAI / OpenCLIP / Hugging Face CLIP and SigLIP weights",
         description="Read a checkpoint (OpenAI CLIP TorchScript or state dict, OpenCLIP state "
-        "dict or folder, Hugging Face CLIPModel/SiglipModel folder, clipforge checkpoint) "
+        "dict or folder, Hugging Face CLIPModel/SiglipModel/Siglip2Model folder, clipforge "
+        "checkpoint) "
         "and write it as a clipforge checkpoint, an OpenCLIP folder or state dict, or a "
         "Hugging Face folder. The architecture is inferred from the tensors and configs. "
         "No code from the input is run.",
@@ -464,7 +465,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         help="dotted overrides of the architecture, e.g. act=gelu,text.heads=8 (an OpenCLIP "
         "state dict without open_clip_config.json is read with OpenAI's quick_gelu and "
-        "64-wide heads)",
+        "64-wide heads); vision.image_size=N reads a SigLIP 2 folder at N px",
     )
     _drop_heads_flag(p, "openclip and hf have no place for them")
     _overwrite_flag(p)
@@ -578,7 +579,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export the image and text encoders (ONNX)",
         description="Write image.onnx (pixels -> normalised features), text.onnx (tokens -> "
-        "normalised features) and model.yaml into the folder --out.",
+        "normalised features), model.yaml and the model's tokenizer (its files and "
+        "tokenizer_info.json) into the folder --out.",
     )
     p.add_argument("model", help="run folder or checkpoint")
     p.add_argument("--to", required=True, choices=["onnx"])

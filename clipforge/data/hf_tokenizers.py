@@ -8,7 +8,11 @@ it ships (looked for in this order, see :func:`find_tokenizer`):
   does it (:class:`SentencePieceTokenizer`), with the options of ``tokenizer_config.json``
   and ``special_tokens_map.json`` (lower-casing, the end, unknown and padding tokens).
 * ``tokenizer.json``: a Hugging Face fast tokenizer (SigLIP 2's Gemma vocabulary, for
-  instance), run by the ``tokenizers`` package (:class:`JsonTokenizer`).
+  instance), run by the ``tokenizers`` package (:class:`JsonTokenizer`), padded on the
+  side transformers pads it: ``tokenizer_config.json``'s ``padding_side``, else the
+  file's own, else the default of the tokenizer class (left for Gemma's). In a SigLIP 2
+  folder (``model_type: siglip2``, or ``tokenizer_class: Siglip2Tokenizer``) it is run
+  as ``transformers.Siglip2Tokenizer`` runs it: lower-cased, ``<pad>`` by default.
 
 Both give rows of the model's context length: the text's ids, its end token (as the
 tokenizer appends it), then the padding id; too long a text is cut first. A tokenizer is
@@ -124,6 +128,14 @@ class TokenizerSpec:
         config: dict[str, Any] = dict(self.options)
         if self.kind == "sentencepiece":
             config["tokenizer_class"] = "SiglipTokenizer"
+        else:
+            # The class that lower-cases for transformers (and for find_tokenizer), else
+            # the plain fast tokenizer (without a class, transformers would take a SigLIP
+            # folder's SentencePiece one); and the padding side stated, as class defaults
+            # differ.
+            lower = config.pop("lowercase", False)
+            config["tokenizer_class"] = "Siglip2Tokenizer" if lower else "PreTrainedTokenizerFast"
+            config.setdefault("padding_side", "right")
         return {
             self.file_name: self.data,
             "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode(),
@@ -161,9 +173,32 @@ _SP_DEFAULTS: dict[str, Any] = {
 }
 
 
-def find_tokenizer(folder: str | Path) -> TokenizerSpec | None:
+# transformers 5's tokenizer classes whose padding side is left by default.
+_LEFT_PADDING_CLASSES = frozenset(
+    {"GemmaTokenizer", "Siglip2Tokenizer", "LlamaTokenizer", "CodeLlamaTokenizer",
+     "CohereTokenizer", "XLNetTokenizer"}
+)  # fmt: skip
+
+
+def _file_sides(data: bytes) -> tuple[str | None, str | None]:
+    """The padding and truncation sides a ``tokenizer.json`` states itself (``None``: it
+    has no such setting); an unreadable file is left for the tokenizer to refuse."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    sides = []
+    for key in ("padding", "truncation"):
+        setting = obj.get(key) if isinstance(obj, dict) else None
+        direction = setting.get("direction") if isinstance(setting, dict) else None
+        sides.append(str(direction).lower() if direction else None)
+    return sides[0], sides[1]
+
+
+def find_tokenizer(folder: str | Path, model_type: str | None = None) -> TokenizerSpec | None:
     """The tokenizer a Hugging Face folder ships (see the module docstring), or ``None``
-    when it has none of :data:`TOKENIZER_FILES`."""
+    when it has none of :data:`TOKENIZER_FILES`. ``model_type`` is the folder's
+    ``config.json`` model type: ``siglip2`` tokenizes as transformers' Siglip2Tokenizer."""
     folder = Path(folder)
     config = _read_json(folder / "tokenizer_config.json")
     special = _read_json(folder / "special_tokens_map.json")
@@ -188,9 +223,37 @@ def find_tokenizer(folder: str | Path) -> TokenizerSpec | None:
             options["additional_special_tokens"] = [t for t in map(_token_text, extra) if t]
             spec = TokenizerSpec("sentencepiece", data, tuple(sorted(options.items())), str(path))
         else:
+            # The tokenizer class transformers runs the file through decides what its
+            # config leaves open: a siglip2 folder's is Siglip2Tokenizer whatever
+            # tokenizer_class says (the hub's say Gemma's), which lower-cases and pads with
+            # <pad>; otherwise the class named. Options left out when default, so older
+            # specs keep their digests.
+            cls = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+            siglip2 = model_type == "siglip2" or cls == "Siglip2Tokenizer"
+            if siglip2:
+                cls = "Siglip2Tokenizer"
             pad = _token_text(special.get("pad_token", config.get("pad_token")))
+            if pad is None and siglip2:
+                pad = "<pad>"
             if pad is not None:
                 options["pad_token"] = pad
+            padding, truncation = _file_sides(data)
+            # transformers' order: tokenizer_config.json, the file's own setting, the
+            # class's default (left for Gemma's and SigLIP 2's, among others).
+            side = config.get("padding_side") or padding
+            side = side or ("left" if cls in _LEFT_PADDING_CLASSES else "right")
+            if side not in ("left", "right"):
+                raise ClipforgeError(f"{folder}: unknown padding_side {side!r} (left, right)")
+            if side == "left":
+                options["padding_side"] = "left"
+            cut = config.get("truncation_side") or truncation or "right"
+            if cut != "right":
+                raise ClipforgeError(
+                    f"{folder}: truncation_side {cut!r} is not supported (clipforge cuts the "
+                    "end of a text)"
+                )
+            if siglip2:
+                options["lowercase"] = True
             spec = TokenizerSpec("json", data, tuple(sorted(options.items())), str(path))
         spec.build(2)  # a corrupt file is refused here, naming it, not at the first query
         return spec
@@ -225,10 +288,17 @@ def _check_length(context_length: Any) -> int:
     return context_length
 
 
-def _rows(id_lists: Sequence[Sequence[int]], length: int, pad_id: int) -> torch.Tensor:
+def _rows(
+    id_lists: Sequence[Sequence[int]], length: int, pad_id: int, left: bool = False
+) -> torch.Tensor:
     out = torch.full((len(id_lists), length), pad_id, dtype=torch.long)
     for i, ids in enumerate(id_lists):
-        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        if ids:
+            row = torch.tensor(ids, dtype=torch.long)
+            if left:
+                out[i, length - len(ids) :] = row
+            else:
+                out[i, : len(ids)] = row
     return out
 
 
@@ -381,7 +451,9 @@ class JsonTokenizer(_FromSpec):
     ``padding="max_length", truncation=True, max_length=context_length``: the file's own
     normalizer, pre-tokenizer and special tokens (its post-processor), cut to ``L`` with
     the special tokens kept, padded with the padding token of ``tokenizer_config.json``
-    (else the file's padding setting)."""
+    (else the file's padding setting). The spec's ``lowercase`` option puts a lower-casing
+    step before the file's normalizer (as ``transformers.Siglip2Tokenizer`` does, which
+    adds none to a file without a normalizer), ``padding_side="left"`` pads in front."""
 
     sot_token_id: int | None = None
 
@@ -395,6 +467,10 @@ class JsonTokenizer(_FromSpec):
         except Exception as e:  # tokenizers raises plain Exceptions for a bad file
             raise ClipforgeError(f"cannot read the {spec.describe()}: {e}") from None
         opts = dict(spec.options)
+        if opts.get("lowercase") and tok.normalizer is not None:
+            normalizers = _require("tokenizers.normalizers", spec)
+            tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), tok.normalizer])
+        self.pad_left = opts.get("padding_side") == "left"
         pad = opts.get("pad_token")
         if pad is None and tok.padding is not None:
             pad = tok.padding.get("pad_token")
@@ -438,4 +514,4 @@ class JsonTokenizer(_FromSpec):
             tok = self._truncating[length] = self._cls.from_str(self._tok.to_str())
             tok.enable_truncation(length)
         rows = [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=True)]
-        return _rows(rows, length, self.pad_token_id)
+        return _rows(rows, length, self.pad_token_id, left=self.pad_left)

@@ -41,6 +41,7 @@ from clipforge.models.onnx_runtime import (
     check_runtime,
     default_cache,
     is_export,
+    tokenizer_key,
 )
 from clipforge.precision import model_width, resolve
 
@@ -149,7 +150,16 @@ class Embedder:
             check_onnx()  # exporting needs the exporter's packages too
             folder = cached_export(self.model, default_cache(), self.fingerprint)
         self.onnx_dir = folder.resolve()
-        return OnnxEncoders(folder)
+        encoders = OnnxEncoders(folder)
+        # The export carries the tokenizer its text graph was made for: texts tokenized
+        # otherwise would be another model's inputs.
+        if tokenizer_key(encoders.tokenizer) != tokenizer_key(self.tokenizer):
+            raise ClipforgeError(
+                f"the ONNX export in {folder} tokenizes otherwise than the model "
+                f"({encoders.tokenizer!r} vs {self.tokenizer!r}): it is another model's "
+                "export; export this model again or drop --onnx"
+            )
+        return encoders
 
     # -- cache -----------------------------------------------------------------------------
     def _cached(self, key: str) -> torch.Tensor | None:

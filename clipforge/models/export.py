@@ -8,6 +8,13 @@ data-dependent shape); the result is the same, because the end token cannot see 
 positions under causal attention. ``model.yaml`` beside them records the architecture,
 so a server knows the image size, context length and normalisation.
 
+The model's tokenizer goes beside the graphs, so that a user of ``text.onnx`` makes the
+ids the model was trained on (:func:`write_tokenizer`): CLIP's BPE as
+``CLIPTokenizer``'s ``vocab.json`` + ``merges.txt``, or the SigLIP ``spiece.model`` /
+``tokenizer.json`` the model was loaded with (and its ``tokenizer_config.json``), and
+``tokenizer_info.json`` saying which kind it is, its options and the context length
+(:func:`clipforge.models.onnx_runtime.export_tokenizer` reads it back).
+
 Token merging (``--merge-tokens r``, :mod:`clipforge.models.tome`) set on the model is
 built into ``image.onnx`` (and noted in ``model.yaml``); a mixture-of-experts model
 (``clipforge upcycle``) exports with every expert run on every token behind zero gates
@@ -17,18 +24,24 @@ the per-expert token counts.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipforge.checkpoint import plain_config
+from clipforge.data.tokenizer import clip_bpe_files
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 
-ONNX_FILES = ("image.onnx", "text.onnx", "model.yaml")
+TOKENIZER_INFO = "tokenizer_info.json"
+ONNX_FILES = ("image.onnx", "text.onnx", "model.yaml", TOKENIZER_INFO)
+"""What every export holds (the tokenizer's own files are named in ``TOKENIZER_INFO``)."""
+CLIP_BPE = "clip-bpe"  # tokenizer_info.json's kind for CLIP's BPE
 
 
 class _ImageEncoder(nn.Module):
@@ -72,9 +85,35 @@ def check_onnx() -> None:
         ) from None
 
 
+def write_tokenizer(model: CLIP, out: str | Path) -> list[Path]:
+    """Write ``model``'s tokenizer into the folder ``out``: its files (CLIP's BPE as
+    ``vocab.json`` + ``merges.txt``, or the file of ``model.tokenizer_spec`` and its
+    ``tokenizer_config.json``, all of which transformers reads) and ``tokenizer_info.json``
+    (``kind``, ``context_length``, ``files``, and for SigLIP's kinds the spec's
+    ``options`` and ``digest``); returns the files written."""
+    out = Path(out)
+    spec = getattr(model, "tokenizer_spec", None)
+    info: dict[str, Any] = {"context_length": model.cfg.text.context_length}
+    if spec is None:
+        files = {
+            **clip_bpe_files(),
+            "tokenizer_config.json": b'{"tokenizer_class": "CLIPTokenizer"}\n',
+        }
+        info["kind"] = CLIP_BPE
+    else:
+        files = spec.hf_files()
+        info.update(kind=spec.kind, options=dict(spec.options), digest=spec.digest)
+    info["files"] = sorted(files)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    (out / TOKENIZER_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return [out / name for name in sorted(files)]
+
+
 def export_onnx(model: CLIP, out: str | Path) -> list[Path]:
-    """Write ``image.onnx``, ``text.onnx`` and ``model.yaml`` of ``model`` into the folder
-    ``out`` (which must exist); returns the files written."""
+    """Write ``image.onnx``, ``text.onnx``, ``model.yaml`` and the tokenizer
+    (:func:`write_tokenizer`) of ``model`` into the folder ``out`` (which must exist);
+    returns the files written."""
     check_onnx()
     import yaml
 
@@ -106,4 +145,5 @@ def export_onnx(model: CLIP, out: str | Path) -> list[Path]:
             + text
         )
     (out / "model.yaml").write_text(text)
-    return [out / f for f in ONNX_FILES]
+    tokenizer_files = write_tokenizer(model, out)
+    return [out / f for f in ONNX_FILES] + tokenizer_files

@@ -5,6 +5,11 @@ The model loads once, when the app is made; text and image queries go through on
 Bad input gets a 4xx with a one-line ``detail`` (400 for a query clipforge refuses, 404
 for an unknown item, 413 for an oversized upload, 422 for a malformed parameter), and
 the server keeps serving: nothing a request sends is written to disk.
+
+Decoding an image (an upload, an item's file) and making a thumbnail block for as long
+as the image takes, so they run in the threadpool (``run_in_threadpool``, or a plain
+``def`` route, which FastAPI runs there), never on the event loop: a large or slow image
+holds up its own request only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from clipforge.data.readers import decode_image
 from clipforge.data.sample import SampleError
@@ -71,16 +77,19 @@ def create_app(searcher: Searcher) -> FastAPI:
     async def refused(_: Request, e: ClipforgeError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
 
+    def decode_upload(data: bytes, filename: str | None) -> Image.Image:
+        try:
+            return decode_image(data, filename or "upload")
+        except SampleError as e:
+            raise HTTPException(
+                400, f"{filename or 'the upload'}: {e.reason.replace('_', ' ')}"
+            ) from None
+
     async def read_image(upload: UploadFile) -> Image.Image:
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MB")
-        try:
-            return decode_image(data, upload.filename or "upload")
-        except SampleError as e:
-            raise HTTPException(
-                400, f"{upload.filename or 'the upload'}: {e.reason.replace('_', ' ')}"
-            ) from None
+        return await run_in_threadpool(decode_upload, data, upload.filename)
 
     def image_of(item: int) -> Image.Image:
         if not 0 <= item < len(index.rows):
@@ -97,9 +106,11 @@ def create_app(searcher: Searcher) -> FastAPI:
                 404, f"item {item}: {e.reason.replace('_', ' ')} ({path})"
             ) from None
 
+    page_html = PAGE.read_text(encoding="utf-8")  # read once: no file I/O on the loop
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+        return page_html
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -123,7 +134,8 @@ def create_app(searcher: Searcher) -> FastAPI:
         if item is not None:
             if target != "images":
                 raise HTTPException(400, "this index holds no images to compare")
-            return {"item": item, "hits": await images((image_of(item), k, "images"))}
+            query = await run_in_threadpool(image_of, item)
+            return {"item": item, "hits": await images((query, k, "images"))}
         where = "captions" if captions else target
         return {"query": q, "hits": await texts((check_query(q or ""), k, where))}
 
@@ -149,7 +161,7 @@ def create_app(searcher: Searcher) -> FastAPI:
         return {"model": index.fingerprint, "embedding": [round(float(v), 6) for v in vec]}
 
     @app.get("/api/items/{item}")
-    async def thumbnail(item: int) -> Response:
+    def thumbnail(item: int) -> Response:  # a plain def: FastAPI runs it in the threadpool
         im = image_of(item)
         im.thumbnail((THUMBNAIL, THUMBNAIL))
         buf = io.BytesIO()

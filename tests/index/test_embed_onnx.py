@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -102,6 +103,25 @@ def test_another_models_export_is_refused(onnx_run, collection, capsys):
     assert "disagrees with the model" in err and len(err.strip().splitlines()) == 1
     assert main(["embed", str(other), str(data), "--out", str(tmp / "x"), "--runtime", "onnx",
                  "--onnx", str(tmp / "nothing"), *ARGS]) == 2  # fmt: skip
+    assert "not an ONNX export" in capsys.readouterr().err
+
+
+def test_an_export_that_tokenizes_otherwise_is_refused(onnx_run, tmp_path, capsys):
+    _, model_path, data, _, onnx_out = onnx_run
+    copy = tmp_path / "export"
+    shutil.copytree(read_embeddings(onnx_out).info["onnx"], copy)
+    info = json.loads((copy / "tokenizer_info.json").read_text())
+    info["context_length"] = 16  # the model's rows are 24 long
+    (copy / "tokenizer_info.json").write_text(json.dumps(info))
+    out = tmp_path / "e"
+    assert main(["embed", str(model_path), str(data), "--out", str(out), "--runtime", "onnx",
+                 "--onnx", str(copy), *ARGS]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tokenizes otherwise than the model" in err
+    (copy / "tokenizer_info.json").unlink()  # an export from before tokenizers were written
+    out = tmp_path / "e2"
+    assert main(["embed", str(model_path), str(data), "--out", str(out), "--runtime", "onnx",
+                 "--onnx", str(copy), *ARGS]) == 2  # fmt: skip
     assert "not an ONNX export" in capsys.readouterr().err
 
 

@@ -68,7 +68,8 @@ def test_onnx_outputs_equal_pytorch(exported):
 
     ckpt, folder = exported
     assert sorted(p.name for p in folder.iterdir()) == [
-        ".clipforge-output", "image.onnx", "model.yaml", "text.onnx"
+        ".clipforge-output", "image.onnx", "merges.txt", "model.yaml", "text.onnx",
+        "tokenizer_config.json", "tokenizer_info.json", "vocab.json",
     ]  # fmt: skip
     model = load(ckpt)
     g = torch.Generator().manual_seed(3)
@@ -100,3 +101,22 @@ def test_export_refuses_an_existing_folder(exported, capsys):
     ckpt, folder = exported
     assert main(["export", str(ckpt), "--to", "onnx", "--out", str(folder)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_export_tokenizes_as_the_model(exported):
+    from clipforge.models import tokenizer_for
+    from clipforge.models.onnx_runtime import OnnxEncoders
+
+    ckpt, folder = exported
+    model = load(ckpt)
+    texts = ["a photo of a RED circle.", "", " ".join(["three striped stars"] * 12)]
+    encoders = OnnxEncoders(folder)  # reads the export alone: tokenizer and graphs
+    want = tokenizer_for(model)(texts)
+    assert torch.equal(encoders.tokenizer(texts), want)  # id for id, context 24
+    assert want.shape == (3, 24)
+    with torch.no_grad():
+        ref = model.encode_text(want, normalize=True)
+    # The export's ids through text.onnx: the model's features, to the reordering bound of
+    # the float32 chain (as test_onnx_outputs_equal_pytorch).
+    tol = reorder_bound(1000, 1.0)
+    assert (encoders.encode_texts(texts) - ref).abs().max() <= tol

@@ -220,3 +220,63 @@ def test_queries_that_arrive_together_share_one_encoder_call():
     first, rest = asyncio.run(main())
     assert calls == [[0], list(range(1, 11))]
     assert first[0] == 0 and [r[0] for r in rest] == list(range(1, 11))
+
+
+def test_a_corrupt_or_missing_item_file_gets_a_404_and_the_server_keeps_serving(
+    client, searcher, tmp_path, monkeypatch
+):
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(truncated_jpeg())
+    rows = searcher.index.rows
+    # Items 3 and 4 now name a truncated JPEG and a file that is gone (restored after).
+    monkeypatch.setitem(rows[3], "path", str(bad))
+    monkeypatch.setitem(rows[4], "path", str(tmp_path / "gone.png"))
+    for item, reason in ((3, "unreadable image"), (4, "missing image")):
+        for r in (
+            client.get(f"/api/items/{item}"),
+            client.get("/api/search", params={"item": item}),
+        ):
+            assert r.status_code == 404, r.text
+            detail = r.json()["detail"]
+            assert f"item {item}: {reason}" in detail and "\n" not in detail
+    assert client.get("/api/items/2").status_code == 200
+    assert client.get("/api/search", params={"q": "a red circle", "k": 1}).status_code == 200
+
+
+def test_images_are_decoded_off_the_event_loop(client, searcher, monkeypatch):
+    # Every decode (an item's file, an upload) and the thumbnail itself: in a worker
+    # thread, where no event loop runs, so a slow image holds up its own request only.
+    import asyncio
+
+    import clipforge.serve.app as app_module
+
+    where: list[str] = []
+
+    def thread() -> str:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return "worker"
+        return "event loop"
+
+    def probe(real):
+        def wrapped(*args, **kwargs):
+            where.append(f"{real.__name__} in {thread()}")
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(app_module, "item_image", probe(app_module.item_image))
+    monkeypatch.setattr(app_module, "decode_image", probe(app_module.decode_image))
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", probe(save))
+    png = png_of(searcher, 5)
+    assert client.get("/api/items/2").status_code == 200
+    assert client.get("/api/search", params={"item": 2, "k": 3}).status_code == 200
+    assert client.post("/api/search", files={"image": ("q.png", png)}).status_code == 200
+    assert client.post("/api/embed", files={"image": ("q.png", png)}).status_code == 200
+    assert where == [
+        "item_image in worker", "save in worker",  # the thumbnail
+        "item_image in worker",  # the similar-items query
+        "decode_image in worker", "decode_image in worker",  # the two uploads
+    ]  # fmt: skip

@@ -9,6 +9,8 @@ Formats clipforge reads (detected from the file, see :func:`detect_format`):
   ``open_clip_config.json``.
 * ``hf-clip`` / ``hf-siglip``: a Hugging Face ``CLIPModel`` / ``SiglipModel`` folder
   (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, sharded or not).
+* ``hf-siglip2``: a ``Siglip2Model`` (NaFlex) folder, read for one square input size
+  (see :mod:`clipforge.models.convert.naflex`); written back as a ``SiglipModel``.
 
 and writes (:func:`save_checkpoint`): ``clipforge``, ``openclip`` and ``hf``.
 
@@ -36,12 +38,13 @@ from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ModelConfig, get_model_config
 from clipforge.models.convert import arch as _arch
+from clipforge.models.convert import naflex as _naflex
 from clipforge.models.convert import tables as _tables
 from clipforge.models.convert.files import RawCheckpoint, read_raw, write_json, write_state_dict
 from clipforge.models.lora import apply_adapters, is_adapter_key, merge_lora
 from clipforge.outputs import atomic_write
 
-FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip")
+FORMATS = ("clipforge", "openai", "openclip", "hf-clip", "hf-siglip", "hf-siglip2")
 """Formats :func:`read_checkpoint` reads."""
 
 TARGETS = ("clipforge", "openclip", "hf")
@@ -106,7 +109,7 @@ def infer_config(raw: RawCheckpoint, fmt: str, given: Iterable[str] = ()) -> Mod
         return _arch.infer_openclip(
             raw.tensors, raw.openclip_config, raw.path, fmt, raw.openclip_model, set(given)
         )
-    return _arch.infer_hf(raw.tensors, raw.hf_config, raw.hf_preprocessor, raw.path)
+    return _arch.infer_hf(raw.tensors, raw.hf_config, raw.hf_preprocessor, raw.path, set(given))
 
 
 def _rows(
@@ -121,7 +124,8 @@ def _rows(
         nested = peer is not None and "text.token_embedding.weight" in peer
         table = _tables.openclip_table(cfg, text_prefix="text." if nested else "")
         return _tables.expand(table, cfg, ours), _tables.OPENCLIP_IGNORED
-    table = _tables.HF_SIGLIP if fmt == "hf-siglip" else _tables.HF_CLIP
+    tables = {"hf-siglip": _tables.HF_SIGLIP, "hf-siglip2": _tables.HF_SIGLIP2}
+    table = tables.get(fmt, _tables.HF_CLIP)
     return _tables.expand(table, cfg, ours), _tables.HF_IGNORED
 
 
@@ -165,6 +169,12 @@ def import_tensors(
     for ours, theirs, how in rows:
         parts_ = [tensors[n] for n in theirs]
         x = torch.cat(parts_) if how == "cat" else parts_[0].T if how == "T" else parts_[0]
+        if how == "patch":
+            x = _naflex.linear_to_conv(x, cfg.vision.patch_size, str(where))
+        elif how == "grid":
+            x = _naflex.resize_positions(
+                x, cfg.vision.image_size // cfg.vision.patch_size, str(where)
+            )
         want = shapes[ours]
         if x.shape != want and x.numel() == 1 and math.prod(want) == 1:
             x = x.reshape(want)  # scalars stored as [] or [1]
@@ -249,7 +259,7 @@ def check_tokenizer(raw: RawCheckpoint, fmt: str, cfg: ModelConfig | None = None
     BPE, and no default is right for it), and a tokenizer's ids must fit the text tower
     (of ``cfg``, when given).
     """
-    if fmt == "hf-siglip" and not raw.tokenizer_files:
+    if fmt in ("hf-siglip", "hf-siglip2") and not raw.tokenizer_files:
         looked = ", ".join([*TOKENIZER_FILES, "vocab.json + merges.txt"])
         raise ClipforgeError(
             f"{raw.path}: a Hugging Face SigLIP folder without its text tokenizer (looked "

@@ -13,6 +13,7 @@ LayerNorm epsilon, pooling, preprocessing) comes from the peer's config where th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -337,15 +338,26 @@ _HF_DEFAULTS = {  # transformers' defaults for fields a config.json may leave ou
         },
     },
 }
+# SigLIP 2's towers have SigLIP's defaults, and its vision config two fields more.
+_HF_DEFAULTS["siglip2"] = {
+    "vision": {**_HF_DEFAULTS["siglip"]["vision"], "patch_size": 16, "num_patches": 256,
+               "num_channels": 3},
+    "text": dict(_HF_DEFAULTS["siglip"]["text"]),
+}  # fmt: skip
+# Siglip2ImageProcessor's defaults (a folder's preprocessor_config.json may leave them out).
+_SIGLIP2_PREPROCESSOR = {"patch_size": 16, "max_num_patches": 256, "resample": 2}
+HF_KINDS = ("clip", "siglip", "siglip2")
+"""The Hugging Face ``model_type`` values clipforge reads."""
 
 
 def hf_kind(config: Mapping[str, Any] | None, tensors: Mapping[str, torch.Tensor]) -> str:
-    """``"clip"`` or ``"siglip"`` from ``config.json``'s model_type (or the tensors)."""
-    if config is not None and config.get("model_type") in ("clip", "siglip"):
+    """One of :data:`HF_KINDS` from ``config.json``'s model_type (or the tensors)."""
+    if config is not None and config.get("model_type") in HF_KINDS:
         return str(config["model_type"])
     if config is not None and "model_type" in config:
         raise ClipforgeError(
-            f"Hugging Face model_type {config['model_type']!r} is not supported (clip, siglip)"
+            f"Hugging Face model_type {config['model_type']!r} is not supported "
+            f"({', '.join(HF_KINDS)})"
         )
     return "siglip" if "vision_model.head.probe" in tensors else "clip"
 
@@ -355,9 +367,13 @@ def infer_hf(
     config: Mapping[str, Any] | None,
     preprocessor: Mapping[str, Any] | None,
     path: Path,
+    given: set[str] | frozenset[str] = frozenset(),
 ) -> ModelConfig:
-    """The architecture of a Hugging Face ``CLIPModel`` or ``SiglipModel``."""
+    """The architecture of a Hugging Face ``CLIPModel``, ``SiglipModel`` or
+    ``Siglip2Model`` (``given``: the fields the caller overrides)."""
     kind = hf_kind(config, tensors)
+    if kind == "siglip2":
+        return _infer_siglip2(tensors, config, preprocessor, path, given)
     siglip = kind == "siglip"
     vc = {**_HF_DEFAULTS[kind]["vision"], **((config or {}).get("vision_config") or {})}
     tc = {**_HF_DEFAULTS[kind]["text"], **((config or {}).get("text_config") or {})}
@@ -443,6 +459,105 @@ def infer_hf(
         interpolation=_PIL_RESAMPLE.get(pre.get("resample", 3), "bicubic"),
         # SigLIP's temperature was never capped; CLIP's was, at 100.
         logit_scale_max=None if siglip else 100.0,
+    )
+
+
+def _siglip2_patch(
+    tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, path: Path
+) -> tuple[int, int]:
+    """SigLIP 2's patch size and learned position grid, checked against its tensors."""
+    vc = {**_HF_DEFAULTS["siglip2"]["vision"], **((config or {}).get("vision_config") or {})}
+    where = f"{path}/config.json" if path.is_dir() else str(path)
+    linear, pos = _need(
+        tensors,
+        path,
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.position_embedding.weight",
+    )
+    patch = vc["patch_size"]
+    if not isinstance(patch, int) or isinstance(patch, bool):
+        raise ClipforgeError(f"{where}: only square patches are supported, got {patch!r}")
+    if vc["num_channels"] != 3:
+        raise ClipforgeError(f"{where}: num_channels {vc['num_channels']} (clipforge reads RGB: 3)")
+    if linear.ndim != 2 or linear.shape[1] != 3 * patch * patch:
+        raise ClipforgeError(
+            f"{where}: the patch embedding takes {list(linear.shape)[1:]} inputs, not the "
+            f"3 x {patch} x {patch} of patch_size {patch}"
+        )
+    n = pos.shape[0]
+    if vc["num_patches"] != n:
+        raise ClipforgeError(f"{where}: num_patches {vc['num_patches']} but {n} learned positions")
+    return patch, _grid(n, path)  # transformers reshapes them to a square, as _grid checks
+
+
+def _infer_siglip2(
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None,
+    preprocessor: Mapping[str, Any] | None,
+    path: Path,
+    given: set[str] | frozenset[str],
+) -> ModelConfig:
+    """A ``Siglip2Model`` (NaFlex) at one square input size.
+
+    SigLIP 2 embeds flattened patches with a linear layer and resizes its square grid of
+    learned positions to each image's patch grid; at a fixed square size that is SigLIP's
+    model with the linear weight as the patch convolution and the grid resized once
+    (:func:`clipforge.models.convert.import_tensors`). The size is what
+    ``preprocessor_config.json``'s ``max_num_patches`` gives a square image (256 patches
+    of 16: 256 px), or ``vision.image_size`` when the caller overrides it.
+    """
+    where = f"{path}/config.json" if path.is_dir() else str(path)
+    patch, _ = _siglip2_patch(tensors, config, path)
+    vision_config = dict((config or {}).get("vision_config") or {})
+    if not vision_config.get("vision_use_head", True):
+        raise ClipforgeError(f"{where}: SigLIP 2 without its image head (vision_use_head=false)")
+    # Every other field matches SigLIP's: the SigLIP reading with the patch embedding
+    # stood in by a convolution-shaped tensor and the grid by the source grid.
+    width = tensors["vision_model.embeddings.patch_embedding.weight"].shape[0]
+    conv_shaped = dict(tensors)
+    conv_shaped["vision_model.embeddings.patch_embedding.weight"] = torch.empty(
+        (width, 3, patch, patch), device="meta"
+    )
+    siglip_config = {**dict(config or {}), "model_type": "siglip"}
+    siglip_config["vision_config"] = {
+        k: v for k, v in vision_config.items() if k not in ("num_patches", "num_channels")
+    }
+    cfg = infer_hf(conv_shaped, siglip_config, {"resample": 2}, path)
+
+    pre = {**_SIGLIP2_PREPROCESSOR, **dict(preprocessor or {})}
+    where_pre = f"{path}/preprocessor_config.json" if path.is_dir() else str(path)
+    if pre["patch_size"] != patch:
+        raise ClipforgeError(
+            f"{where_pre}: patch_size {pre['patch_size']} but the model's patches are {patch}"
+        )
+    for key, want in (("do_resize", True), ("do_rescale", True), ("do_normalize", True)):
+        if pre.get(key, want) is not want:
+            raise ClipforgeError(f"{where_pre}: {key}={pre[key]!r} is not supported")
+    if abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-12:
+        raise ClipforgeError(
+            f"{where_pre}: rescale_factor {pre['rescale_factor']} is not supported (1/255)"
+        )
+    if pre["resample"] not in _PIL_RESAMPLE:
+        raise ClipforgeError(
+            f"{where_pre}: resample {pre['resample']!r} is not supported (2 bilinear, 3 bicubic)"
+        )
+    side = math.isqrt(int(pre["max_num_patches"]))
+    if "vision.image_size" in given:
+        side = 1  # replaced by the caller's size; the patch grid it implies is not used
+    elif side * side != pre["max_num_patches"]:
+        raise ClipforgeError(
+            f"{where_pre}: max_num_patches {pre['max_num_patches']} is not a square grid of "
+            "patches; choose the square input size with vision.image_size=N "
+            "(--model-args), a multiple of the patch size"
+        )
+    vision = dataclasses.replace(cfg.vision, image_size=side * patch)
+    return dataclasses.replace(
+        cfg,
+        vision=vision,
+        mean=tuple(pre.get("image_mean", SIGLIP_MEAN)),
+        std=tuple(pre.get("image_std", SIGLIP_STD)),
+        resize_mode="squash",
+        interpolation=_PIL_RESAMPLE[pre["resample"]],
     )
 
 

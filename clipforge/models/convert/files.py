@@ -106,7 +106,7 @@ def _read_folder(path: Path) -> RawCheckpoint:
         # read it (hub folders also ship a tokenizer.json of that BPE, without ftfy's
         # clean-up and padded with the end token: not used). Any other folder's is read.
         if raw.hf_config.get("model_type") != "clip":
-            raw.tokenizer = find_tokenizer(path)
+            raw.tokenizer = find_tokenizer(path, raw.hf_config.get("model_type"))
             raw.tokenizer_files = _tokenizer_files(path, raw.tokenizer)
         return raw
     if (path / "open_clip_config.json").is_file():

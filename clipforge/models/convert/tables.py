@@ -8,6 +8,9 @@ Each row is ``(clipforge name, peer name(s), how)``:
 * ``how == "cat"``: the peer splits one clipforge tensor into several along dim 0
   (Hugging Face keeps separate q/k/v projections, clipforge one fused ``qkv``).
 * ``how == "[1]"``: the peer stores a scalar as a 1-element vector (SigLIP's logit scale).
+* ``how == "patch"`` / ``"grid"`` (reading only): SigLIP 2's linear patch embedding
+  becomes the patch convolution, and its square position grid is resized to the model's
+  (:mod:`clipforge.models.convert.naflex`).
 * A row whose third item is a list is a per-block sub-table: its two names are prefixes
   with an ``{i}`` that runs over the tower's blocks.
 
@@ -142,6 +145,15 @@ HF_SIGLIP: list[Row] = [
     *_wb("text.proj", "text_model.head"),
     ("logit_scale", "logit_scale", "[1]"),
     ("logit_bias", "logit_bias", "[1]"),
+]
+
+# SigLIP 2 (NaFlex) read at one square size: SigLIP's tensors, but the patch embedding is
+# a Linear over flattened patches and the positions are a grid to resize.
+HF_SIGLIP2: list[Row] = [
+    ("visual.patch_embed.weight", "vision_model.embeddings.patch_embedding.weight", "patch"),
+    ("visual.patch_embed.bias", "vision_model.embeddings.patch_embedding.bias", ""),
+    ("visual.pos_embed", "vision_model.embeddings.position_embedding.weight", "grid"),
+    *HF_SIGLIP[3:],
 ]
 
 # Older transformers versions saved the position-id buffers with the weights.
