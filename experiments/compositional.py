@@ -23,6 +23,8 @@ Variants (``--variants all`` runs every one, in this order):
 ``X+textsep``   variant X with ``--loss clip+textsep`` and colour-swap hard negatives (all
                 kinds with ``hardneg``): each caption pushed from its own negatives in
                 the text tower alone
+``X+bil``       ``vision.bilinear=128,text.bilinear=128``: a second-order pooled term on
+                both towers, which keeps which features share a token
 ``X+para``      ``--caption all --max-captions 2``: two captions of every image, both
                 positives (``textsep``'s paraphrase reference)
 ``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects
@@ -69,13 +71,14 @@ CALIB_MODEL = {"vision.stem": "patch", "vision.pos_init": "random", "vision.pool
 CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
-    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "pairs", "map", "mean", "conv",
+    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "pairs", "map", "mean", "conv",
     "sincos",
 )  # fmt: skip
 # "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
 # repeated object, so scenes of distinct objects, the only ones an attribute swap
 # applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
 PAIRS_GROUP_PROB = 0.2
+BILINEAR_RANK = 128
 NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01", "textsep"}
 
 
@@ -118,6 +121,11 @@ def variant_config(name: str) -> dict[str, Any]:
         # textsep alone: colour swaps too, the binding the text tower lacks.
         colour_only = "attrneg" in mods or ("textsep" in mods and "hardneg" not in mods)
         over["hard_negatives"] = "attribute" if colour_only else HARD_NEGATIVES
+    if "bil" in mods:
+        # Second-order pooling on both towers (models/bilinear.py), rank = embed width.
+        model = dict(over.get("model_args", {}))
+        model.update({"vision.bilinear": BILINEAR_RANK, "text.bilinear": BILINEAR_RANK})
+        over["model_args"] = model
     if "para" in mods:
         # Two captions of each image, both positives: a caption's paraphrase in the batch.
         over.update(caption="all", max_captions=2)

@@ -120,11 +120,12 @@ def encode_condensed(model: Any, images: torch.Tensor, keep: float, start: int,
     """Normalised image features of pixel batch ``images`` with condensed tokens."""
     vis = model.visual
     cfg = vis.cfg
-    if cfg.pool == "grid" or not cfg.class_token:
+    if cfg.pool == "grid" or not cfg.class_token or cfg.bilinear:
         raise ClipforgeError(
             "tca ranks tokens by the class token's attention and pools what is left: the "
-            f"vision tower needs a class token and cls, mean or map pooling (pool={cfg.pool}, "
-            f"class_token={cfg.class_token})"
+            f"vision tower needs a class token and cls, mean or map pooling without a "
+            f"bilinear term (pool={cfg.pool}, class_token={cfg.class_token}, "
+            f"bilinear={cfg.bilinear})"
         )
     images = images.to(model.logit_scale.dtype)
     # The tower's own steps (VisionTransformer.forward), so keep = 1 is the same numbers:

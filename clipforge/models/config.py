@@ -33,6 +33,9 @@ class VisionConfig:
     norm_eps: float = option(1e-5, check=positive)  # LayerNorm epsilon (SigLIP: 1e-6)
     stem: str = "patch"  # "patch" (one strided conv, as CLIP) or "conv" (3x3 convolutions)
     pos_init: str = "random"  # "random" or "sincos" (2-D sine-cosine start, still learned)
+    # > 0: add a second-order pooled term of this rank over the patch tokens, which keeps
+    # which features share a token (colour with shape; models/bilinear.py).
+    bilinear: int = option(0, check=count0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class TextConfig:
     # (meta text_embedding) and only a projection trains (LLM2CLIP, models/external_text.py).
     external_dim: int = option(0, check=count0)
     rope_base: float = option(10000.0, check=positive)  # rotary frequency base
+    # > 0: add a second-order pooled term of this rank over the caption's tokens, which
+    # keeps which words share a token (an adjective with its noun; models/bilinear.py).
+    bilinear: int = option(0, check=count0)
 
 
 @dataclass(frozen=True)

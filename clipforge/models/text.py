@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.models.bilinear import BilinearPool
 from clipforge.models.config import TextConfig
 from clipforge.models.transformer import Transformer
 
@@ -33,6 +34,9 @@ class TextTransformer(nn.Module):
         )  # fmt: skip
         self.norm_final = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
+        self.bilinear = (
+            BilinearPool(cfg.width, cfg.bilinear, embed_dim, cfg.norm_eps) if cfg.bilinear else None
+        )
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
     def add_positions(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,12 +69,16 @@ class TextTransformer(nn.Module):
             pos = torch.full_like(rows, tokens.shape[1] - 1)
         length = tokens.shape[1]
         x = self.add_positions(self.token_embed(tokens))
-        if not with_tokens and self.transformer.can_pool_early():
+        if not with_tokens and self.bilinear is None and self.transformer.can_pool_early():
             # Only the pooled position leaves the tower: its last block runs for that row.
             x = self.transformer(x, causal=self.cfg.causal, at=pos)
             return self.proj(self.norm_final(x))
         x = self.transformer(x, causal=self.cfg.causal)
         pooled = self.proj(self.norm_final(x[rows, pos]))
+        if self.bilinear is not None:
+            # The caption's own tokens, start to end token (padding after it is left out).
+            own = torch.arange(length, device=tokens.device)[None, :] <= pos[:, None]
+            pooled = pooled + self.bilinear(x, own)
         if not with_tokens:
             return pooled
         feats = F.pad(self.proj(self.norm_final(x)), (0, 0, 0, full - length))

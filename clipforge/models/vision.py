@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.errors import ClipforgeError
+from clipforge.models.bilinear import BilinearPool
 from clipforge.models.config import VisionConfig
 from clipforge.models.posembed import sincos_2d
 from clipforge.models.tome import merged_forward
@@ -114,6 +115,9 @@ class VisionTransformer(nn.Module):
             if cfg.pool == "map"
             else None
         )
+        self.bilinear = (
+            BilinearPool(w, cfg.bilinear, embed_dim, cfg.norm_eps) if cfg.bilinear else None
+        )
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Final-layer tokens ``[B, n_tokens, width]`` (class token first, if any).
@@ -129,8 +133,10 @@ class VisionTransformer(nn.Module):
         x = self._embed(images)
         size = None
         if self.merge_tokens > 0 and not self.training:
-            if self.cfg.pool == "grid":
-                raise ClipforgeError("token merging cannot be used with vision.pool=grid")
+            if self.cfg.pool == "grid" or self.cfg.bilinear:
+                raise ClipforgeError(
+                    "token merging cannot be used with vision.pool=grid or vision.bilinear"
+                )
             x, size = merged_forward(
                 self.transformer, self.norm_pre(x), self.merge_tokens, int(self.cfg.class_token)
             )
@@ -141,7 +147,9 @@ class VisionTransformer(nn.Module):
     def pools_early(self) -> bool:
         """Whether the last block may run for the class token alone: class-token pooling
         reads one row of it (see :meth:`Transformer.can_pool_early`)."""
-        return self.cfg.pool == "cls" and self.transformer.can_pool_early()
+        return (
+            self.cfg.pool == "cls" and not self.cfg.bilinear and self.transformer.can_pool_early()
+        )
 
     @staticmethod
     def class_rows(x: torch.Tensor) -> torch.Tensor:
@@ -217,6 +225,8 @@ class VisionTransformer(nn.Module):
             )
         else:
             pooled = self.norm_post(x[:, int(self.cfg.class_token) :].mean(dim=1))
+        if self.bilinear is not None:
+            return self.proj(pooled) + self.bilinear(x[:, int(self.cfg.class_token) :])
         return self.proj(pooled)
 
     def _grid_pool(self, x: torch.Tensor) -> torch.Tensor:

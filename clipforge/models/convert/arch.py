@@ -265,6 +265,7 @@ def openclip_config(cfg: ModelConfig, where: str = "model") -> dict[str, Any]:
             ("image projection that is not a bias-free linear", v.proj_type != "linear"),
             ("image projection bias", v.proj_bias),
             ("convolutional stem", getattr(v, "stem", "patch") != "patch"),
+            ("second-order (bilinear) pooling", bool(v.bilinear or t.bilinear)),
         )
         if bad
     ]
@@ -564,6 +565,11 @@ def _infer_siglip2(
 def hf_kind_of(cfg: ModelConfig, where: str = "model") -> str:
     """Which Hugging Face class can hold ``cfg``: ``"clip"`` or ``"siglip"`` (or refuse)."""
     v, t = cfg.vision, cfg.text
+    if v.bilinear or t.bilinear:
+        raise ClipforgeError(
+            f"{where} cannot be written as a Hugging Face model: its second-order "
+            "(bilinear) pooling has no place there"
+        )
     clip_like = {
         "patch-embedding stem": getattr(v, "stem", "patch") == "patch",
         "class token": v.class_token,
