@@ -35,7 +35,9 @@ class TextTransformer(nn.Module):
         self.norm_final = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
         self.bilinear = (
-            BilinearPool(cfg.width, cfg.bilinear, embed_dim, cfg.norm_eps) if cfg.bilinear else None
+            BilinearPool(cfg.width, cfg.bilinear, embed_dim, cfg.norm_eps, lag=1)
+            if cfg.bilinear
+            else None
         )
         nn.init.normal_(self.token_embed.weight, std=0.02)
 

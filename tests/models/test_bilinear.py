@@ -22,17 +22,18 @@ def _tokens() -> torch.Tensor:
     return t
 
 
-def test_matches_the_formula_with_a_mask():
+@pytest.mark.parametrize("lag", [0, 1])
+def test_matches_the_formula_with_a_mask(lag):
     torch.manual_seed(0)
-    pool = BilinearPool(6, 4, 3).double()
-    torch.nn.init.normal_(pool.out.weight)
+    pool = BilinearPool(6, 4, 3, lag=lag).double()
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     got = pool(x, mask)
     for r in range(2):
-        keep = x[r][mask[r]]
+        keep = x[r][mask[r]]  # the kept tokens are a prefix, so neighbours stay neighbours
         h = torch.nn.functional.layer_norm(keep, (6,), pool.norm.weight, pool.norm.bias, 1e-5)
-        z = (h @ pool.a.weight.T) * (h @ pool.b.weight.T)
+        later, earlier = (h[lag:], h[: len(h) - lag])
+        z = (later @ pool.a.weight.T) * (earlier @ pool.b.weight.T)
         want = pool.out.weight @ z.mean(dim=0)
         # float64, the same products summed in another order: a LayerNorm over 6, two
         # 6-term projections, a product, a mean of up to 5 and a 4-term projection.
@@ -51,14 +52,28 @@ def test_keeps_what_a_mean_forgets():
     assert torch.equal(scene.mean(dim=1), swap.mean(dim=1))
     torch.manual_seed(0)
     pool = BilinearPool(8, 8, 4).double()
-    torch.nn.init.normal_(pool.out.weight)
     a, b = pool(scene), pool(swap)
     # Their difference is the cross terms, of order one per unit vector: far above
     # rounding (float64, a few dozen terms of order 10).
     assert float((a - b).abs().max()) > 1e3 * reorder_bound(64, 100.0, torch.float64)
 
 
-def test_starts_at_zero_so_a_fresh_model_embeds_as_without_it(micro_args):
+def test_bigrams_keep_adjective_with_noun():
+    # Caption tokens as word vectors: "red square blue circle", its reordering "blue circle
+    # red square" and the swap "blue square red circle". The neighbour products of the
+    # first two hold the same binding bigrams; the swap's do not.
+    g = torch.Generator().manual_seed(2)
+    red, blue, square, circle = torch.randint(-3, 4, (4, 8), generator=g).double()
+    pool = BilinearPool(8, 8, 4, lag=1).double()
+    caption = pool(torch.stack([red, square, blue, circle])[None])
+    reordered = pool(torch.stack([blue, circle, red, square])[None])
+    swap = pool(torch.stack([blue, square, red, circle])[None])
+    # The reordering changes one of three bigrams (square-blue for circle-red), the swap
+    # all three.
+    assert float((caption - swap).norm()) > float((caption - reordered).norm())
+
+
+def test_with_its_output_at_zero_the_tower_embeds_as_without_it(micro_args):
     torch.manual_seed(0)
     plain = create_model("tiny", {**micro_args, "vision.pool": "cls"}).eval()
     torch.manual_seed(0)
@@ -67,6 +82,10 @@ def test_starts_at_zero_so_a_fresh_model_embeds_as_without_it(micro_args):
     ).eval()
     missing, unexpected = both.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all("bilinear" in k for k in missing)
+    # It starts on (a zero start stays too small in a short run): zero it to compare.
+    assert float(both.visual.bilinear.out.weight.abs().sum()) > 0
+    torch.nn.init.zeros_(both.visual.bilinear.out.weight)
+    torch.nn.init.zeros_(both.text.bilinear.out.weight)
     images, tokens = torch.randn(2, 3, 16, 16), _tokens()
     with torch.no_grad():
         # The plain towers pool one token early; the term needs every token, so compare
@@ -80,7 +99,6 @@ def test_text_term_reads_the_caption_only(micro_args):
     torch.manual_seed(0)
     m = create_model("tiny", {**micro_args, "text.bilinear": 8, "text.causal": False,
                               "text.pool": "last"}).double()  # fmt: skip
-    torch.nn.init.normal_(m.text.bilinear.out.weight)
     tokens = _tokens()
     # Bidirectional attention sees the padding, so compare the pool on the tower's own
     # tokens: the masked pool over the caption equals the pool over those tokens alone.
@@ -120,6 +138,8 @@ def test_cli_trains_and_reloads_it(tmp_path, monkeypatch):
     assert all(r.get("skipped", 0) == 0 for r in rows if "loss" in r)
     model = load(out)
     assert model.cfg.vision.bilinear == 8 and model.cfg.text.bilinear == 8
-    # Two steps moved the zero-started output projections off zero.
-    assert float(model.visual.bilinear.out.weight.abs().sum()) > 0
-    assert float(model.text.bilinear.out.weight.abs().sum()) > 0
+    # The terms were saved and read back: the loaded model embeds as the run's last weights.
+    state = torch.load(out / "checkpoints" / "final.pt", weights_only=False)
+    weights = state.get("model", state)
+    for k in ("visual.bilinear.out.weight", "text.bilinear.out.weight"):
+        assert torch.equal(model.state_dict()[k], weights[k])
