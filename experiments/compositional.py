@@ -26,7 +26,7 @@ Variants (``--variants all`` runs every one, in this order):
 ``X+bil``       ``vision.bilinear=128,text.bilinear=128``: a second-order pooled term on
                 both towers, which keeps which features share a token
 ``X+hnw3``      ``--hard-negative-weight 3``: each hard-negative column counts three times
-                in its image's softmax
+                in its image's softmax; ``X+hnw10`` ten times
 ``X+para``      ``--caption all --max-captions 2``: two captions of every image, both
                 positives (``textsep``'s paraphrase reference)
 ``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects
@@ -73,7 +73,7 @@ CALIB_MODEL = {"vision.stem": "patch", "vision.pos_init": "random", "vision.pool
 CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
-    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw3", "pairs", "map", "mean", "conv",
+    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw3", "hnw10", "pairs", "map", "mean", "conv",
     "sincos",
 )  # fmt: skip
 # "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
@@ -128,9 +128,12 @@ def variant_config(name: str) -> dict[str, Any]:
         model = dict(over.get("model_args", {}))
         model.update({"vision.bilinear": BILINEAR_RANK, "text.bilinear": BILINEAR_RANK})
         over["model_args"] = model
-    if "hnw3" in mods:
-        # Each hard-negative column weighs as three in the softmax (NegCLIP-style emphasis).
-        over["hard_negative_weight"] = 3.0
+    if "hnw3" in mods and "hnw10" in mods:
+        raise SystemExit(f"variant {name!r}: hnw3 and hnw10 exclude each other")
+    for m, w in (("hnw3", 3.0), ("hnw10", 10.0)):
+        if m in mods:
+            # Each hard-negative column weighs as w columns in its image's softmax.
+            over["hard_negative_weight"] = w
     if "para" in mods:
         # Two captions of each image, both positives: a caption's paraphrase in the batch.
         over.update(caption="all", max_captions=2)
