@@ -44,6 +44,8 @@ CASES = {
     "siglip-hard-chunked": ("siglip", True, False, True),
     # Each hard negative against the image it came from: its row must be offset like owner.
     "textneg-hard": ("clip+textneg", True, False, False),
+    # Text-only: each negative against its own caption and that image's other captions.
+    "textsep-hard": ("clip+textsep", True, False, False),
 }
 
 
