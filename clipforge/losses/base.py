@@ -171,6 +171,14 @@ def reject_hard_negatives(f: Features | Any, loss: str, why: str) -> None:
         raise ClipforgeError(f"loss {loss!r} does not support --hard-negatives: {why}")
 
 
+def require_hard_negatives(run: Any, loss: str, does: str, example: str) -> None:
+    """Raise a one-line error if a run config that says whether it has hard-negative
+    captions (its ``hard_negatives`` field) has none: loss ``loss`` ``does`` something
+    with each of them, and ``example`` is a value of the flag that would do."""
+    if hasattr(run, "hard_negatives") and not run.hard_negatives:
+        raise ClipforgeError(f"loss {loss!r} {does}: add --hard-negatives (e.g. {example})")
+
+
 def first_positive(f: Features) -> torch.Tensor:
     """``[B]`` index of each image's first positive text (its caption when there is one)."""
     owner = f.owners()
@@ -196,5 +204,6 @@ __all__ = [
     "StepSeeded",
     "first_positive",
     "reject_hard_negatives",
+    "require_hard_negatives",
     "weighted_mean",
 ]

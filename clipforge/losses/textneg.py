@@ -29,8 +29,13 @@ from typing import Any
 import torch
 
 from clipforge.config import option
-from clipforge.errors import ClipforgeError
-from clipforge.losses.base import NEGATIVE_OF, Features, Objective, first_positive
+from clipforge.losses.base import (
+    NEGATIVE_OF,
+    Features,
+    Objective,
+    first_positive,
+    require_hard_negatives,
+)
 from clipforge.losses.registry import LossSpec, register
 from clipforge.ranges import Range
 
@@ -106,11 +111,10 @@ class TextNegOptions:
 
 
 def _build(o: TextNegOptions, run: Any) -> Objective:
-    if hasattr(run, "hard_negatives") and not run.hard_negatives:
-        raise ClipforgeError(
-            "loss 'textneg' contrasts hard-negative captions with their own image: "
-            "add --hard-negatives (e.g. attribute,relation)"
-        )
+    require_hard_negatives(
+        run, "textneg", "contrasts hard-negative captions with their own image",
+        "attribute,relation",
+    )  # fmt: skip
     return TextNegObjective(o.textneg_margin)
 
 

@@ -36,8 +36,13 @@ from typing import Any
 import torch
 
 from clipforge.config import option
-from clipforge.errors import ClipforgeError
-from clipforge.losses.base import NEGATIVE_OF, Features, Objective, first_positive
+from clipforge.losses.base import (
+    NEGATIVE_OF,
+    Features,
+    Objective,
+    first_positive,
+    require_hard_negatives,
+)
 from clipforge.losses.registry import LossSpec, register
 from clipforge.ranges import Range
 
@@ -114,11 +119,9 @@ class TextSepOptions:
 
 
 def _build(o: TextSepOptions, run: Any) -> Objective:
-    if hasattr(run, "hard_negatives") and not run.hard_negatives:
-        raise ClipforgeError(
-            "loss 'textsep' separates captions from their own hard negatives: "
-            "add --hard-negatives (e.g. attribute)"
-        )
+    require_hard_negatives(
+        run, "textsep", "separates captions from their own hard negatives", "attribute"
+    )
     return TextSepObjective(o.textsep_margin)
 
 
