@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from clipforge.errors import ClipforgeError
+from clipforge.ranges import Range
 
 # ``Features.extra`` key: ``[T]`` long, the image row a hard-negative caption (owner -1)
 # was made from, -1 for the other texts. Offset to global rows by the distributed gather,
@@ -171,6 +172,33 @@ def reject_hard_negatives(f: Features | Any, loss: str, why: str) -> None:
         raise ClipforgeError(f"loss {loss!r} does not support --hard-negatives: {why}")
 
 
+# Cosines differ by at most 2: a larger margin between two of them can never be met.
+COSINE_MARGIN = Range(low=0, high=2)
+
+
+class OwnNegativesObjective(Objective):
+    """An objective that scores each hard-negative caption against the sample it was made
+    from (``Features.extra[NEGATIVE_OF]``), under a ``margin``; a batch without such rows
+    (no negatives, or one caption per image and no owner map) gives a zero that still
+    belongs to the graph. Subclasses implement :meth:`own_negatives`."""
+
+    needs_negative_rows = True
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, f: Features) -> torch.Tensor:
+        negative_of = f.extra.get(NEGATIVE_OF)
+        if negative_of is None or f.owner is None:
+            return (f.image.sum() + f.text.sum()) * 0
+        return self.own_negatives(f, negative_of)
+
+    def own_negatives(self, f: Features, negative_of: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch that has negative rows."""
+        raise NotImplementedError
+
+
 def require_hard_negatives(run: Any, loss: str, does: str, example: str) -> None:
     """Raise a one-line error if a run config that says whether it has hard-negative
     captions (its ``hard_negatives`` field) has none: loss ``loss`` ``does`` something
@@ -198,9 +226,11 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.T
 
 
 __all__ = [
+    "COSINE_MARGIN",
     "NEGATIVE_OF",
     "Features",
     "Objective",
+    "OwnNegativesObjective",
     "StepSeeded",
     "first_positive",
     "reject_hard_negatives",

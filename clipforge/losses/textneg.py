@@ -30,17 +30,14 @@ import torch
 
 from clipforge.config import option
 from clipforge.losses.base import (
-    NEGATIVE_OF,
+    COSINE_MARGIN,
     Features,
     Objective,
+    OwnNegativesObjective,
     first_positive,
     require_hard_negatives,
 )
 from clipforge.losses.registry import LossSpec, register
-from clipforge.ranges import Range
-
-# A cosine margin beyond 2 can never be met: cosines differ by at most 2.
-MARGIN_RANGE = Range(low=0, high=2)
 
 
 def textneg_loss(
@@ -82,19 +79,13 @@ def textneg_loss(
     return (per_image[has] * w).sum() / w.sum()
 
 
-class TextNegObjective(Objective):
+class TextNegObjective(OwnNegativesObjective):
     """:func:`textneg_loss` on a batch's hard-negative captions."""
 
-    needs_negative_rows = True
-
     def __init__(self, margin: float = 0.1) -> None:
-        super().__init__()
-        self.margin = margin
+        super().__init__(margin)
 
-    def forward(self, f: Features) -> torch.Tensor:
-        negative_of = f.extra.get(NEGATIVE_OF)
-        if negative_of is None or f.owner is None:
-            return f.image.sum() * 0
+    def own_negatives(self, f: Features, negative_of: torch.Tensor) -> torch.Tensor:
         return textneg_loss(
             f.image, f.text, f.scale.detach(), first_positive(f), negative_of,
             self.margin, f.weights,
@@ -106,7 +97,7 @@ class TextNegOptions:
     textneg_margin: float = option(
         0.1,
         "textneg: cosine margin by which an image's caption must beat its own hard negatives",
-        check=MARGIN_RANGE,
+        check=COSINE_MARGIN,
     )
 
 

@@ -37,17 +37,14 @@ import torch
 
 from clipforge.config import option
 from clipforge.losses.base import (
-    NEGATIVE_OF,
+    COSINE_MARGIN,
     Features,
     Objective,
+    OwnNegativesObjective,
     first_positive,
     require_hard_negatives,
 )
 from clipforge.losses.registry import LossSpec, register
-from clipforge.ranges import Range
-
-# Cosines differ by at most 2: a larger margin can never be met.
-MARGIN_RANGE = Range(low=0, high=2)
 
 
 def textsep_loss(
@@ -92,19 +89,13 @@ def textsep_loss(
     return (per_negative * w).sum() / w.sum()
 
 
-class TextSepObjective(Objective):
+class TextSepObjective(OwnNegativesObjective):
     """:func:`textsep_loss` on a batch's hard-negative captions."""
 
-    needs_negative_rows = True
-
     def __init__(self, margin: float = 0.3) -> None:
-        super().__init__()
-        self.margin = margin
+        super().__init__(margin)
 
-    def forward(self, f: Features) -> torch.Tensor:
-        negative_of = f.extra.get(NEGATIVE_OF)
-        if negative_of is None or f.owner is None:
-            return f.text.sum() * 0
+    def own_negatives(self, f: Features, negative_of: torch.Tensor) -> torch.Tensor:
         return textsep_loss(f.text, first_positive(f), negative_of, self.margin, f.weights, f.owner)
 
 
@@ -114,7 +105,7 @@ class TextSepOptions:
         0.3,
         "textsep: margin (cosine) by which a caption's own hard negatives must lie "
         "farther from it than its paraphrases (itself, with one caption per image)",
-        check=MARGIN_RANGE,
+        check=COSINE_MARGIN,
     )
 
 

@@ -23,3 +23,20 @@ def lse(values) -> float:
 def unit(v):
     n = math.sqrt(sum(a * a for a in v))
     return [a / n for a in v]
+
+
+def two_steps_on_pairs(out, *flags: str) -> list[dict]:
+    """Metrics rows of a 2-step CLI run of a micro model on scenes that are all pairs of
+    two objects (so most samples get hard negatives), with the extra ``flags``."""
+    import json
+
+    from clipforge.cli.main import main
+    from tests.conftest import MICRO_ARGS_CLI
+
+    args = ["train", *flags, "--model-args", MICRO_ARGS_CLI, "--steps", "2",
+            "--shapes-args", "count_weights=[0,1,0,0],group_prob=0",
+            "--batch-size", "16", "--warmup", "1", "--log-every", "1", "--eval-every", "0",
+            "--eval-per-class", "1", "--eval-pairs", "16", "--progress", "false",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -1,6 +1,5 @@
 """The own-image hard-negative margin loss: hand-computed values, a loop, and its plumbing."""
 
-import json
 import math
 
 import pytest
@@ -15,8 +14,7 @@ from clipforge.losses.base import NEGATIVE_OF
 from clipforge.losses.textneg import textneg_loss
 from clipforge.train.distributed import World
 from clipforge.train.step import check_cacheable, negative_rows
-from tests.conftest import MICRO_ARGS_CLI
-from tests.losses.naive import dot, emb, lse
+from tests.losses.naive import dot, emb, lse, two_steps_on_pairs
 from tests.tolerance import softmax_loss_bound
 
 
@@ -122,14 +120,10 @@ def test_build_needs_hard_negatives_and_refuses_gradient_caching():
 def test_cli_two_steps_train_the_margin_term(tmp_path, monkeypatch):
     monkeypatch.setattr("clipforge.train.plots.plot_curve", lambda *a, **k: None)
     out = tmp_path / "run"
-    args = ["train", "--loss", "clip+textneg", "--hard-negatives", "attribute,relation",
-            "--textneg-margin", "0.2", "--model-args", MICRO_ARGS_CLI, "--steps", "2",
-            "--shapes-args", "count_weights=[0,1,0,0],group_prob=0",
-            "--batch-size", "16", "--warmup", "1", "--log-every", "1", "--eval-every", "0",
-            "--eval-per-class", "1", "--eval-pairs", "16", "--progress", "false",
-            "--threads", "1", "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = two_steps_on_pairs(
+        out, "--loss", "clip+textneg", "--hard-negatives", "attribute,relation",
+        "--textneg-margin", "0.2",
+    )  # fmt: skip
     terms = [r["loss/textneg"] for r in rows if "loss/textneg" in r]
     # Every scene is a pair of two objects, so each step has negatives: a positive term.
     assert len(terms) == 2 and all(math.isfinite(x) and x > 0 for x in terms)

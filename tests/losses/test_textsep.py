@@ -1,19 +1,16 @@
 """The text-side separation of captions from their own hard negatives: hand-computed
 values, a loop, and its plumbing."""
 
-import json
 import math
 
 import pytest
 import torch
 
-from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError
 from clipforge.losses import Features, get_loss
 from clipforge.losses.base import NEGATIVE_OF
 from clipforge.losses.textsep import TextSepObjective, textsep_loss
-from tests.conftest import MICRO_ARGS_CLI
-from tests.losses.naive import dot, emb
+from tests.losses.naive import dot, emb, two_steps_on_pairs
 from tests.tolerance import reorder_bound
 
 
@@ -120,14 +117,9 @@ def test_build_needs_hard_negatives():
 def test_cli_two_steps_train_the_separation_term(tmp_path, monkeypatch):
     monkeypatch.setattr("clipforge.train.plots.plot_curve", lambda *a, **k: None)
     out = tmp_path / "run"
-    args = ["train", "--loss", "clip+textsep", "--hard-negatives", "attribute",
-            "--textsep-margin", "1.5", "--model-args", MICRO_ARGS_CLI, "--steps", "2",
-            "--shapes-args", "count_weights=[0,1,0,0],group_prob=0",
-            "--batch-size", "16", "--warmup", "1", "--log-every", "1", "--eval-every", "0",
-            "--eval-per-class", "1", "--eval-pairs", "16", "--progress", "false",
-            "--threads", "1", "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = two_steps_on_pairs(
+        out, "--loss", "clip+textsep", "--hard-negatives", "attribute", "--textsep-margin", "1.5"
+    )
     terms = [r["loss/textsep"] for r in rows if "loss/textsep" in r]
     # Every scene is a pair, so most have a colour swap; a margin of 1.5 leaves no pair
     # alone unless the two captions point apart (cos < -0.5), which a 2-step model
