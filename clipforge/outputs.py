@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,22 +71,51 @@ def _running(pid: int) -> bool:
 
 
 @contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block ends, then deliver it.
+
+    An interrupt in the middle of a write surfaces from inside the writer: ``torch.save``'s
+    zip writer then fails on its own half-written record and replaces the
+    KeyboardInterrupt with a RuntimeError, so a Ctrl-C that landed on a checkpoint write
+    ended the run with a traceback and exit status 1 instead of "interrupted" (130).
+    Signal handlers can only be set from the main thread; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, _frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
     A kill at any moment leaves either the old file or the new one, never a torn one; an
     exception removes the temporary file and leaves ``path`` as it was. Text is UTF-8.
+    A Ctrl-C during the write waits for it to finish (the new file is in place) and is
+    then raised as usual.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _interrupts_deferred():
+        try:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:

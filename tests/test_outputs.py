@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from clipforge.errors import ClipforgeError
 from clipforge.outputs import (
     MARKER,
     OutputFolder,
+    atomic_file,
     atomic_write,
     check_file,
     input_path,
@@ -157,3 +160,28 @@ def test_a_resumed_writer_removes_only_dead_writers_temporaries(tmp_path):
         p.write_text("x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and keep.exists()
+
+
+def test_ctrl_c_during_an_atomic_write_waits_for_it_and_is_raised_after(tmp_path):
+    # A Ctrl-C in the middle of torch.save used to surface inside the zip writer, which
+    # turned it into a RuntimeError (exit 1, a traceback) and dropped the new file.
+    path = tmp_path / "last.pt"
+    state = {"w": torch.arange(1000.0)}
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(path) as f:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered while the write goes on
+            torch.save(state, f)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+    # The handler is back: a Ctrl-C outside a write interrupts at once.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_error_in_an_atomic_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_file(path, "w") as f:
+            f.write("half")
+            raise ValueError("boom")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
