@@ -71,11 +71,19 @@ def _alive(workers: dict[int, str]) -> list[int]:
     ]
 
 
+def _as_in_a_terminal() -> None:
+    # A command started from a terminal gets Ctrl-C's default action. One inherits an
+    # ignored SIGINT from a parent started in the background (`pytest &`, nohup, some CI
+    # runners): Python then leaves it ignored, the trainer never sees the Ctrl-C this test
+    # sends, and the test would time out for a reason that is not the trainer's.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def _run(cmd: list[str]) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_as_in_a_terminal,
     )  # fmt: skip
     try:
         yield proc
