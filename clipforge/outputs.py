@@ -79,8 +79,12 @@ def _interrupts_deferred() -> Iterator[None]:
     KeyboardInterrupt with a RuntimeError, so a Ctrl-C that landed on a checkpoint write
     ended the run with a traceback and exit status 1 instead of "interrupted" (130).
     Signal handlers can only be set from the main thread; elsewhere the block runs as it is.
+    A process that ignores SIGINT (started under nohup or in the background) keeps ignoring it.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    ):
         yield
         return
     caught: list[int] = []

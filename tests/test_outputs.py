@@ -162,7 +162,20 @@ def test_a_resumed_writer_removes_only_dead_writers_temporaries(tmp_path):
     assert not stale.exists() and live.exists() and keep.exists()
 
 
-def test_ctrl_c_during_an_atomic_write_waits_for_it_and_is_raised_after(tmp_path):
+@pytest.fixture
+def sigint_as(request):
+    """Run the test with SIGINT handled as ``request.param`` says, then put back the runner's.
+
+    A runner started under nohup or in the background hands its tests SIGINT ignored, and
+    Python then installs no handler of its own; a terminal gives Python's default handler.
+    """
+    saved = signal.signal(signal.SIGINT, request.param)
+    yield request.param
+    signal.signal(signal.SIGINT, saved)
+
+
+@pytest.mark.parametrize("sigint_as", [signal.default_int_handler], indirect=True)
+def test_ctrl_c_during_an_atomic_write_waits_for_it_and_is_raised_after(tmp_path, sigint_as):
     # A Ctrl-C in the middle of torch.save used to surface inside the zip writer, which
     # turned it into a RuntimeError (exit 1, a traceback) and dropped the new file.
     path = tmp_path / "last.pt"
@@ -175,6 +188,18 @@ def test_ctrl_c_during_an_atomic_write_waits_for_it_and_is_raised_after(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
     # The handler is back: a Ctrl-C outside a write interrupts at once.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("sigint_as", [signal.SIG_IGN], indirect=True)
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it_through_an_atomic_write(
+    tmp_path, sigint_as
+):
+    path = tmp_path / "last.pt"
+    with atomic_file(path) as f:
+        os.kill(os.getpid(), signal.SIGINT)
+        torch.save({"w": torch.ones(3)}, f)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_an_error_in_an_atomic_write_leaves_the_old_file(tmp_path):
