@@ -32,6 +32,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from clipforge.allocator import tune_allocator  # noqa: E402
+
+# As clipforge eval starts; the peer loops in this process share the setting, so the ratios
+# compare the loops at equal allocation cost (bench/allocator.py measures the setting).
+tune_allocator()
+
 import torch  # noqa: E402
 
 from clipforge.data.shapes import ShapesWorld  # noqa: E402

@@ -11,7 +11,7 @@ ROOT = Path(clipforge.__file__).parent
 # Bottom to top. A module may import its own layer and the layers below it.
 LAYERS = {
     "errors": 0, "registry": 0, "config": 0, "checkpoint": 0, "outputs": 0, "precision": 0,
-    "ranges": 0,
+    "ranges": 0, "allocator": 0,
     "data": 1, "models": 1,
     "losses": 2, "eval": 2, "index": 2, "adapt": 2,
     "train": 3, "serve": 3,

@@ -827,6 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from clipforge.allocator import tune_allocator
+
+    # Before any tensor exists: freed activations then stay in the heap for the next step
+    # instead of being page-faulted in again (clipforge.allocator).
+    tune_allocator()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # "eval compare A B" is its own command; a run folder named "compare" is "./compare".
