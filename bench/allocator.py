@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 WORKLOADS = ("vit-fp32", "vit-bf16", "tiny-train", "w192-train-fp32", "w192-train-bf16")
 
 
-def _best_rate(fn, n: int, reps: int) -> float:
+def _median_rate(fn, n: int, reps: int) -> float:
     fn()  # warm-up: kernels chosen, memory laid out
     times = []
     for _ in range(reps):
@@ -64,7 +64,7 @@ def work(name: str, threads: int) -> float:
             with torch.inference_mode():
                 model.encode_image(x, normalize=True)
 
-        return _best_rate(encode, len(x), 3)
+        return _median_rate(encode, len(x), 3)
     if name == "tiny-train":
         from train_throughput import measure
 
@@ -86,7 +86,7 @@ def work(name: str, threads: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _best_rate(step, len(images), 8)
+    return _median_rate(step, len(images), 8)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
 
 ENV = "CLIPFORGE_MALLOC"
 
@@ -42,28 +43,37 @@ TRIM_THRESHOLD = (1 << 31) - 1
 _state: dict[str, str] = {}
 
 
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None where the C library has none (musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return fn
+
+
 def tune_allocator() -> str:
     """Raise glibc's mmap and trim thresholds for this process (once; later calls return
     the first answer). Returns what was done: ``"tuned"``, ``"system"`` (``CLIPFORGE_MALLOC=
     system``) or ``"unavailable"`` (not glibc, e.g. macOS or musl)."""
-    if "result" in _state:
-        return _state["result"]
-    result = "unavailable"
+    if "result" not in _state:
+        _state["result"] = _tune()
+    return _state["result"]
+
+
+def _tune() -> str:
     if os.environ.get(ENV, "").lower() == "system":
-        result = "system"
-    elif sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # a C library without mallopt (musl)
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            # The trim threshold first: alone it changes little (the large blocks still get
-            # pages of their own), so a C library that refuses the second does no harm.
-            if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) and mallopt(
-                _M_MMAP_THRESHOLD, MMAP_THRESHOLD
-            ):
-                result = "tuned"
-    _state["result"] = result
-    return result
+        return "system"
+    mallopt = _mallopt()
+    # The trim threshold first: alone it changes little (the large blocks still get pages
+    # of their own), so a C library that refuses the second does no harm.
+    if (
+        mallopt is not None
+        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    ):
+        return "tuned"
+    return "unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,8 +35,6 @@ def probe(env: dict[str, str]) -> dict:
         [sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True,
         text=True, check=True,
     )  # fmt: skip
-    import json
-
     return json.loads(out.stdout)
 
 
@@ -51,7 +50,7 @@ def test_a_tuned_process_keeps_a_freed_large_block_and_the_system_setting_return
     assert system["released"] > 200 * MIB
 
 
-def test_the_command_line_tunes_the_allocator_before_it_runs(monkeypatch, capsys):
+def test_the_command_line_tunes_the_allocator_before_it_runs(monkeypatch):
     monkeypatch.setattr(allocator, "_state", {})
     monkeypatch.delenv(allocator.ENV, raising=False)
     assert main(["losses"]) == 0
