@@ -253,6 +253,16 @@ class OutputFolder:
         self.real.mkdir(parents=True, exist_ok=True)
         self.mark(self.real)
 
+    def unprepare(self) -> None:
+        """Undo :meth:`prepare` after a refusal, before anything worth resuming was
+        written: a folder this command created is removed, one found empty is emptied
+        again, so a refused command leaves nothing behind. (An earlier output that
+        ``--overwrite`` cleared stays cleared: the user asked to replace it.)"""
+        if self.state == "new":
+            shutil.rmtree(self.real, ignore_errors=True)
+        elif self.real.is_dir():
+            _clear(self.real)
+
     def mark(self, folder: str | os.PathLike[str] | None = None) -> None:
         """Write the marker (into ``folder``, by default the output folder itself)."""
         mark(folder or self.real, self.command)

@@ -138,18 +138,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _agree(world, None if refusal is None else str(refusal))  # none waits for the others
     if refusal is not None:
         raise refusal
-    if folder is not None and rank == 0:
-        folder.prepare()  # in place, like a run folder: --resume continues it
+    # The model loads before the folder is made: a model clipforge cannot read is refused
+    # with nothing written.
     model = load(args.model)
     set_merging(model, args.merge_tokens)  # part of the fingerprint a resume checks
-    info = embed_collection(
-        model, tokenizer_for(model), items, out,
-        model_source=str(Path(args.model).resolve()), dtype=args.dtype,
-        precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
-        resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
-        runtime=args.runtime, onnx_dir=args.onnx,
-        rank=rank, world=world,
-    )  # fmt: skip
+    if folder is not None and rank == 0:
+        folder.prepare()  # in place, like a run folder: --resume continues it
+    try:
+        info = embed_collection(
+            model, tokenizer_for(model), items, out,
+            model_source=str(Path(args.model).resolve()), dtype=args.dtype,
+            precision=args.precision, batch_size=args.batch_size, shard_size=args.shard_size,
+            resume=args.resume, progress=args.progress, source=_source(args.data, args.texts),
+            runtime=args.runtime, onnx_dir=args.onnx,
+            rank=rank, world=world,
+        )  # fmt: skip
+    except ClipforgeError:
+        # A refusal (no image readable, a runtime that cannot run the model) leaves no
+        # half-made folder; a kill or crash keeps it, since --resume continues from it.
+        if folder is not None and rank == 0:
+            folder.unprepare()
+        raise
     if rank == 0:
         _report(info, out)
     return 0

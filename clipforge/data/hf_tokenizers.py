@@ -221,6 +221,7 @@ def find_tokenizer(folder: str | Path, model_type: str | None = None) -> Tokeniz
                     raise ClipforgeError(f"{folder}: cannot read its {key} ({value!r})")
             extra = config.get("additional_special_tokens") or []
             options["additional_special_tokens"] = [t for t in map(_token_text, extra) if t]
+            options.update(_padding_side(config.get("padding_side"), "right", folder))
             spec = TokenizerSpec("sentencepiece", data, tuple(sorted(options.items())), str(path))
         else:
             # The tokenizer class transformers runs the file through decides what its
@@ -240,12 +241,8 @@ def find_tokenizer(folder: str | Path, model_type: str | None = None) -> Tokeniz
             padding, truncation = _file_sides(data)
             # transformers' order: tokenizer_config.json, the file's own setting, the
             # class's default (left for Gemma's and SigLIP 2's, among others).
-            side = config.get("padding_side") or padding
-            side = side or ("left" if cls in _LEFT_PADDING_CLASSES else "right")
-            if side not in ("left", "right"):
-                raise ClipforgeError(f"{folder}: unknown padding_side {side!r} (left, right)")
-            if side == "left":
-                options["padding_side"] = "left"
+            default = "left" if cls in _LEFT_PADDING_CLASSES else "right"
+            options.update(_padding_side(config.get("padding_side") or padding, default, folder))
             cut = config.get("truncation_side") or truncation or "right"
             if cut != "right":
                 raise ClipforgeError(
@@ -258,6 +255,15 @@ def find_tokenizer(folder: str | Path, model_type: str | None = None) -> Tokeniz
         spec.build(2)  # a corrupt file is refused here, naming it, not at the first query
         return spec
     return None
+
+
+def _padding_side(side: Any, default: str, folder: Path) -> dict[str, str]:
+    """The padding option of a spec: ``{"padding_side": "left"}`` or none (right, left
+    out so that specs written before the option keep their digests)."""
+    side = side or default
+    if side not in ("left", "right"):
+        raise ClipforgeError(f"{folder}: unknown padding_side {side!r} (left, right)")
+    return {"padding_side": "left"} if side == "left" else {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -339,8 +345,9 @@ class SentencePieceTokenizer(_FromSpec):
     A text is lower-cased (``do_lower_case``), stripped of ASCII punctuation and of
     repeated whitespace; special tokens written in it literally (``</s>``) keep their id.
     Each row is the text's ids cut to ``L - 1``, the end token ``</s>`` (not a second
-    one when the text already ends with it) and the padding id up to ``L``. There is no
-    start token (``sot_token_id`` is ``None``).
+    one when the text already ends with it) and the padding id up to ``L`` (in front of
+    the text with ``padding_side="left"``). There is no start token (``sot_token_id`` is
+    ``None``).
     """
 
     sot_token_id: int | None = None
@@ -351,6 +358,7 @@ class SentencePieceTokenizer(_FromSpec):
         self.context_length = _check_length(context_length)
         opts = dict(spec.options)
         self.do_lower_case = bool(opts.get("do_lower_case", True))
+        self.pad_left = opts.get("padding_side") == "left"
         try:
             sp = spm.SentencePieceProcessor(model_proto=spec.data)
         except (RuntimeError, OSError, TypeError) as e:
@@ -442,7 +450,7 @@ class SentencePieceTokenizer(_FromSpec):
             if not ids or ids[-1] != self.eot_token_id:
                 ids.append(self.eot_token_id)
             rows.append(ids)
-        return _rows(rows, length, self.pad_token_id)
+        return _rows(rows, length, self.pad_token_id, left=self.pad_left)
 
 
 class JsonTokenizer(_FromSpec):

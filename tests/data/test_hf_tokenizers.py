@@ -78,6 +78,23 @@ def test_sentencepiece_matches_transformers_siglip_tokenizer(tmp_path, legacy, l
     assert torch.equal(torch.cat([tok(t) for t in TEXTS]), want)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_sentencepiece_pads_on_the_side_the_folder_says(tmp_path, side):
+    add_spiece(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"padding_side": side}))
+    hf = transformers.SiglipTokenizer(str(tmp_path / "spiece.model"), padding_side=side)
+    tok = find_tokenizer(tmp_path).build(CTX)
+    assert torch.equal(tok(TEXTS), _hf_ids(hf, TEXTS, CTX))
+    assert (tok("red")[0, 0] == tok.pad_token_id) == (side == "left")
+    # Right is the default, left out of the spec: folders read before keep their digest.
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert (find_tokenizer(tmp_path).digest == TokenizerSpec(
+        "sentencepiece", tok.spec.data, tok.spec.options).digest) == (side == "right")  # fmt: skip
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"padding_side": "middle"}))
+    with pytest.raises(ClipforgeError, match="unknown padding_side 'middle'"):
+        find_tokenizer(tmp_path)
+
+
 def test_sentencepiece_conventions():
     spec = TokenizerSpec("sentencepiece", spiece_model())
     tok = spec.build(8)

@@ -257,6 +257,27 @@ def test_embedding_into_another_models_folder_is_refused(tmp_path, collection, c
     assert files(emb_dir) == before  # nothing on disk changed
 
 
+@pytest.mark.parametrize("found", ["missing", "empty"])
+def test_a_refused_embed_leaves_the_folder_as_it_found_it(tmp_path, collection, capsys, found):
+    _, model_path, _, _, _, _ = collection
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_bytes(b"\xff\xd8 not an image")
+    out = tmp_path / "emb"
+    if found == "empty":
+        out.mkdir()
+    # Refused before the folder is made (the model) and after (no image readable).
+    for model, why in ((tmp_path / "bad.pt", "not a checkpoint"), (model_path, "no image")):
+        assert main(["embed", str(model), str(junk), "--out", str(out), *ARGS]) == 2
+        assert why in capsys.readouterr().err
+        if found == "missing":
+            assert not out.exists()
+        else:
+            assert out.is_dir() and not any(out.iterdir())
+
+
 def test_resume_of_a_folder_embed_did_not_write_is_refused(tmp_path, collection, capsys):
     _, model_path, _, data, _, _ = collection
     (tmp_path / "x").mkdir()
