@@ -60,9 +60,11 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--runtime",
         default="torch",
-        choices=["torch", "onnx"],
-        help="torch (default), or onnx: onnxruntime on the model's exported encoders "
-        "(float32; first batch checked against PyTorch; needs the onnx extra)",
+        choices=["torch", "onnx", "compile"],
+        help="torch (default); onnx: onnxruntime on the model's exported encoders "
+        "(float32; first batch checked against PyTorch; needs the onnx extra); compile: "
+        "the image tower compiled by TorchInductor (about 30 s to compile ViT-B-32, then "
+        "1.3x faster on CPU: pays from about 10,000 images; needs a C++ compiler)",
     )
     p.add_argument(
         "--onnx",
@@ -111,6 +113,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         check_runtime()  # before any output is made
         if not args.onnx:
             check_onnx()  # the export into the cache needs the exporter too
+    if args.runtime == "compile":
+        from clipforge.models.compiled import check_compiler
+
+        check_compiler()  # before any output is made
     if args.update:
         return _update(args)
     if args.new_model:

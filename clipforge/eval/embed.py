@@ -33,9 +33,9 @@ from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval.datasets import ImageSet
 from clipforge.models import CLIP, image_transform
+from clipforge.models.compiled import CompiledImageEncoder, check_compiler
 from clipforge.models.export import check_onnx
 from clipforge.models.onnx_runtime import (
-    RUNTIMES,
     OnnxEncoders,
     cached_export,
     check_runtime,
@@ -44,6 +44,10 @@ from clipforge.models.onnx_runtime import (
     tokenizer_key,
 )
 from clipforge.precision import model_width, resolve
+
+# How an embedder runs the encoders: eager PyTorch, onnxruntime on the exported graphs, or
+# the image tower compiled by TorchInductor (clipforge.models.compiled).
+RUNTIMES = ("torch", "onnx", "compile")
 
 # bf16 keeps 8 significant bits, so each feature is off by ~2^-9 relative and the cosine
 # to the float32 feature stays above 0.9999 (measured: ViT-B/32 0.99995, tiny 0.99998).
@@ -93,7 +97,10 @@ class Embedder:
         """``runtime="onnx"`` encodes with onnxruntime on the model's ONNX graphs: those of
         the export folder ``onnx_dir`` (``clipforge export``), else exported once into the
         cache (:func:`~clipforge.models.onnx_runtime.default_cache`, under the model's
-        fingerprint). Its first image and text batch are checked against PyTorch."""
+        fingerprint). Its first image and text batch are checked against PyTorch.
+        ``runtime="compile"`` runs the image tower compiled by TorchInductor for batches of
+        ``batch_size`` (:mod:`clipforge.models.compiled`): the first batch compiles and is
+        checked against eager float32, falling back to it on disagreement."""
         if runtime not in RUNTIMES:
             raise ClipforgeError(
                 f"--runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}"
@@ -126,12 +133,17 @@ class Embedder:
             self._encoder = self._onnx_encoders(onnx_dir)
             self._parity_pending = {"image", "text"}
             self.precision_record["runtime"] = "onnx"
-        # bf16 (and onnxruntime's) features differ from PyTorch's fp32 ones in the last
-        # bits: they are cached apart.
+        elif runtime == "compile":
+            check_compiler()
+            self._encoder = CompiledImageEncoder(self._encoder, batch_size)
+            self._parity_pending.add("image")  # the compiled graph is checked like bf16
+            self.precision_record["runtime"] = "compile"
+        # bf16 (onnxruntime's, Inductor's) features differ from PyTorch's fp32 ones in the
+        # last bits: they are cached apart.
         key = (
             self.fingerprint
             + ("-bf16" if choice.bf16 else "")
-            + ("-onnx" if runtime == "onnx" else "")
+            + ("" if runtime == "torch" else f"-{runtime}")
         )
         self.cache_dir = Path(cache_dir) / key if cache_dir else None
         self._memory: dict[str, torch.Tensor] = {}
@@ -216,13 +228,19 @@ class Embedder:
             return feats
         if float(cos.min()) >= PARITY_MIN_COSINE:
             return feats
+        what = "compiled" if self.runtime == "compile" else "bf16"
+        if self.runtime == "compile" and self.precision == "bf16":
+            what = "compiled bf16"
         warnings.warn(
-            f"bf16 {kind} features disagree with float32 (min cosine {float(cos.min()):.4f} "
-            f"< {PARITY_MIN_COSINE}); evaluating in fp32",
+            f"{what} {kind} features disagree with float32 (min cosine {float(cos.min()):.4f} "
+            f"< {PARITY_MIN_COSINE}); evaluating in fp32 with eager PyTorch",
             stacklevel=3,
         )
         self.precision, self._encoder, self._parity_pending = "fp32", self.model, set()
-        self.precision_record.update(precision="fp32", reason="bf16 failed the parity check")
+        self.precision_record.update(precision="fp32", reason=f"{what} failed the parity check")
+        if self.runtime == "compile":
+            self.runtime = "torch"
+            self.precision_record["runtime"] = "torch"
         self.cache_dir = self.cache_dir.with_name(self.fingerprint) if self.cache_dir else None
         full = ref_fn(x, normalize=True).float().cpu()
         return full

@@ -27,7 +27,6 @@ from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
 from clipforge.models.export import CLIP_BPE, ONNX_FILES, TOKENIZER_INFO, export_onnx
 
-RUNTIMES = ("torch", "onnx")
 EXTRA_HINT = "pip install 'clipforge[onnx]'"
 
 
@@ -177,7 +176,6 @@ class OnnxEncoders:
 
 
 __all__ = [
-    "RUNTIMES",
     "OnnxEncoders",
     "cached_export",
     "check_runtime",

@@ -67,6 +67,19 @@ def test_embed_writes_features_rows_and_model_record(collection):
     assert np.abs(emb.texts[:8] - texts.numpy()).max() <= 2**-11
 
 
+def test_embed_with_the_compiled_tower_writes_the_eager_features(tmp_path, collection):
+    _, model_path, _, data, emb_dir, _ = collection
+    out = tmp_path / "compiled"
+    args = ["--runtime", "compile", "--shard-size", "32", "--batch-size", "20", *ARGS]
+    assert main(["embed", str(model_path), str(data), "--out", str(out), *args]) == 0
+    got, want = read_embeddings(out), read_embeddings(emb_dir)
+    assert got.info["runtime"] == "compile" and got.info["precision"]["runtime"] == "compile"
+    # Both are float16 roundings (2^-11 each) of features that differ by Inductor's
+    # reordering (1e-4, tests/models/test_compiled.py); the texts run eagerly in both.
+    assert np.abs(got.images - want.images).max() <= 2 * 2**-11 + 1e-4
+    assert np.array_equal(got.texts, want.texts) and got.rows == want.rows
+
+
 def test_embed_float32_folder_skips_unreadable_files_by_reason(tmp_path, collection, capsys):
     _, model_path, _, data, _, _ = collection
     folder = tmp_path / "photos"
