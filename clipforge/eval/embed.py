@@ -33,7 +33,7 @@ from clipforge.data.tokenizer import Tokenizer
 from clipforge.errors import ClipforgeError
 from clipforge.eval.datasets import ImageSet
 from clipforge.models import CLIP, image_transform
-from clipforge.models.compiled import CompiledImageEncoder, check_compiler
+from clipforge.models.compiled import CompiledImageEncoder
 from clipforge.models.export import check_onnx
 from clipforge.models.onnx_runtime import (
     OnnxEncoders,
@@ -134,7 +134,6 @@ class Embedder:
             self._parity_pending = {"image", "text"}
             self.precision_record["runtime"] = "onnx"
         elif runtime == "compile":
-            check_compiler()
             self._encoder = CompiledImageEncoder(self._encoder, batch_size)
             self._parity_pending.add("image")  # the compiled graph is checked like bf16
             self.precision_record["runtime"] = "compile"
@@ -228,9 +227,7 @@ class Embedder:
             return feats
         if float(cos.min()) >= PARITY_MIN_COSINE:
             return feats
-        what = "compiled" if self.runtime == "compile" else "bf16"
-        if self.runtime == "compile" and self.precision == "bf16":
-            what = "compiled bf16"
+        what = ("compiled " if self.runtime == "compile" else "") + self.precision
         warnings.warn(
             f"{what} {kind} features disagree with float32 (min cosine {float(cos.min()):.4f} "
             f"< {PARITY_MIN_COSINE}); evaluating in fp32 with eager PyTorch",
@@ -239,8 +236,7 @@ class Embedder:
         self.precision, self._encoder, self._parity_pending = "fp32", self.model, set()
         self.precision_record.update(precision="fp32", reason=f"{what} failed the parity check")
         if self.runtime == "compile":
-            self.runtime = "torch"
-            self.precision_record["runtime"] = "torch"
+            self.precision_record["runtime"] = "torch"  # the fallback runs eagerly
         self.cache_dir = self.cache_dir.with_name(self.fingerprint) if self.cache_dir else None
         full = ref_fn(x, normalize=True).float().cpu()
         return full
