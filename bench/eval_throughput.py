@@ -12,13 +12,16 @@ the same folder of PNGs, alternately so that machine load hits all alike, it tim
   native bf16 and autocast falls back to slow kernels);
 * clipforge: :class:`clipforge.eval.embed.Embedder` on
   :func:`clipforge.eval.datasets.image_folder` (no cache, batch 128, ``--precision``,
-  ``auto`` by default, as ``clipforge eval`` runs).
+  ``auto`` by default, as ``clipforge eval`` runs; ``--runtime compile`` for the image
+  tower compiled by TorchInductor, each round's time including its compilation, which
+  after the first round reads Inductor's kernel cache).
 
 It checks that the features agree, then prints images/s (median of the rounds) and the
 ratios clipforge / CLIP_benchmark, in wall time and in CPU time.
 
     python bench/eval_throughput.py                          # ViT-B-32, 1000 images
     python bench/eval_throughput.py --model RUN_DIR --images 2000 --precision fp32
+    python bench/eval_throughput.py --runtime compile
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ def clip_benchmark_features(
     return logits.cpu() / 100.0
 
 
-def ours_features(model: CLIP, root: Path, precision: str) -> tuple[torch.Tensor, str]:
+def ours_features(
+    model: CLIP, root: Path, precision: str, runtime: str = "torch"
+) -> tuple[torch.Tensor, str]:
     tok = get_tokenizer(model.cfg.text.context_length)
-    emb = Embedder(model, tok, progress=False, precision=precision)
+    emb = Embedder(model, tok, progress=False, precision=precision, runtime=runtime)
     return emb.images(image_folder(root).images), emb.precision
 
 
@@ -87,6 +92,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--runtime", default="torch", choices=["torch", "compile"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cb-workers", type=int, default=0, help="tuned CLIP_benchmark workers")
     args = ap.parse_args()
@@ -105,7 +111,7 @@ def main() -> None:
         chosen = {}
 
         def ours() -> torch.Tensor:
-            feats, chosen["precision"] = ours_features(model, root, args.precision)
+            feats, chosen["precision"] = ours_features(model, root, args.precision, args.runtime)
             return feats
 
         loops = {
@@ -123,7 +129,8 @@ def main() -> None:
         print(
             f"model {args.model}, {args.images} PNGs at {args.render_size} px, threads "
             f"{args.threads}; CLIP_benchmark batch 64, amp, workers 4 (default) and "
-            f"{args.cb_workers} (tuned); clipforge --precision {args.precision}"
+            f"{args.cb_workers} (tuned); clipforge --precision {args.precision} "
+            f"--runtime {args.runtime}"
         )
         times: dict[str, list[float]] = {k: [] for k in loops}
         cpu: dict[str, list[float]] = {k: [] for k in loops}

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from clipforge.cli.flags import overwrite_flag
 from clipforge.errors import ClipforgeError
 
 SUBCOMMANDS = ("fit", "eval", "bench", "compose")
@@ -20,12 +21,6 @@ def spell_subcommand(argv: list[str]) -> list[str]:
     if argv[:1] == ["adapt"] and argv[1:2] and argv[1] in SUBCOMMANDS:
         return [f"adapt-{argv[1]}", *argv[2:]]
     return argv
-
-
-def _overwrite_flag(p: argparse.ArgumentParser) -> None:
-    from clipforge.outputs import OVERWRITE_HELP
-
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def adapt_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +75,7 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
     method_options(f)
     f.add_argument("--out", required=True, help="adapter file (.safetensors; a .json sidecar "
                    "is written beside it)")  # fmt: skip
-    _overwrite_flag(f)
+    overwrite_flag(f)
     f.set_defaults(func=cmd_adapt_fit)
     e = sub.add_parser("adapt-eval", help="same as 'clipforge adapt eval'",
                        description="Top-1 and ECE of a saved adapter on a labelled image folder.")  # fmt: skip
@@ -91,7 +86,7 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
                    "classes: also report AUROC and FPR@95 of its OOD scores (clipn: mcm and "
                    "clipn; other methods: maximum softmax probability)")  # fmt: skip
     e.add_argument("--out", help="JSON file for the metrics (default: print only)")
-    _overwrite_flag(e)
+    overwrite_flag(e)
     e.set_defaults(func=cmd_adapt_eval)
     b = sub.add_parser("adapt-bench", help="same as 'clipforge adapt bench'",
                        description="Every method x shot count x seed: results.json, report.md, "
@@ -107,7 +102,7 @@ def adapt_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--options", action="append", default=[], metavar="METHOD:K=V,...",
                    help="options of one method, e.g. coop:class_specific=true (repeatable)")  # fmt: skip
     b.add_argument("--out", required=True, help="output folder")
-    _overwrite_flag(b)
+    overwrite_flag(b)
     b.set_defaults(func=cmd_adapt_bench)
     _compose_parser(sub, common)
 
@@ -131,7 +126,7 @@ def _compose_parser(sub: argparse._SubParsersAction, common: Callable) -> None:
     c.add_argument("--options", default="", metavar="K=V,...",
                    help="weight=1,pad=0.1 (see clipforge/adapt/comclip.py; ranges checked)")  # fmt: skip
     c.add_argument("--out", help="JSON file for the accuracies (default: print only)")
-    _overwrite_flag(c)
+    overwrite_flag(c)
     c.set_defaults(func=cmd_adapt_compose)
 
 

@@ -9,26 +9,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipforge.cli.flags import (
+    check_runtime_flags,
+    overwrite_flag,
+    precision_flag,
+    runtime_flags,
+)
 from clipforge.errors import ClipforgeError
 
 if TYPE_CHECKING:
     from clipforge.index.search import Searcher
-
-
-def _overwrite_flag(p: argparse.ArgumentParser) -> None:
-    from clipforge.outputs import OVERWRITE_HELP
-
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-
-
-def _precision_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="auto (default): bf16 where the hardware runs it natively and the model is wide "
-        "enough to gain, else fp32; bf16 is checked against fp32 on the first batch",
-    )
 
 
 def embed_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,22 +46,8 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", dest="new_model", metavar="NEW", help="the model of --update")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    _precision_flag(p)
-    p.add_argument(
-        "--runtime",
-        default="torch",
-        choices=["torch", "onnx", "compile"],
-        help="torch (default); onnx: onnxruntime on the model's exported encoders "
-        "(float32; first batch checked against PyTorch; needs the onnx extra); compile: "
-        "the image tower compiled by TorchInductor (about 30 s to compile ViT-B-32, then "
-        "1.3x faster on CPU: pays from about 10,000 images; needs a C++ compiler)",
-    )
-    p.add_argument(
-        "--onnx",
-        metavar="DIR",
-        help="with --runtime onnx, the export to run (clipforge export MODEL --to onnx); "
-        "default: export once into ~/.cache/clipforge/onnx/FINGERPRINT",
-    )
+    precision_flag(p)
+    runtime_flags(p)
     add_number(p, "--batch-size", count, 128, "images per encoder batch")
     add_number(p, "--shard-size", count, 1024, "items per shard (the unit of --resume)")
     add_number(p, "--threads", count, 2, "torch threads")
@@ -81,7 +57,7 @@ def embed_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--progress", type=_bool, default=True, help="progress bar (default: true)")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=cmd_embed)
 
 
@@ -104,19 +80,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clipforge.outputs import OutputFolder, marker_command
 
     torch.set_num_threads(args.threads)
-    if args.onnx and args.runtime != "onnx":
-        raise ClipforgeError("--onnx names an export for --runtime onnx; add --runtime onnx")
-    if args.runtime == "onnx":
-        from clipforge.models.export import check_onnx
-        from clipforge.models.onnx_runtime import check_runtime
-
-        check_runtime()  # before any output is made
-        if not args.onnx:
-            check_onnx()  # the export into the cache needs the exporter too
-    if args.runtime == "compile":
-        from clipforge.models.compiled import check_compiler
-
-        check_compiler()  # before any output is made
+    check_runtime_flags(args)  # before any output is made
     if args.update:
         return _update(args)
     if args.new_model:
@@ -313,7 +277,7 @@ def index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--add", metavar="EMB_DIR", help="append this embedding folder to the index --out"
     )
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -382,7 +346,7 @@ def search_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_number(p, "--candidates", integers(1, MAX_K), 100, "hits re-ranked with --adapter")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _precision_flag(p)
+    precision_flag(p)
     p.set_defaults(func=cmd_search)
 
 
@@ -451,7 +415,7 @@ def link_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", metavar="COLUMN", help="row column holding each row's true group")
     p.add_argument("--out", metavar="FILE.jsonl", help="write each row with its cluster here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=cmd_link)
 
 
@@ -520,7 +484,7 @@ def serve_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--port", integers(1, 65535), 8000, "port")
     p.add_argument("--model", help="model to embed queries (default: the one that built it)")
     add_number(p, "--threads", integers(1), 2, "torch threads")
-    _precision_flag(p)
+    precision_flag(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -14,13 +14,13 @@ import sys  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from clipforge.cli.flags import (  # noqa: E402
+    check_runtime_flags,
+    overwrite_flag,
+    precision_flag,
+    runtime_flags,
+)
 from clipforge.errors import ClipforgeError  # noqa: E402
-
-
-def _overwrite_flag(p: argparse.ArgumentParser) -> None:
-    from clipforge.outputs import OVERWRITE_HELP
-
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def _drop_heads_flag(p: argparse.ArgumentParser, why: str) -> None:
@@ -49,7 +49,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run with its saved config; --steps may extend it, "
         "other flags must equal the saved values",
     )
-    _overwrite_flag(p)
+    overwrite_flag(p)
     add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
@@ -121,19 +121,14 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--pairs", count, 1000, "retrieval scenes")
     add_number(p, "--threads", count, 1, "torch threads")
     add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP)
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="auto (default): bf16 where the hardware runs it natively and the model is "
-        "wide enough to gain, else fp32; bf16 is checked against fp32 on the first batch",
-    )
+    precision_flag(p)
+    runtime_flags(p)
     p.add_argument(
         "--out",
         help="without --tasks: JSON file (default: RUN_DIR/eval-SPLIT.json or next to the "
         "file); with --tasks: output folder (default: RUN_DIR/eval or FILE-eval)",
     )
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_eval)
     c = sub.add_parser(
         "eval-compare",
@@ -179,6 +174,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     path = Path(args.model)
+    check_runtime_flags(args)  # before anything is loaded or written
     if args.tasks is None and args.data:
         raise ClipforgeError("--data needs --tasks (e.g. --tasks all)")
     source = resolve(path, "model")  # the file or weights folder that is read
@@ -200,6 +196,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(
         model, tok, DEFAULT_TASKS, split=args.split, per_class=args.per_class,
         scenes=args.pairs, progress=args.progress, precision=args.precision,
+        runtime=args.runtime, onnx_dir=args.onnx,
     )  # fmt: skip
     res = flat_metrics(results)
     _print_precision(results["precision"])
@@ -249,6 +246,8 @@ def _eval_suite(args: argparse.Namespace, path: Path, source: Path) -> int:
             image_root=args.image_root,
             progress=args.progress,
             precision=args.precision,
+            runtime=args.runtime,
+            onnx_dir=args.onnx,
         )
         if not results["tasks"]:
             why = "; ".join(f"{n}: {w}" for n, w in results["skipped"].items())
@@ -293,7 +292,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--image-size", integers(8), 64, "pixels")
     add_number(p, "--seed", count0, 0, "random seed")
     add_number(p, "--shard-size", count, 1000, "samples per tar")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_synth)
 
 
@@ -345,7 +344,7 @@ def _shard_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
     p.add_argument("--verify", action="store_true", help="decode every image; leave out bad ones")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_shard)
 
 
@@ -401,7 +400,7 @@ def _curate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-key", default="image", help="manifest image column")
     p.add_argument("--caption-key", default="caption", help="manifest caption column")
     add_number(p, "--shard-size", count, 1000, "samples per curated tar")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_curate)
 
 
@@ -468,7 +467,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
         "64-wide heads); vision.image_size=N reads a SigLIP 2 folder at N px",
     )
     _drop_heads_flag(p, "openclip and hf have no place for them")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_convert)
 
 
@@ -510,7 +509,7 @@ def _lora_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("model", help="LoRA run folder or checkpoint (with --adapters: the base)")
     m.add_argument("--adapters", help="adapters.safetensors to apply to MODEL before merging")
     m.add_argument("--out", required=True, help="the merged checkpoint (.pt)")
-    _overwrite_flag(m)
+    overwrite_flag(m)
     m.set_defaults(func=_cmd_lora_merge)
 
 
@@ -553,7 +552,7 @@ def _wise_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--alpha", probability, 0.5, "weight of the fine-tuned model")
     p.add_argument("--out", required=True, help="the ensembled checkpoint (.pt)")
     _drop_heads_flag(p, "needed when only one of the models has a head")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_wise)
 
 
@@ -586,7 +585,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, choices=["onnx"])
     p.add_argument("--out", required=True, help="output folder")
     add_number(p, "--merge-tokens", count0, 0, _MERGE_HELP + "; built into image.onnx")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -622,7 +621,7 @@ def _stretch_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--context", count, 248, "new text context length")
     add_number(p, "--keep", count, 20, "leading positions kept as trained")
     p.add_argument("--out", required=True, help="the stretched checkpoint (.pt)")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_stretch)
 
 
@@ -653,7 +652,7 @@ def _upcycle_parser(sub: argparse._SubParsersAction) -> None:
     add_number(p, "--experts", integers(2), 4, "experts per MLP")
     add_number(p, "--top-k", count, 2, "experts each token goes to")
     p.add_argument("--out", required=True, help="the upcycled checkpoint (.pt)")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.set_defaults(func=_cmd_upcycle)
 
 
@@ -695,7 +694,7 @@ def _caption_parser(sub: argparse._SubParsersAction) -> None:
         help="caption every image of a class-folder data set (FOLDER/<class>/<image>) and "
         "write FOLDER/captions.jsonl, the captions `clipforge adapt` (caps) reads",
     )
-    _overwrite_flag(p)
+    overwrite_flag(p)
     add_number(p, "--beam", count, 1, "beams (1 = greedy)")
     add_number(p, "--max-len", count, 30, "most tokens per caption")
     add_number(p, "--batch-size", count, 64, "images decoded together")

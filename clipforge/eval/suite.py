@@ -54,6 +54,8 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     precision: str = "fp32",
+    runtime: str = "torch",
+    onnx_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` in memory and return the results dict.
 
@@ -63,7 +65,10 @@ def evaluate(
     whose kind it accepts and is skipped, with the reason recorded, when there is none.
     Plots are drawn only into an ``out_dir``. The model's train/eval mode is restored.
     ``precision`` (fp32, bf16 or auto) is the embedder's; what it chose, and the bf16
-    parity check of its first batches, are recorded under ``"precision"``.
+    parity check of its first batches, are recorded under ``"precision"``. ``runtime``
+    and ``onnx_dir`` choose what runs the encoders (:class:`~clipforge.eval.embed.Embedder`:
+    eager PyTorch, onnxruntime or the compiled image tower); an ``embedder`` given
+    brings its own.
     """
     names = resolve_tasks(tasks)
     registry = load_tasks()
@@ -73,8 +78,9 @@ def evaluate(
     user = [open_eval_data(p, split=split, image_root=image_root) for p in data]
     was_training = model.training
     embedder = embedder or Embedder(
-        model, tokenizer, cache_dir, progress=progress, precision=precision
-    )
+        model, tokenizer, cache_dir, progress=progress, precision=precision,
+        runtime=runtime, onnx_dir=onnx_dir,
+    )  # fmt: skip
     ctx = EvalContext(model.eval(), tokenizer, embedder, out, seed, split, per_class, scenes)
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -142,11 +148,14 @@ def run_suite(
     seed: int = 0,
     progress: bool = True,
     precision: str = "fp32",
+    runtime: str = "torch",
+    onnx_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate`, then write ``OUT/results.json``, ``OUT/report.md`` and the plots."""
     results = evaluate(
         model, tokenizer, tasks, data, out_dir=out_dir, cache_dir=cache_dir, split=split,
         image_root=image_root, seed=seed, progress=progress, precision=precision,
+        runtime=runtime, onnx_dir=onnx_dir,
     )  # fmt: skip
     results["model"] = model_name
     out = Path(out_dir)

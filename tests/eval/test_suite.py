@@ -119,6 +119,7 @@ def test_user_data_runs_matching_tasks_and_skips_others(tmp_path, model_file, ca
         (["--tasks", "zeroshot,nope"], "unknown eval task 'nope'"),
         (["--data", "x"], "--data needs --tasks"),
         (["--tasks", "all", "--data", "/no/such/set"], "eval data not found: /no/such/set"),
+        (["--onnx", "x"], "--onnx names an export for --runtime onnx"),
     ],
 )
 def test_errors_are_one_line(tmp_path, model_file, capsys, argv, message):
@@ -147,3 +148,29 @@ def test_trainer_eval_is_the_suite_in_memory(tmp_path, micro_args, small_sets):
     assert flat_metrics(memory) == flat_metrics(res)
     assert set(memory["tasks"]) == {"zeroshot", "retrieval"}
     assert memory["tasks"]["zeroshot"]["plots"] == {}  # no folder, no plots
+
+
+def test_eval_with_the_compiled_tower_embeds_as_eager(tmp_path, model_file, small_sets):
+    """``clipforge eval --runtime compile`` runs the Inductor-compiled image tower (one
+    padded batch here) and its cached features are eager PyTorch's within float32
+    reordering (the bound of tests/models/test_compiled.py)."""
+    import torch
+
+    from tests.models.test_compiled import REORDER
+
+    feats = {}
+    for runtime in ("torch", "compile"):
+        out = tmp_path / runtime
+        argv = ["eval", str(model_file), "--tasks", "zeroshot", "--runtime", runtime,
+                "--precision", "fp32", "--progress", "false", "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        record = load_results(out / "results.json")["precision"]
+        (folder,) = (out / "cache").iterdir()
+        feats[runtime] = {f.name: torch.load(f) for f in folder.iterdir()}
+        if runtime == "compile":
+            assert folder.name.endswith("-compile")  # cached apart from eager features
+            assert record["runtime"] == "compile"
+            assert record["image_parity"]["min_cosine"] > 1 - REORDER
+    assert feats["torch"].keys() == feats["compile"].keys()
+    for name, want in feats["torch"].items():
+        assert (feats["compile"][name] - want).abs().max() < REORDER, name
