@@ -24,12 +24,13 @@ Variants (``--variants all`` runs every one, in this order):
                 kinds with ``hardneg``): each caption pushed from its own negatives in
                 the text tower alone
 ``X+bil``       ``vision.bilinear=128,text.bilinear=128``: a second-order pooled term on
-                both towers, which keeps which features share a token
+                both towers, which keeps which features share a token; ``X+bilR`` rank R
 ``X+hnw3``      ``--hard-negative-weight 3``: each hard-negative column counts three times
-                in its image's softmax; ``X+hnw10`` ten times
+                in its image's softmax; ``X+hnwW`` W times (``hnw10``, ``hnw5``, ...)
 ``X+para``      ``--caption all --max-captions 2``: two captions of every image, both
                 positives (``textsep``'s paraphrase reference)
-``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects
+``X+pairs``     ``--shapes-args group_prob=0.2``: more scenes of distinct objects;
+                ``X+pairsP`` group_prob = P/100 (``pairs10``: fewer groups still)
 ``filip``       ``--loss clip+filip`` (token-level late interaction beside the pooled loss)
 ``calib``       ../shared/CALIBRATION.md's class-token recipe: plain patch stem, random
                 learned positions, class-token pooling, lr 1e-3, 30 warm-up steps;
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -73,14 +75,15 @@ CALIB_MODEL = {"vision.stem": "patch", "vision.pos_init": "random", "vision.pool
 CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
-    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw3", "hnw10", "pairs", "map", "mean", "conv",
-    "sincos",
+    "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
+    "mean", "conv", "sincos",
 )  # fmt: skip
+# Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
+# the bare name (bil = rank 128; pairs = group_prob 0.2; hnw has no bare form).
+NUMBERED = {"bil": 128, "hnw": None, "pairs": 20}
 # "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
 # repeated object, so scenes of distinct objects, the only ones an attribute swap
 # applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
-PAIRS_GROUP_PROB = 0.2
-BILINEAR_RANK = 128
 NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01", "textsep"}
 
 
@@ -92,10 +95,11 @@ def variant_config(name: str) -> dict[str, Any]:
     ``conv``, ``sincos``), e.g. ``calib+conv+sincos``."""
     if name == "filip":
         return {"loss": "clip+filip"}
-    base, *mods = name.split("+")
+    base, *parts = name.split("+")
     known = f"known: {', '.join(VARIANTS)}; modifiers {', '.join(MODIFIERS)}"
     if base not in POOLS and base != "calib":
         raise SystemExit(f"unknown variant {name!r} ({known})")
+    mods, numbers = _numbered(name, parts, known)
     for m in mods:
         architectural = m in ("map", "mean", "conv", "sincos")
         if m not in MODIFIERS or (architectural and base != "calib") or mods.count(m) > 1:
@@ -124,21 +128,19 @@ def variant_config(name: str) -> dict[str, Any]:
         colour_only = "attrneg" in mods or ("textsep" in mods and "hardneg" not in mods)
         over["hard_negatives"] = "attribute" if colour_only else HARD_NEGATIVES
     if "bil" in mods:
-        # Second-order pooling on both towers (models/bilinear.py), rank = embed width.
+        # Second-order pooling on both towers (models/bilinear.py); bare, rank = embed width.
+        rank = int(numbers["bil"])
         model = dict(over.get("model_args", {}))
-        model.update({"vision.bilinear": BILINEAR_RANK, "text.bilinear": BILINEAR_RANK})
+        model.update({"vision.bilinear": rank, "text.bilinear": rank})
         over["model_args"] = model
-    if "hnw3" in mods and "hnw10" in mods:
-        raise SystemExit(f"variant {name!r}: hnw3 and hnw10 exclude each other")
-    for m, w in (("hnw3", 3.0), ("hnw10", 10.0)):
-        if m in mods:
-            # Each hard-negative column weighs as w columns in its image's softmax.
-            over["hard_negative_weight"] = w
+    if "hnw" in mods:
+        # Each hard-negative column weighs as w columns in its image's softmax.
+        over["hard_negative_weight"] = float(numbers["hnw"])
     if "para" in mods:
         # Two captions of each image, both positives: a caption's paraphrase in the batch.
         over.update(caption="all", max_captions=2)
     if "pairs" in mods:
-        over["shapes_args"] = {"group_prob": PAIRS_GROUP_PROB}
+        over["shapes_args"] = {"group_prob": numbers["pairs"] / 100}
     if "textneg" in mods:
         over["loss"] = "clip+textneg"
     if "textneg01" in mods:
@@ -147,6 +149,27 @@ def variant_config(name: str) -> dict[str, Any]:
     if "textsep" in mods:
         over["loss"] = over.get("loss", "clip") + "+textsep"
     return over
+
+
+def _numbered(name: str, parts: list[str], known: str) -> tuple[list[str], dict[str, float]]:
+    """Split numbered modifiers (``hnw5``) into their name and value; others pass as they
+    are. A numbered modifier given twice (``hnw3+hnw10``) is refused."""
+    mods: list[str] = []
+    numbers: dict[str, float] = {}
+    for p in parts:
+        m = re.fullmatch(r"([a-z]+?)(\d+(?:\.\d+)?)?", p)
+        if m and m.group(1) in NUMBERED:
+            key, value = m.group(1), m.group(2)
+            if key in numbers:
+                raise SystemExit(f"variant {name!r}: {key} is given twice")
+            bare = NUMBERED[key]
+            if value is None and bare is None:
+                raise SystemExit(f"unknown variant {name!r} ({key} needs a number: {key}3)")
+            numbers[key] = float(value) if value is not None else float(bare)
+            mods.append(key)
+        else:
+            mods.append(p)
+    return mods, numbers
 
 
 VARIANTS: tuple[str, ...] = (

@@ -42,6 +42,22 @@ def test_calib_modifiers_combine():
     assert pairs.shapes_args == {"group_prob": 0.2} and pairs.hard_negatives == "attribute"
 
 
+def test_numbered_modifiers():
+    over = variant_config("default+bil256+attrneg+hnw5+pairs10")
+    cfg = from_dict(TrainConfig, over)
+    model = get_model_config(cfg.model, cfg.model_args)
+    assert (model.vision.bilinear, model.text.bilinear) == (256, 256)
+    assert cfg.hard_negative_weight == 5.0 and cfg.shapes_args == {"group_prob": 0.1}
+    bare = variant_config("default+bil+attrneg+hnw3+pairs")  # the README's recipe
+    assert bare["model_args"] == {"vision.bilinear": 128, "text.bilinear": 128}
+    assert bare["hard_negative_weight"] == 3.0 and bare["shapes_args"] == {"group_prob": 0.2}
+    assert variant_config("default+attrneg+hnw10")["hard_negative_weight"] == 10.0
+    with pytest.raises(SystemExit, match="hnw needs a number"):
+        variant_config("default+attrneg+hnw")
+    with pytest.raises(SystemExit, match="hnw is given twice"):
+        variant_config("default+attrneg+hnw3+hnw10")
+
+
 def test_unknown_variant_and_schedule():
     with pytest.raises(SystemExit, match="unknown variant"):
         variant_config("cls+nosuch")
