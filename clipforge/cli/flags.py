@@ -29,6 +29,9 @@ def precision_flag(p: argparse.ArgumentParser) -> None:
 def runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--runtime torch|onnx|compile`` and ``--onnx DIR``: what runs the encoders of an
     :class:`~clipforge.eval.embed.Embedder` (``clipforge embed``, ``clipforge eval``)."""
+    # The choices are clipforge.eval.embed.RUNTIMES, written out: importing that module
+    # here would load torchvision and Inductor's dependencies (about 1.8 s) for every
+    # command's --help. The Embedder refuses any other name in one line.
     p.add_argument(
         "--runtime",
         default="torch",
