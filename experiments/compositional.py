@@ -76,11 +76,12 @@ CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
     "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
-    "mean", "conv", "sincos",
+    "mean", "conv", "sincos", "twins", "twfrom",
 )  # fmt: skip
 # Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
-# the bare name (bil = rank 128; pairs = group_prob 0.2; hnw has no bare form).
-NUMBERED = {"bil": 128, "hnw": None, "pairs": 20}
+# the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw and twfrom
+# have no bare form).
+NUMBERED = {"bil": 128, "hnw": None, "pairs": 20, "twins": 50, "twfrom": None}
 # "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
 # repeated object, so scenes of distinct objects, the only ones an attribute swap
 # applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
@@ -139,8 +140,20 @@ def variant_config(name: str) -> dict[str, Any]:
     if "para" in mods:
         # Two captions of each image, both positives: a caption's paraphrase in the batch.
         over.update(caption="all", max_captions=2)
+    shapes: dict[str, Any] = {}
     if "pairs" in mods:
-        over["shapes_args"] = {"group_prob": numbers["pairs"] / 100}
+        shapes["group_prob"] = numbers["pairs"] / 100
+    if "twfrom" in mods and "twins" not in mods:
+        raise SystemExit(f"variant {name!r}: twfrom needs twins")
+    if "twins" in mods:
+        # Colour-swap twins (data/shapes/twins.py): the image-side counterpart of the
+        # colour-swap caption, so the caption must also pick its image over the twin's.
+        shapes.update(twins=numbers["twins"] / 100, twin_kinds=["attribute"])
+        if "twfrom" in mods:
+            # twfromS: from step S, once colours and shapes are learned (sample index).
+            shapes["twins_from"] = int(numbers["twfrom"]) * TrainConfig.batch_size
+    if shapes:
+        over["shapes_args"] = shapes
     if "textneg" in mods:
         over["loss"] = "clip+textneg"
     if "textneg01" in mods:

@@ -38,6 +38,7 @@ computes the same shares without gathering: text chunks travel round the ring.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -112,7 +113,13 @@ def setup(backend: str = "auto") -> World:
 
 
 def teardown(world: World) -> None:
+    """Leave the process group that :func:`setup` joined (a no-op for a borrowed one)."""
     if world.owns_group and dist.is_initialized():
+        # A run that raised leaves its sharded model in reference cycles (through the
+        # exception's frames) that only the cyclic collector frees. Freed later, during
+        # interpreter shutdown, gloo work it may still hold takes the GIL from a dying
+        # interpreter and aborts the process; freed here, the group is still alive.
+        gc.collect()
         dist.destroy_process_group()
 
 

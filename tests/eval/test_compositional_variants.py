@@ -6,6 +6,7 @@ from clipforge.config import from_dict
 from clipforge.losses import get_loss
 from clipforge.models import get_model_config
 from clipforge.train import TrainConfig
+from clipforge.train.builders import shapes_config
 from experiments.compositional import VARIANTS, markdown, variant_config, warmup
 
 
@@ -56,6 +57,22 @@ def test_numbered_modifiers():
         variant_config("default+attrneg+hnw")
     with pytest.raises(SystemExit, match="hnw is given twice"):
         variant_config("default+attrneg+hnw3+hnw10")
+
+
+def test_twin_modifiers():
+    over = variant_config("default+bil+attrneg+hnw3+pairs+twins100+twfrom100")
+    cfg = from_dict(TrainConfig, over)
+    assert cfg.shapes_args == {
+        "group_prob": 0.2, "twins": 1.0, "twin_kinds": ["attribute"],
+        "twins_from": 100 * cfg.batch_size,
+    }  # fmt: skip
+    shapes = shapes_config(cfg)  # what the trainer's shapes world is built from
+    assert shapes.twins_from == 12800 and tuple(shapes.twin_kinds) == ("attribute",)
+    assert variant_config("default+twins")["shapes_args"] == {
+        "twins": 0.5, "twin_kinds": ["attribute"],
+    }  # fmt: skip
+    with pytest.raises(SystemExit, match="twfrom needs twins"):
+        variant_config("default+twfrom100")
 
 
 def test_unknown_variant_and_schedule():

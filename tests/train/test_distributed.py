@@ -5,6 +5,7 @@ compare its results with the same work done here in one process. Three, not two:
 two, "the next rank" and "the previous rank" of the SigLIP ring are the same process.
 """
 
+import faulthandler
 import json
 import os
 import socket
@@ -62,6 +63,9 @@ def dist_env(rank: int, size: int, port: int) -> None:
         OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(TEST_THREADS),
     )  # fmt: skip
     torch.set_num_threads(TEST_THREADS)
+    # A worker that aborts in C++ (SIGABRT, SIGSEGV) then prints every thread's Python
+    # stack into the test report: it tells a death mid-run from one at interpreter exit.
+    faulthandler.enable(all_threads=True)
 
 
 def _batch(hard: bool) -> Batch:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,15 +66,26 @@ def _worker(rank: int, port: int, out: str) -> None:
                     raise _Crash
                 yield batch
 
-        trainer_module.iter_batches = crashing
+        real_shard = fsdp.shard
+        crashed: list[weakref.ref] = []
+
+        def recording_shard(m: torch.nn.Module, w: World) -> torch.nn.Module:
+            crashed.append(weakref.ref(real_shard(m, w)))
+            return m
+
+        trainer_module.iter_batches, fsdp.shard = crashing, recording_shard
         try:
             train(replace(RUN, out=str(out_dir / "crashed")))
         except _Crash:
             pass
-        trainer_module.iter_batches = real
+        trainer_module.iter_batches, fsdp.shard = real, real_shard
         train(RUN, resume=out_dir / "crashed")
     finally:
         distributed.teardown(world)
+    # The crashed run's sharded model, which only the cyclic collector frees: the
+    # teardown must have freed it while the group was alive (distributed.teardown).
+    alive = sum(r() is not None for r in crashed)
+    (out_dir / f"crashed_alive{rank}.json").write_text(json.dumps(alive))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +142,13 @@ def test_fsdp_resume_is_bit_identical(runs):
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
     assert run_metrics(runs / "fsdp") == run_metrics(runs / "crashed")
+
+
+def test_a_crashed_runs_model_is_freed_before_the_group_goes(runs):
+    assert [json.loads((runs / f"crashed_alive{r}.json").read_text()) for r in range(WORLD)] == [
+        0,
+        0,
+    ]
 
 
 def test_fsdp_checkpoint_loads_without_fsdp(runs):
