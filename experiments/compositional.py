@@ -82,9 +82,10 @@ MODIFIERS = (
 # the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw and twfrom
 # have no bare form).
 NUMBERED = {"bil": 128, "hnw": None, "pairs": 20, "twins": 50, "twfrom": None}
-# "pairs": of the multi-object scenes (60% of all), 20% instead of half are groups of one
-# repeated object, so scenes of distinct objects, the only ones an attribute swap
-# applies to, rise from 30% to 48% of the stream; single objects stay at 40%.
+# "pairs": of the multi-object draws, 20% instead of half are groups of one repeated
+# object, so scenes of distinct objects, the only ones an attribute swap applies to, rise
+# from 19% to 31% of the stream; single objects stay at 60% (counted over 20,000 scenes:
+# a draw of several objects that does not fit is drawn again, which favours singles).
 NEGATIVE_MODIFIERS = {"hardneg", "attrneg", "textneg", "textneg01", "textsep"}
 
 
