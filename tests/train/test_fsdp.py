@@ -70,8 +70,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         crashed: list[weakref.ref] = []
 
         def recording_shard(m: torch.nn.Module, w: World) -> torch.nn.Module:
-            crashed.append(weakref.ref(real_shard(m, w)))
-            return m
+            sharded = real_shard(m, w)
+            crashed.append(weakref.ref(sharded))
+            return sharded
 
         trainer_module.iter_batches, fsdp.shard = crashing, recording_shard
         try:
