@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +98,17 @@ def train(
     world = distributed.setup(cfg.dist_backend)
     try:
         return _train(cfg, resume, changes or {}, world, overwrite)
+    except BaseException as exc:
+        if world.owns_group:
+            # The raised run's frames still hold its model while the exception is in
+            # flight; cleared, teardown's collection frees the model while the group it
+            # may hold work on is alive (distributed.teardown). The traceback keeps its
+            # files and lines, only the frames' locals go.
+            link: BaseException | None = exc
+            while link is not None:  # and those of the exceptions it was raised from
+                traceback.clear_frames(link.__traceback__)
+                link = link.__cause__ or link.__context__
+        raise
     finally:
         distributed.teardown(world)
 

@@ -48,8 +48,8 @@ class _Crash(Exception):
     pass
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    dist_env(rank, WORLD, port)
+def _worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
+    dist_env(rank, WORLD, ports[0])
     out_dir = Path(out)
     world = distributed.setup("gloo")
     try:
@@ -58,41 +58,54 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save(fsdp.local_share(model), out_dir / f"share{rank}.pt")
         train(replace(RUN, out=str(out_dir / "fsdp")))
         train(replace(RUN, fsdp=False, out=str(out_dir / "ddp")))
-        real = trainer_module.iter_batches
-
-        def crashing(*args, **kwargs):
-            for i, batch in enumerate(real(*args, **kwargs)):
-                if i == CRASH_AFTER:
-                    raise _Crash
-                yield batch
-
-        real_shard = fsdp.shard
-        crashed: list[weakref.ref] = []
-
-        def recording_shard(m: torch.nn.Module, w: World) -> torch.nn.Module:
-            sharded = real_shard(m, w)
-            crashed.append(weakref.ref(sharded))
-            return sharded
-
-        trainer_module.iter_batches, fsdp.shard = crashing, recording_shard
-        try:
-            train(replace(RUN, out=str(out_dir / "crashed")))
-        except _Crash:
-            pass
-        trainer_module.iter_batches, fsdp.shard = real, real_shard
-        train(RUN, resume=out_dir / "crashed")
     finally:
         distributed.teardown(world)
-    # The crashed run's sharded model, which only the cyclic collector frees: the
-    # teardown must have freed it while the group was alive (distributed.teardown).
-    alive = sum(r() is not None for r in crashed)
-    (out_dir / f"crashed_alive{rank}.json").write_text(json.dumps(alive))
+    # From here on train() joins and leaves the group itself, as under torchrun: a run
+    # that raises tears the group down while its exception is still in flight.
+    real = trainer_module.iter_batches
+
+    def crashing(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == CRASH_AFTER:
+                raise _Crash
+            yield batch
+
+    real_shard, real_destroy = fsdp.shard, distributed.dist.destroy_process_group
+    crashed: list[weakref.ref] = []
+    alive_at_destroy: list[int] = []
+
+    def recording_shard(m: torch.nn.Module, w: World) -> torch.nn.Module:
+        sharded = real_shard(m, w)
+        crashed.append(weakref.ref(sharded))
+        return sharded
+
+    def recording_destroy(*args, **kwargs):
+        alive_at_destroy.append(sum(r() is not None for r in crashed))
+        return real_destroy(*args, **kwargs)
+
+    trainer_module.iter_batches, fsdp.shard = crashing, recording_shard
+    distributed.dist.destroy_process_group = recording_destroy
+    os.environ["MASTER_PORT"] = str(ports[1])
+    try:
+        train(replace(RUN, out=str(out_dir / "crashed")))
+    except _Crash:
+        pass
+    finally:
+        trainer_module.iter_batches, fsdp.shard = real, real_shard
+        distributed.dist.destroy_process_group = real_destroy
+    # The crashed run's sharded model, which only the cyclic collector frees once the
+    # exception's frames let go of it: it must be gone before the group is.
+    record = {"sharded": len(crashed), "alive_at_destroy": alive_at_destroy}
+    (out_dir / f"crashed_alive{rank}.json").write_text(json.dumps(record))
+    os.environ["MASTER_PORT"] = str(ports[2])
+    train(RUN, resume=out_dir / "crashed")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
-    mp.start_processes(_worker, (free_port(), str(out)), nprocs=WORLD, start_method="spawn")
+    ports = (free_port(), free_port(), free_port())
+    mp.start_processes(_worker, (ports, str(out)), nprocs=WORLD, start_method="spawn")
     return out
 
 
@@ -146,8 +159,8 @@ def test_fsdp_resume_is_bit_identical(runs):
 
 
 def test_a_crashed_runs_model_is_freed_before_the_group_goes(runs):
-    alive = [json.loads((runs / f"crashed_alive{r}.json").read_text()) for r in range(WORLD)]
-    assert alive == [0] * WORLD
+    records = [json.loads((runs / f"crashed_alive{r}.json").read_text()) for r in range(WORLD)]
+    assert records == [{"sharded": 1, "alive_at_destroy": [0]}] * WORLD
 
 
 def test_fsdp_checkpoint_loads_without_fsdp(runs):
