@@ -76,7 +76,8 @@ CALIB_LR, CALIB_WARMUP = 1e-3, 30
 # Modifiers after the base name: what each changes in the variant's config.
 MODIFIERS = (
     "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
-    "mean", "conv", "sincos", "twins", "twfrom",
+    "mean", "conv", "sincos", "twins", "twfrom", "shapeneg",
+    "reltw",
 )  # fmt: skip
 # Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
 # the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw and twfrom
@@ -129,6 +130,12 @@ def variant_config(name: str) -> dict[str, Any]:
         # textsep alone: colour swaps too, the binding the text tower lacks.
         colour_only = "attrneg" in mods or ("textsep" in mods and "hardneg" not in mods)
         over["hard_negatives"] = "attribute" if colour_only else HARD_NEGATIVES
+    if "shapeneg" in mods:
+        # Shape swaps as well ("a red square" against a red circle): the zero-shot errors
+        # of the twin runs are shape confusions (circle/square, star/triangle), never
+        # colour ones, so this is the lesson the twins crowd out.
+        kinds = over.get("hard_negatives")
+        over["hard_negatives"] = f"{kinds},shape" if kinds else "shape"
     if "bil" in mods:
         # Second-order pooling on both towers (models/bilinear.py); bare, rank = embed width.
         rank = int(numbers["bil"])
@@ -144,12 +151,17 @@ def variant_config(name: str) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     if "pairs" in mods:
         shapes["group_prob"] = numbers["pairs"] / 100
-    if "twfrom" in mods and "twins" not in mods:
-        raise SystemExit(f"variant {name!r}: twfrom needs twins")
+    for needs_twins in ("twfrom", "reltw"):
+        if needs_twins in mods and "twins" not in mods:
+            raise SystemExit(f"variant {name!r}: {needs_twins} needs twins")
     if "twins" in mods:
         # Colour-swap twins (data/shapes/twins.py): the image-side counterpart of the
         # colour-swap caption, so the caption must also pick its image over the twin's.
         shapes.update(twins=numbers["twins"] / 100, twin_kinds=["attribute"])
+        if "reltw" in mods:
+            # And mirrored twins of two-object scenes: "A left of B" beside "A right of
+            # B", the image-side counterpart of the relation-flip caption.
+            shapes["twin_kinds"] = ["attribute", "relation"]
         if "twfrom" in mods:
             # twfromS: from step S, once colours and shapes are learned (sample index).
             shapes["twins_from"] = int(numbers["twfrom"]) * TrainConfig.batch_size

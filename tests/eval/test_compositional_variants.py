@@ -73,6 +73,20 @@ def test_twin_modifiers():
     }  # fmt: skip
     with pytest.raises(SystemExit, match="twfrom needs twins"):
         variant_config("default+twfrom100")
+    with pytest.raises(SystemExit, match="reltw needs twins"):
+        variant_config("default+reltw")
+    both = from_dict(TrainConfig, variant_config("default+hardneg+twins100+reltw"))
+    assert tuple(shapes_config(both).twin_kinds) == ("attribute", "relation")
+
+
+def test_shape_negatives_join_the_other_kinds():
+    assert variant_config("default+attrneg+shapeneg")["hard_negatives"] == "attribute,shape"
+    assert variant_config("default+hardneg+shapeneg")["hard_negatives"] == (
+        "attribute,relation,shape"
+    )
+    assert variant_config("default+shapeneg")["hard_negatives"] == "shape"
+    cfg = from_dict(TrainConfig, variant_config("default+attrneg+shapeneg+hnw3"))
+    assert cfg.hard_negatives == "attribute,shape" and cfg.hard_negative_weight == 3.0
 
 
 def test_unknown_variant_and_schedule():
