@@ -77,12 +77,12 @@ CALIB_LR, CALIB_WARMUP = 1e-3, 30
 MODIFIERS = (
     "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
     "mean", "conv", "sincos", "twins", "twfrom", "shapeneg",
-    "reltw",
+    "reltw", "tww",
 )  # fmt: skip
 # Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
-# the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw and twfrom
-# have no bare form).
-NUMBERED = {"bil": 128, "hnw": None, "pairs": 20, "twins": 50, "twfrom": None}
+# the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw, twfrom
+# and tww have no bare form).
+NUMBERED = {"bil": 128, "hnw": None, "pairs": 20, "twins": 50, "twfrom": None, "tww": None}
 # "pairs": of the multi-object draws, 20% instead of half are groups of one repeated
 # object, so scenes of distinct objects, the only ones an attribute swap applies to, rise
 # from 19% to 31% of the stream; single objects stay at 60% (counted over 20,000 scenes:
@@ -151,13 +151,16 @@ def variant_config(name: str) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     if "pairs" in mods:
         shapes["group_prob"] = numbers["pairs"] / 100
-    for needs_twins in ("twfrom", "reltw"):
+    for needs_twins in ("twfrom", "reltw", "tww"):
         if needs_twins in mods and "twins" not in mods:
             raise SystemExit(f"variant {name!r}: {needs_twins} needs twins")
     if "twins" in mods:
         # Colour-swap twins (data/shapes/twins.py): the image-side counterpart of the
         # colour-swap caption, so the caption must also pick its image over the twin's.
         shapes.update(twins=numbers["twins"] / 100, twin_kinds=["attribute"])
+        if "tww" in mods:
+            # twwW: a twin and the scene it follows weigh W/100 of a sample in the loss.
+            shapes["twin_weight"] = numbers["tww"] / 100
         if "reltw" in mods:
             # And mirrored twins of two-object scenes: "A left of B" beside "A right of
             # B", the image-side counterpart of the relation-flip caption.

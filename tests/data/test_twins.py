@@ -84,11 +84,41 @@ def test_twins_start_at_their_first_index():
     assert [i for i in range(201, 400, 2) if _world(twins=1.0).twin(i) is not None]
 
 
+def test_a_twin_pair_carries_its_weight():
+    w = _world(twins=1.0, twin_kinds=("attribute",), twin_weight=0.25)
+    paired = [i for i in range(1, 200, 2) if w.twin(i) is not None]
+    assert len(paired) >= 10
+    for i in range(200):
+        in_pair = i in paired or i + 1 in paired
+        assert w.sample(i).meta.get("weight", 1.0) == (0.25 if in_pair else 1.0), i
+    # At the default weight nothing is written: weight-free samples stay as they were.
+    assert all("weight" not in _world(twins=1.0).sample(i).meta for i in range(40))
+
+
 def test_no_twins_by_default_and_bad_settings_are_refused():
     assert all(_world().twin(i) is None for i in range(1, 200, 2))
     with pytest.raises(ClipforgeError, match="twins is a share"):
         _world(twins=1.5)
     with pytest.raises(ClipforgeError, match="unknown shapes twin kind 'colour'"):
         _world(twins=0.5, twin_kinds=("colour",))
+    with pytest.raises(ClipforgeError, match="twin_weight is in"):
+        _world(twins=0.5, twin_weight=0.0)
     with pytest.raises(ClipforgeError, match="twins_from"):
         _world(twins=0.5, twins_from=-1)
+
+
+def test_the_twin_weight_reaches_the_training_batch():
+    from clipforge.config import from_dict
+    from clipforge.data.loader import iter_batches
+    from clipforge.train import TrainConfig
+    from clipforge.train.builders import build
+    from clipforge.train.distributed import World
+
+    shapes = {"twins": 1.0, "twin_kinds": ["attribute"], "twin_weight": 0.25}
+    cfg = from_dict(TrainConfig, {"shapes_args": shapes, "batch_size": 64, "out": "unused"})
+    parts = build(cfg, World())
+    batch = next(iter_batches(parts.source, parts.processor, parts.collate, 64))
+    # The default run's world: the tiny preset's 32 pixels, training split, seed 0.
+    world = ShapesWorld(32, config=ShapesConfig(**{**shapes, "twin_kinds": ("attribute",)}))
+    expected = [world.sample(i).meta.get("weight", 1.0) for i in range(64)]
+    assert batch.weights.tolist() == expected and 0.25 in expected

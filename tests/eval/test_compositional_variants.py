@@ -73,6 +73,10 @@ def test_twin_modifiers():
     }  # fmt: skip
     with pytest.raises(SystemExit, match="twfrom needs twins"):
         variant_config("default+twfrom100")
+    weighted = from_dict(TrainConfig, variant_config("default+twins100+tww30"))
+    assert shapes_config(weighted).twin_weight == 0.3
+    with pytest.raises(SystemExit, match="tww needs twins"):
+        variant_config("default+tww30")
     with pytest.raises(SystemExit, match="reltw needs twins"):
         variant_config("default+reltw")
     both = from_dict(TrainConfig, variant_config("default+hardneg+twins100+reltw"))

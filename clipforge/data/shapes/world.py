@@ -55,6 +55,10 @@ class ShapesConfig:
     # Twins start at this sample index: a curriculum that lets a run learn colours and
     # shapes first (at batch B, index k * B is step k).
     twins_from: int = 0
+    # The loss weight of a twin and of the scene it follows (``Sample.meta["weight"]``,
+    # the per-sample weights path): below 1, the pair teaches binding more gently than
+    # a fresh scene teaches colours and shapes.
+    twin_weight: float = 1.0
 
 
 class ShapesWorld:
@@ -81,6 +85,8 @@ class ShapesWorld:
             raise ClipforgeError(f"unknown shapes colours {', '.join(unknown)} (known: {known})")
         if not 0.0 <= cfg.twins <= 1.0:
             raise ClipforgeError(f"shapes twins is a share in [0, 1], got {cfg.twins}")
+        if not 0.0 < cfg.twin_weight <= 1.0:
+            raise ClipforgeError(f"shapes twin_weight is in (0, 1], got {cfg.twin_weight}")
         if cfg.twins_from < 0:
             raise ClipforgeError(f"shapes twins_from is a sample index, got {cfg.twins_from}")
         check_twin_kinds(tuple(cfg.twin_kinds))
@@ -209,12 +215,17 @@ class ShapesWorld:
 
     def sample(self, index: int) -> Sample:
         """Sample ``index`` of this split: image, captions (canonical first) and metadata."""
-        sc = self.twin(index) or self.scene(index)
+        twin = self.twin(index)
+        sc = twin or self.scene(index)
         img = self.render(sc, self.rng(index, stream=2))
         caps = self._captions(sc)
         if self.config.long_captions and self.rng(index, 5).random() < self.config.long_captions:
             caps = [long_caption(sc, self.image_size)]
-        return Sample(img, caps, sc.meta(), key=f"{self.split}-{index:09d}")
+        meta = sc.meta()
+        weight = self.config.twin_weight
+        if weight != 1.0 and (twin is not None or (index % 2 == 0 and self.twin(index + 1))):
+            meta["weight"] = weight
+        return Sample(img, caps, meta, key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
         sc = self.object_scene(index, shape, colour, size)
