@@ -25,7 +25,10 @@ from tests.conftest import MICRO_ARGS, MICRO_ARGS_CLI
 from tests.tolerance import reorder_bound
 from tests.train.test_distributed import (
     CANCEL,
+    CRASH_AFTER,
     TERMS,
+    _Crash,
+    _crash_after,
     dist_env,
     free_port,
     run_metrics,
@@ -41,11 +44,6 @@ RUN = TrainConfig(
     eval_every=0, eval_per_class=1, eval_pairs=20, threads=1, progress=False,
     precision="fp64", fsdp=True,
 )  # fmt: skip
-CRASH_AFTER = 3  # batches; the last checkpoint is at step 2
-
-
-class _Crash(Exception):
-    pass
 
 
 def _worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
@@ -63,13 +61,6 @@ def _worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
     # From here on train() joins and leaves the group itself, as under torchrun: a run
     # that raises tears the group down while its exception is still in flight.
     real = trainer_module.iter_batches
-
-    def crashing(*args, **kwargs):
-        for i, batch in enumerate(real(*args, **kwargs)):
-            if i == CRASH_AFTER:
-                raise _Crash
-            yield batch
-
     real_shard, real_destroy = fsdp.shard, distributed.dist.destroy_process_group
     crashed: list[weakref.ref] = []
     alive_at_destroy: list[int] = []
@@ -83,7 +74,8 @@ def _worker(rank: int, ports: tuple[int, int, int], out: str) -> None:
         alive_at_destroy.append(sum(r() is not None for r in crashed))
         return real_destroy(*args, **kwargs)
 
-    trainer_module.iter_batches, fsdp.shard = crashing, recording_shard
+    _crash_after(CRASH_AFTER)
+    fsdp.shard = recording_shard
     distributed.dist.destroy_process_group = recording_destroy
     os.environ["MASTER_PORT"] = str(ports[1])
     try:
