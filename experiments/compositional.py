@@ -133,7 +133,8 @@ def variant_config(name: str) -> dict[str, Any]:
     if "shapeneg" in mods:
         # Shape swaps as well ("a red square" against a red circle): the zero-shot errors
         # of the twin runs are shape confusions (circle/square, star/triangle), never
-        # colour ones, so this is the lesson the twins crowd out.
+        # colour ones (experiments/zeroshot_errors.py). Measured, it does not win them
+        # back (README, Compositional binding).
         kinds = over.get("hard_negatives")
         over["hard_negatives"] = f"{kinds},shape" if kinds else "shape"
     if "bil" in mods:

@@ -223,8 +223,10 @@ class ShapesWorld:
             caps = [long_caption(sc, self.image_size)]
         meta = sc.meta()
         weight = self.config.twin_weight
-        if weight != 1.0 and (twin is not None or (index % 2 == 0 and self.twin(index + 1))):
-            meta["weight"] = weight
+        if weight != 1.0:  # only then is it worth drawing the next sample's twin
+            followed = index % 2 == 0 and self.twin(index + 1) is not None
+            if twin is not None or followed:
+                meta["weight"] = weight
         return Sample(img, caps, meta, key=f"{self.split}-{index:09d}")
 
     def object_sample(self, index: int, shape: str, colour: str, size: str | None = None) -> Sample:
