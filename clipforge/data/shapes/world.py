@@ -201,16 +201,17 @@ class ShapesWorld:
             _draw_shape(draw, o.shape, x0, y0, x1, y1, fill)
         return img.resize((self.image_size, self.image_size), Image.Resampling.BOX)
 
-    def twin(self, index: int) -> Scene | None:
+    def twin(self, index: int, base: Scene | None = None) -> Scene | None:
         """The counterfactual twin that replaces scene ``index`` (odd indices only, with
-        ``ShapesConfig.twins``), or None: the scene is then ``scene(index)``."""
+        ``ShapesConfig.twins``), or None: the scene is then ``scene(index)``. ``base`` is
+        ``scene(index - 1)`` where the caller already drew it."""
         cfg = self.config
         if cfg.twins <= 0 or index % 2 == 0 or index < cfg.twins_from:
             return None
         rng = self.rng(index - 1, stream=6)
         if rng.random() >= cfg.twins:
             return None
-        base = self.scene(index - 1)
+        base = base or self.scene(index - 1)
         return twin_scene(base, rng.choice(cfg.twin_kinds), rng)
 
     def sample(self, index: int) -> Sample:
@@ -224,7 +225,7 @@ class ShapesWorld:
         meta = sc.meta()
         weight = self.config.twin_weight
         if weight != 1.0:  # only then is it worth drawing the next sample's twin
-            followed = index % 2 == 0 and self.twin(index + 1) is not None
+            followed = index % 2 == 0 and self.twin(index + 1, base=sc) is not None
             if twin is not None or followed:
                 meta["weight"] = weight
         return Sample(img, caps, meta, key=f"{self.split}-{index:09d}")
