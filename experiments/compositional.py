@@ -77,12 +77,20 @@ CALIB_LR, CALIB_WARMUP = 1e-3, 30
 MODIFIERS = (
     "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
     "mean", "conv", "sincos", "twins", "twfrom", "shapeneg",
-    "reltw", "tww",
+    "reltw", "tww", "temp",
 )  # fmt: skip
 # Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
-# the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw, twfrom
-# and tww have no bare form).
-NUMBERED = {"bil": 128, "hnw": None, "pairs": 20, "twins": 50, "twfrom": None, "tww": None}
+# the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw, twfrom,
+# tww and temp have no bare form).
+NUMBERED = {
+    "bil": 128,
+    "hnw": None,
+    "pairs": 20,
+    "twins": 50,
+    "twfrom": None,
+    "tww": None,
+    "temp": None,
+}
 # "pairs": of the multi-object draws, 20% instead of half are groups of one repeated
 # object, so scenes of distinct objects, the only ones an attribute swap applies to, rise
 # from 19% to 31% of the stream; single objects stay at 60% (counted over 20,000 scenes:
@@ -146,6 +154,9 @@ def variant_config(name: str) -> dict[str, Any]:
     if "hnw" in mods:
         # Each hard-negative column weighs as w columns in its image's softmax.
         over["hard_negative_weight"] = float(numbers["hnw"])
+    if "temp" in mods:
+        # tempT: the run starts at softmax temperature T/1000 (CLIP's own: 0.07).
+        over["init_temperature"] = numbers["temp"] / 1000
     if "para" in mods:
         # Two captions of each image, both positives: a caption's paraphrase in the batch.
         over.update(caption="all", max_captions=2)

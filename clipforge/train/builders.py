@@ -7,8 +7,9 @@ here, not in the loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -61,6 +62,8 @@ def build(cfg: TrainConfig, world: World, state: Mapping[str, Any] | None = None
     distributed.check_batch(world, cfg.batch_size, cfg.accum_steps)
     mcfg = get_model_config(cfg.model, cfg.model_args)
     spec = get_loss(cfg.loss)
+    if cfg.init_temperature:
+        spec = replace(spec, init_logit_scale=math.log(1 / cfg.init_temperature))
     # Seeded on its own so objective parameters do not shift the model's initialisation.
     torch.manual_seed(cfg.seed)
     objective = spec.build(cfg)
@@ -115,6 +118,12 @@ def check_config(cfg: TrainConfig) -> None:
     """Every field in its declared range (sections included), then the choices among
     names and the checks of fields against each other."""
     check_ranges(cfg)
+    if cfg.init_temperature and cfg.init:
+        # A loaded checkpoint brings its own learned temperature, which would win silently.
+        raise ClipforgeError(
+            f"--init-temperature sets a new model's temperature; --init {cfg.init} loads "
+            "the checkpoint's own: drop one"
+        )
     if cfg.batch_size % cfg.accum_steps:
         raise ClipforgeError(
             f"batch size {cfg.batch_size} is not divisible by accum steps {cfg.accum_steps}"

@@ -35,6 +35,11 @@ class TrainConfig:
     loss: str = option(
         "clip", "objective name or sum, e.g. clip+0.1*uniformity (see `clipforge losses`)"
     )
+    init_temperature: float = option(
+        0.0,
+        "softmax temperature the new model starts at (0 = the objective's own: 0.07 for clip)",
+        check=non_negative,
+    )
     data: str | None = option(
         None, "CSV/TSV/JSONL manifest, tar shard pattern or folder; none = the shapes world"
     )

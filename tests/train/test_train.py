@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -157,6 +158,22 @@ def test_init_from_a_run_and_shapes_args(tmp_path, micro_args):
         train(_cfg(tmp_path / "c", micro_args, shapes_args={"palette": 3}))
     with pytest.raises(ClipforgeError, match="architecture differs"):
         train(_cfg(tmp_path / "d", {**micro_args, "embed_dim": 16}, init=str(src)))
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_init_temperature_sets_the_new_models_scale(tmp_path, micro_args, loss):
+    lr = 1e-6
+    run = train(_cfg(tmp_path, micro_args, loss=loss, steps=1, warmup=0, lr=lr,
+                     init_temperature=0.02))  # fmt: skip
+    # One AdamW step moves the undecayed scale by at most lr (Adam's first update is
+    # lr g / (|g| + eps)), plus one float32 rounding of log(50).
+    scale = load(run).logit_scale.item()
+    assert scale == pytest.approx(math.log(50.0), abs=lr + 4 * torch.finfo(torch.float32).eps)
+    default = train(_cfg(tmp_path / "b", micro_args, loss=loss, steps=1, warmup=0, lr=lr))
+    own = math.log(10.0) if loss == "siglip" else math.log(1 / 0.07)  # each paper's start
+    assert load(default).logit_scale.item() == pytest.approx(own, abs=lr + 1e-6)
+    with pytest.raises(ClipforgeError, match="--init-temperature sets a new model's"):
+        train(_cfg(tmp_path / "c", micro_args, init=str(run), init_temperature=0.02))
 
 
 def test_shapes_args_change_the_scene_mix():
