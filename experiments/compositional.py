@@ -77,11 +77,11 @@ CALIB_LR, CALIB_WARMUP = 1e-3, 30
 MODIFIERS = (
     "hardneg", "attrneg", "textneg", "textneg01", "textsep", "para", "bil", "hnw", "pairs", "map",
     "mean", "conv", "sincos", "twins", "twfrom", "shapeneg",
-    "reltw", "tww", "temp",
+    "reltw", "tww", "temp", "nocol",
 )  # fmt: skip
 # Modifiers that take a number after their name (bil256, hnw5, pairs10), and the value of
 # the bare name (bil = rank 128; pairs = group_prob 0.2; twins = share 0.5; hnw, twfrom,
-# tww and temp have no bare form).
+# tww, temp and nocol have no bare form).
 NUMBERED = {
     "bil": 128,
     "hnw": None,
@@ -90,6 +90,7 @@ NUMBERED = {
     "twfrom": None,
     "tww": None,
     "temp": None,
+    "nocol": None,
 }
 # "pairs": of the multi-object draws, 20% instead of half are groups of one repeated
 # object, so scenes of distinct objects, the only ones an attribute swap applies to, rise
@@ -163,6 +164,10 @@ def variant_config(name: str) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     if "pairs" in mods:
         shapes["group_prob"] = numbers["pairs"] / 100
+    if "nocol" in mods:
+        # nocolP: P% of single-object and group scenes captioned without colour words, so
+        # that only shape can match them (shapes colourless=P/100).
+        shapes["colourless"] = numbers["nocol"] / 100
     for needs_twins in ("twfrom", "reltw", "tww"):
         if needs_twins in mods and "twins" not in mods:
             raise SystemExit(f"variant {name!r}: {needs_twins} needs twins")

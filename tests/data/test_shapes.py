@@ -9,6 +9,7 @@ from clipforge.data.shapes import (
     captions_for,
     class_names,
     relation_of,
+    without_colour,
 )
 from clipforge.errors import ClipforgeError
 
@@ -73,6 +74,25 @@ def test_captions_cover_kinds_and_name_objects():
     n = group.meta["count"]
     assert ["two", "three", "four"][n - 2] in group.texts[0]
     assert "an orange" in captions_for(world.object_scene(0, "circle", "orange", "small"))[1]
+
+
+@pytest.mark.parametrize(
+    ("caption", "colour", "expected"),
+    [
+        ("a small orange circle", "orange", "a small circle"),
+        ("an orange circle", "orange", "a circle"),
+        ("a photo of an orange circle", "orange", "a photo of a circle"),
+        ("three small white squares", "white", "three small squares"),
+        ("3 white squares", "white", "3 squares"),
+    ],
+)
+def test_without_colour_leaves_out_the_colour_and_mends_the_article(caption, colour, expected):
+    assert without_colour(caption, colour) == expected
+
+
+def test_without_colour_refuses_a_caption_that_does_not_name_it():
+    with pytest.raises(ValueError, match="does not name the colour 'red'"):
+        without_colour("a blue circle", "red")
 
 
 def test_relation():

@@ -176,6 +176,33 @@ def test_init_temperature_sets_the_new_models_scale(tmp_path, micro_args, loss):
         train(_cfg(tmp_path / "c", micro_args, init=str(run), init_temperature=0.02))
 
 
+def test_shapes_args_colourless_drops_the_colour_words_of_a_share_of_singles_and_groups():
+    from clipforge.data.shapes import COLOURS, without_colour
+    from clipforge.train.builders import build_source
+
+    plain = build_source(TrainConfig(), 16)
+    mixed = build_source(TrainConfig(shapes_args={"colourless": 0.5}), 16)
+    eligible = changed = 0
+    for i in range(200):
+        a, b = plain.get(i), mixed.get(i)
+        assert a.meta == b.meta and a.image.tobytes() == b.image.tobytes()
+        if a.meta["kind"] not in ("single", "group"):
+            assert b.texts == a.texts  # two or more colours: nothing to leave out
+            continue
+        eligible += 1
+        if b.texts != a.texts:
+            changed += 1
+            colour = a.meta["objects"][0]["colour"]
+            assert b.texts == [without_colour(t, colour) for t in a.texts]
+            assert not any(c in t.split() for t in b.texts for c in COLOURS)
+    # A seeded half of the eligible scenes: 4.5 standard deviations out has p < 1e-5.
+    assert abs(changed - eligible / 2) <= 4.5 * (eligible / 4) ** 0.5 and eligible >= 100
+    every = build_source(TrainConfig(shapes_args={"colourless": 1}), 16)
+    assert every.get(2).texts[:2] == ["a small circle", "a circle"]  # "a small blue circle"
+    with pytest.raises(ClipforgeError, match="colourless is a share in"):
+        build_source(TrainConfig(shapes_args={"colourless": 1.5}), 16)
+
+
 def test_shapes_args_change_the_scene_mix():
     from clipforge.train.builders import build_source
 

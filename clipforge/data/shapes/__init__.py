@@ -21,6 +21,7 @@ from clipforge.data.shapes.captions import (
     class_names,
     count_caption,
     long_caption,
+    without_colour,
 )
 from clipforge.data.shapes.scenes import (
     COLOURS,
@@ -43,4 +44,5 @@ __all__ = [
     "COLOURS", "NUMBER_WORDS", "OOD_COLOURS", "OOD_SHAPES", "SHAPES", "SIZES", "SPLITS",
     "Scene", "ShapeObject", "ShapesConfig", "ShapesWorld", "article", "captions_for",
     "class_names", "count_caption", "long_caption", "place_of", "plural", "relation_of",
+    "without_colour",
 ]  # fmt: skip

@@ -87,6 +87,21 @@ def _captions(scene: Scene) -> list[str]:
     ]
 
 
+def without_colour(caption: str, colour: str) -> str:
+    """``caption`` with the word ``colour`` left out ("an orange circle" -> "a circle")."""
+    words = caption.split(" ")
+    out: list[str] = []
+    for w in words:
+        if w == colour:
+            if out and out[-1] in ("a", "an"):
+                out[-1] = "a"  # every shape, size and number word starts with a consonant
+            continue
+        out.append(w)
+    if out and out[-1] in ("a", "an") or len(out) == len(words):
+        raise ValueError(f"caption {caption!r} does not name the colour {colour!r}")
+    return " ".join(out)
+
+
 def count_caption(n: int, shape: str, colour: str) -> str:
     """``"seven red circles"``: the caption of a counting scene."""
     return f"{NUMBER_WORDS[n]} {colour} {shape if n == 1 else plural(shape)}"

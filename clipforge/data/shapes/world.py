@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image, ImageDraw
 
 from clipforge.data.sample import Sample
-from clipforge.data.shapes.captions import captions_for, long_caption
+from clipforge.data.shapes.captions import captions_for, long_caption, without_colour
 from clipforge.data.shapes.scenes import (
     COLOUR_NAMES,
     COLOURS,
@@ -59,6 +59,10 @@ class ShapesConfig:
     # the per-sample weights path): below 1, the pair teaches binding more gently than
     # a fresh scene teaches colours and shapes.
     twin_weight: float = 1.0
+    # The share of single-object and group scenes (a seeded draw per scene) captioned
+    # without their colour words ("a small circle", "three squares"): captions only the
+    # shape can match, so a run cannot fit them by colour alone, as it can every other.
+    colourless: float = 0.0
 
 
 class ShapesWorld:
@@ -87,6 +91,8 @@ class ShapesWorld:
             raise ClipforgeError(f"shapes twins is a share in [0, 1], got {cfg.twins}")
         if not 0.0 < cfg.twin_weight <= 1.0:
             raise ClipforgeError(f"shapes twin_weight is in (0, 1], got {cfg.twin_weight}")
+        if not 0.0 <= cfg.colourless <= 1.0:
+            raise ClipforgeError(f"shapes colourless is a share in [0, 1], got {cfg.colourless}")
         if cfg.twins_from < 0:
             raise ClipforgeError(f"shapes twins_from is a sample index, got {cfg.twins_from}")
         check_twin_kinds(tuple(cfg.twin_kinds))
@@ -222,6 +228,12 @@ class ShapesWorld:
         caps = self._captions(sc)
         if self.config.long_captions and self.rng(index, 5).random() < self.config.long_captions:
             caps = [long_caption(sc, self.image_size)]
+        elif (
+            self.config.colourless
+            and sc.kind in ("single", "group")
+            and self.rng(index, 7).random() < self.config.colourless
+        ):
+            caps = [without_colour(c, sc.objects[0].colour) for c in caps]
         meta = sc.meta()
         weight = self.config.twin_weight
         if weight != 1.0:  # only then is it worth drawing the next sample's twin
