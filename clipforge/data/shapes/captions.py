@@ -94,7 +94,8 @@ def without_colour(caption: str, colour: str) -> str:
     for w in words:
         if w == colour:
             if out and out[-1] in ("a", "an"):
-                out[-1] = "a"  # every shape, size and number word starts with a consonant
+                # A colour is followed by its shape, and every shape starts with a consonant.
+                out[-1] = "a"
             continue
         out.append(w)
     if out and out[-1] in ("a", "an") or len(out) == len(words):
