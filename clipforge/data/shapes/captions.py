@@ -13,6 +13,7 @@ from clipforge.data.shapes.scenes import (
     SIZES,
     Scene,
     ShapeObject,
+    article,
     place_of,
     plural,
     relation_of,
@@ -90,17 +91,13 @@ def _captions(scene: Scene) -> list[str]:
 def without_colour(caption: str, colour: str) -> str:
     """``caption`` with the word ``colour`` left out ("an orange circle" -> "a circle")."""
     words = caption.split(" ")
-    out: list[str] = []
-    for w in words:
-        if w == colour:
-            if out and out[-1] in ("a", "an"):
-                # A colour is followed by its shape, and every shape starts with a consonant.
-                out[-1] = "a"
-            continue
-        out.append(w)
-    if out and out[-1] in ("a", "an") or len(out) == len(words):
+    if colour not in words:
         raise ValueError(f"caption {caption!r} does not name the colour {colour!r}")
-    return " ".join(out)
+    i = words.index(colour)
+    rest = words[:i] + words[i + 1 :]
+    if 0 < i < len(rest) and rest[i - 1] in ("a", "an"):
+        rest[i - 1] = article(rest[i])  # the article now stands before the next word
+    return " ".join(rest)
 
 
 def count_caption(n: int, shape: str, colour: str) -> str:
